@@ -1,0 +1,94 @@
+//! The error body every failed request carries, and its stable machine-readable codes.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A stable, machine-readable error code. Clients branch on this, never on the message.
+///
+/// The HTTP status that goes with each code is fixed in one place on the server and listed in
+/// `docs/protocol.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: the body is not valid JSON for this route, or a path or query parameter is malformed.
+    MalformedRequest,
+    /// 422: the request is well formed but a field breaks a rule (a bad handle, an empty list).
+    InvalidArgument,
+    /// 413: the body, or one item in it, is larger than the configured limit.
+    PayloadTooLarge,
+    /// 401: no bearer token, or a token the server does not know.
+    Unauthenticated,
+    /// 401: the bearer token was valid but has expired; authenticate again.
+    SessionExpired,
+    /// 401: the device has been revoked; it can no longer authenticate or use its sessions.
+    DeviceRevoked,
+    /// 401: the device named in an authentication request is not registered.
+    DeviceUnknown,
+    /// 401: the challenge was never issued (or was pruned long ago).
+    ChallengeUnknown,
+    /// 401: the challenge is older than its 60-second lifetime.
+    ChallengeExpired,
+    /// 401: the challenge has already been used to open a session.
+    ChallengeUsed,
+    /// 401: the challenge was issued to a different device.
+    ChallengeForeign,
+    /// 401: the device's signature over the challenge does not verify.
+    AuthSignatureInvalid,
+    /// 422: a signature in the body (device certificate, revocation, handle request) does not
+    /// verify against the identity key it must come from.
+    SignatureInvalid,
+    /// 422: a signed request carries a timestamp too far from the server's clock.
+    TimestampOutOfRange,
+    /// 403: the caller is authenticated but may not act on this resource.
+    Forbidden,
+    /// 403: registration is invite-only and no invite code was given.
+    InviteRequired,
+    /// 403: the invite code is unknown or already used.
+    InviteInvalid,
+    /// 404: the route or the named resource does not exist (or is not visible to the caller).
+    NotFound,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 409: a user with this identity key is already registered.
+    UserExists,
+    /// 409: a device with this key is already registered (or was revoked; keys are not reused).
+    DeviceExists,
+    /// 409: the user already has the maximum number of devices.
+    DeviceLimitReached,
+    /// 409: the handle belongs to another user.
+    HandleTaken,
+    /// 409: the upload would take the device past its one-time KeyPackage cap.
+    KeyPackageLimitReached,
+    /// 409: the link request was already approved.
+    LinkAlreadyApproved,
+    /// 429: too many requests; retry after the number of seconds in `Retry-After`.
+    RateLimited,
+    /// 503: the server cannot reach its storage right now; retry later.
+    Unavailable,
+    /// 500: a fault inside the server. Never caused by client input; always logged.
+    Internal,
+}
+
+/// The JSON body of every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and a human-readable explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A short explanation for people; its wording may change.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { error: ErrorDetail { code, message: message.into() } }
+    }
+}

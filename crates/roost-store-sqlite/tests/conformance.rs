@@ -1,0 +1,11 @@
+//! The shared store conformance suite against a temporary SQLite file.
+
+use roost_store_sqlite::SqliteStore;
+
+async fn fresh_store() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = SqliteStore::open(&dir.path().join("roost.db")).await.expect("open store");
+    (store, dir)
+}
+
+roost_store::conformance_tests!(fresh_store());
