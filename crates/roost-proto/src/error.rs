@@ -62,12 +62,37 @@ pub enum ErrorCode {
     KeyPackageLimitReached,
     /// 409: the link request was already approved.
     LinkAlreadyApproved,
+    /// 409: another device's live link request has the same code (a 1-in-2^40 event); retry
+    /// with a new device key.
+    LinkCodeInUse,
     /// 429: too many requests; retry after the number of seconds in `Retry-After`.
     RateLimited,
     /// 503: the server cannot reach its storage right now; retry later.
     Unavailable,
     /// 500: a fault inside the server. Never caused by client input; always logged.
     Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that always accompanies this code.
+    pub const fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            MalformedRequest => 400,
+            Unauthenticated | SessionExpired | DeviceRevoked | DeviceUnknown | ChallengeUnknown | ChallengeExpired
+            | ChallengeUsed | ChallengeForeign | AuthSignatureInvalid => 401,
+            Forbidden | InviteRequired | InviteInvalid => 403,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            UserExists | DeviceExists | DeviceLimitReached | HandleTaken | KeyPackageLimitReached
+            | LinkAlreadyApproved | LinkCodeInUse => 409,
+            PayloadTooLarge => 413,
+            InvalidArgument | SignatureInvalid | TimestampOutOfRange => 422,
+            RateLimited => 429,
+            Internal => 500,
+            Unavailable => 503,
+        }
+    }
 }
 
 /// The JSON body of every error response: `{"error": {"code": "...", "message": "..."}}`.

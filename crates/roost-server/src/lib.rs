@@ -1,1 +1,101 @@
-//! placeholder
+//! `roostd`, the Roost server, as a library.
+//!
+//! [`serve`] runs the server on a bound listener until a shutdown future completes; the `roostd`
+//! binary only parses configuration and calls it, and tests call it on `127.0.0.1:0`.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod services;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roost_store::{Store, StoreError};
+use roost_store_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, DatabaseLocation};
+use crate::http::AppState;
+use crate::services::{Context, Services};
+
+/// How often expired challenges, sessions and link requests are pruned.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The store could not be opened or migrated.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    /// The database URL names a backend this build does not have.
+    #[error("unsupported database URL {0:?}: this build supports sqlite: URLs only")]
+    UnsupportedDatabase(String),
+    /// Accepting connections failed.
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    match config.database_location() {
+        DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
+        DatabaseLocation::Url(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(&url).await?)),
+        DatabaseLocation::Url(url) => Err(ServeError::UnsupportedDatabase(config.redacted().database_url.unwrap_or(url))),
+    }
+}
+
+/// Serves Roost on `listener` with the store the configuration names, until `shutdown`
+/// completes; then stops accepting and finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = open_store(&config).await?;
+    serve_with(listener, config, store, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`serve`] with an explicit store and clock (tests inject a manual clock).
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let services = Services::new(Context::new(store, clock, config));
+    let state = AppState { services: services.clone(), metrics: crate::metrics::prometheus() };
+    let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
+    let app = http::router(state);
+    tracing::info!(address = %listener.local_addr()?, "roostd listening");
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await;
+    housekeeping.abort();
+    served.map_err(ServeError::Io)
+}
+
+/// Periodic work: prune expired authentication state, forget idle rate-limit keys, and keep the
+/// metrics registry tidy.
+async fn housekeeping(services: Services, metrics: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match services.auth.prune().await {
+            Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned expired authentication state"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "pruning failed"),
+        }
+        services.ctx.limits.forget_idle();
+        metrics.run_upkeep();
+    }
+}

@@ -1,0 +1,353 @@
+//! The server configuration: one typed struct. Defaults, then a TOML file, then `ROOST_*`
+//! environment variables (plus the conventional `DATABASE_URL`), then command-line flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Who may register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationPolicy {
+    /// Anyone may register, rate-limited per source address.
+    Open,
+    /// Registration needs a single-use invite code from `roostd admin invite`.
+    InviteOnly,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `roostd` can be told.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP and WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// The name clients sign into their authentication responses; set it to the public host
+    /// name so a signature made for one server is useless at another.
+    pub server_name: String,
+    /// Directory of the embedded database (and, later, attachments).
+    pub data_dir: PathBuf,
+    /// A `sqlite:` URL overriding the database location under `data_dir`.
+    pub database_url: Option<String>,
+    /// Who may register.
+    pub registration: RegistrationPolicy,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// Request rate limits.
+    pub rate_limits: RateLimits,
+}
+
+/// Size, count and lifetime limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted on any route, in bytes.
+    pub max_body_bytes: usize,
+    /// Active devices a user may have.
+    pub max_devices_per_user: u32,
+    /// One-time KeyPackages a device may have stored.
+    pub max_one_time_key_packages: u32,
+    /// Largest single KeyPackage, in bytes.
+    pub max_key_package_bytes: usize,
+    /// Most devices and users one key claim may name.
+    pub max_claim_targets: usize,
+    /// How long a session token lives, in seconds.
+    pub session_ttl_secs: u64,
+    /// How long a link request waits for approval, in seconds.
+    pub link_ttl_secs: u64,
+    /// Allowed clock skew of signed handle requests, in seconds.
+    pub signed_request_skew_secs: u64,
+}
+
+/// Rate limits, each a number of requests per minute (the burst is the same number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Registrations per source address.
+    pub registrations_per_address: u32,
+    /// Challenges per source address.
+    pub challenges_per_address: u32,
+    /// Link requests (start and look-up) per source address.
+    pub links_per_address: u32,
+    /// Key claim requests per requesting user.
+    pub key_claims_per_requester: u32,
+    /// Key claims per requesting user and target user.
+    pub key_claims_per_pair: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            server_name: "localhost".to_owned(),
+            data_dir: PathBuf::from("./roost-data"),
+            database_url: None,
+            registration: RegistrationPolicy::Open,
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            rate_limits: RateLimits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_devices_per_user: 10,
+            max_one_time_key_packages: 200,
+            max_key_package_bytes: 16 * 1024,
+            max_claim_targets: 100,
+            session_ttl_secs: 30 * 24 * 3600,
+            link_ttl_secs: 600,
+            signed_request_skew_secs: 300,
+        }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            registrations_per_address: 10,
+            challenges_per_address: 60,
+            links_per_address: 30,
+            key_claims_per_requester: 120,
+            key_claims_per_pair: 20,
+        }
+    }
+}
+
+/// Settings given as command-line flags; `None` leaves the lower layers in force.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagOverrides {
+    /// `--listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--server-name`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `--data-dir`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--database-url`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// `--registration`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationPolicy>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the configuration: defaults, the TOML `file` (if given; it must exist), the process
+    /// environment, then `flags`.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, flags, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        flags: &FlagOverrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("{} is not a readable file", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Figment's Env reads the real process environment; to keep `load_with_env` honest we
+        // collect the variables we were handed into a TOML table of our own.
+        let mut from_env = toml::Table::new();
+        for (key, value) in env {
+            let path = if key == "DATABASE_URL" {
+                vec!["database_url".to_owned()]
+            } else if let Some(rest) = key.strip_prefix("ROOST_") {
+                rest.split("__").map(str::to_ascii_lowercase).collect()
+            } else {
+                continue;
+            };
+            if path.first().is_some_and(|p| p == "config") {
+                continue;
+            }
+            insert_env_value(&mut from_env, &path, &value);
+        }
+        figment = figment.merge(Serialized::defaults(from_env)).merge(Serialized::defaults(flags));
+        let config: Config = figment.extract().map_err(|err| ConfigError(err.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server_name.trim().is_empty() {
+            return Err(ConfigError("server_name must not be empty".into()));
+        }
+        let rates = &self.rate_limits;
+        let all = [
+            rates.registrations_per_address,
+            rates.challenges_per_address,
+            rates.links_per_address,
+            rates.key_claims_per_requester,
+            rates.key_claims_per_pair,
+        ];
+        if all.contains(&0) {
+            return Err(ConfigError("rate limits must be at least 1 per minute".into()));
+        }
+        if self.limits.max_devices_per_user == 0 || self.limits.max_claim_targets == 0 {
+            return Err(ConfigError("device and claim limits must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The database location: `database_url`, or `roost.db` under `data_dir`.
+    pub fn database_location(&self) -> DatabaseLocation {
+        match &self.database_url {
+            Some(url) => DatabaseLocation::Url(url.clone()),
+            None => DatabaseLocation::SqliteFile(self.data_dir.join("roost.db")),
+        }
+    }
+
+    /// A copy with passwords in URLs replaced by `***`, fit to print or log.
+    pub fn redacted(&self) -> Self {
+        Self { database_url: self.database_url.as_deref().map(redact_url), ..self.clone() }
+    }
+
+    /// The effective configuration as TOML, secrets redacted (what `roostd config` prints).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(&self.redacted()).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = self.redacted();
+        f.debug_struct("Config")
+            .field("listen", &shown.listen)
+            .field("server_name", &shown.server_name)
+            .field("data_dir", &shown.data_dir)
+            .field("database_url", &shown.database_url)
+            .field("registration", &shown.registration)
+            .field("limits", &shown.limits)
+            .field("rate_limits", &shown.rate_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// The embedded default: a SQLite file.
+    SqliteFile(PathBuf),
+    /// An explicit database URL.
+    Url(String),
+}
+
+/// Puts an environment value at a dotted path, typed as TOML would read it (numbers and booleans
+/// as such, anything else as a string).
+fn insert_env_value(table: &mut toml::Table, path: &[String], raw: &str) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut current = table;
+    for part in parents {
+        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(next) = entry else { return };
+        current = next;
+    }
+    let value = raw
+        .parse::<i64>()
+        .map(toml::Value::Integer)
+        .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
+        .unwrap_or_else(|_| toml::Value::String(raw.to_owned()));
+    current.insert(last.clone(), value);
+}
+
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = Config::load_with_env(None, &FlagOverrides::default(), env(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_location(), DatabaseLocation::SqliteFile(PathBuf::from("./roost-data/roost.db")));
+        assert_eq!(config.registration, RegistrationPolicy::Open);
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roost.toml");
+        std::fs::write(
+            &file,
+            "server_name = \"file.example\"\nlisten = \"127.0.0.1:9000\"\n[limits]\nmax_devices_per_user = 3\n",
+        )
+        .unwrap();
+        let flags = FlagOverrides { listen: Some("127.0.0.1:9100".parse().unwrap()), ..Default::default() };
+        let vars = env(&[
+            ("ROOST_SERVER_NAME", "env.example"),
+            ("ROOST_LISTEN", "127.0.0.1:9050"),
+            ("ROOST_LIMITS__MAX_ONE_TIME_KEY_PACKAGES", "50"),
+            ("DATABASE_URL", "sqlite://elsewhere/roost.db"),
+            ("UNRELATED", "x"),
+        ]);
+        let config = Config::load_with_env(Some(&file), &flags, vars).unwrap();
+        assert_eq!(config.server_name, "env.example");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.limits.max_devices_per_user, 3);
+        assert_eq!(config.limits.max_one_time_key_packages, 50);
+        assert_eq!(config.database_url.as_deref(), Some("sqlite://elsewhere/roost.db"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roost.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        assert!(Config::load_with_env(Some(&file), &FlagOverrides::default(), env(&[])).is_err());
+        let vars = env(&[("ROOST_RATE_LIMITS__CHALLENGES_PER_ADDRESS", "0")]);
+        assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
+        assert!(Config::load_with_env(Some(&dir.path().join("missing.toml")), &FlagOverrides::default(), env(&[])).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = Config { database_url: Some("postgres://roost:hunter2@db/roost".into()), ..Config::default() };
+        let printed = config.to_redacted_toml();
+        assert!(printed.contains("postgres://roost:***@db/roost"), "{printed}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

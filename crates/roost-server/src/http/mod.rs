@@ -1,0 +1,136 @@
+//! The axum adapter: routes, extractors, the error mapping, metrics and the OpenAPI document.
+
+pub mod error;
+pub mod extract;
+pub mod routes;
+
+use std::any::Any;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use roost_proto::ErrorCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::Error;
+use crate::services::Services;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The services.
+    pub services: Services,
+    /// The Prometheus registry to render.
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Roost",
+        description = "The HTTP API of roostd, the Roost end-to-end encrypted messaging server. \
+                       Times are Unix milliseconds; byte strings are unpadded base64url. \
+                       Errors are {\"error\": {\"code\", \"message\"}} with the stable codes of ErrorCode.",
+    ),
+    components(schemas(roost_proto::ErrorBody, roost_proto::ErrorCode)),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("rst_...").build()),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    use routes::{accounts, auth, keys, ops};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::list_devices))
+        .routes(routes!(accounts::revoke_device))
+        .routes(routes!(accounts::start_link))
+        .routes(routes!(accounts::get_link))
+        .routes(routes!(accounts::approve_link))
+        .routes(routes!(accounts::resolve_handle))
+        .routes(routes!(accounts::claim_handle))
+        .routes(routes!(accounts::release_handle))
+        .routes(routes!(auth::challenge))
+        .routes(routes!(auth::open_session, auth::whoami, auth::logout))
+        .routes(routes!(keys::upload, keys::count))
+        .routes(routes!(keys::claim))
+}
+
+/// The OpenAPI document of every route, generated from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The OpenAPI document as pretty JSON, built once.
+pub fn openapi_json() -> &'static str {
+    static JSON: LazyLock<String> = LazyLock::new(|| {
+        openapi().to_pretty_json().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot render the OpenAPI document");
+            "{}".to_owned()
+        })
+    });
+    &JSON
+}
+
+/// The complete HTTP application.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.services.ctx.config.limits.max_body_bytes;
+    let (router, _api) = api_router().split_for_parts();
+    router
+        .route_layer(middleware::from_fn(track_request))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// Records `roost_http_requests_total{method, route, status}` and
+/// `roost_http_request_duration_seconds{method, route}`; the route is the matched pattern, so ids
+/// and codes in paths never become labels (or log lines).
+async fn track_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::counter!("roost_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("roost_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    tracing::debug!(%method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+    response
+}
+
+fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    // The panic message could contain request data, so it is not echoed or logged verbatim.
+    tracing::error!("a request handler panicked");
+    Error::new(ErrorCode::Internal, "internal error").into_response()
+}

@@ -1,0 +1,6 @@
+//! HTTP handlers: each extracts, calls one service method and maps the result.
+
+pub mod accounts;
+pub mod auth;
+pub mod keys;
+pub mod ops;

@@ -1,0 +1,72 @@
+//! The services: business rules of Roost, independent of HTTP. The axum handlers and (later) the
+//! WebSocket gateway call these, so both paths enforce the same rules.
+
+mod accounts;
+mod auth;
+mod keys;
+mod signatures;
+
+use std::sync::Arc;
+
+pub use accounts::Accounts;
+pub use auth::{Auth, Caller};
+pub use keys::Keys;
+use roost_store::Store;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::ratelimit::RateLimiters;
+
+/// What every service needs: the store, the clock, the configuration and the rate limiters.
+pub struct Context {
+    /// Persistent state.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The effective configuration.
+    pub config: Config,
+    /// Abuse controls.
+    pub limits: RateLimiters,
+}
+
+impl Context {
+    /// Builds the context.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
+        let limits = RateLimiters::new(&config.rate_limits);
+        Self { store, clock, config, limits }
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+/// All services, cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    /// Users, devices, links, handles.
+    pub accounts: Accounts,
+    /// Challenges and sessions.
+    pub auth: Auth,
+    /// The KeyPackage directory.
+    pub keys: Keys,
+    /// The shared context.
+    pub ctx: Arc<Context>,
+}
+
+impl Services {
+    /// Builds every service over one context.
+    pub fn new(ctx: Context) -> Self {
+        let ctx = Arc::new(ctx);
+        Self {
+            accounts: Accounts::new(ctx.clone()),
+            auth: Auth::new(ctx.clone()),
+            keys: Keys::new(ctx.clone()),
+            ctx,
+        }
+    }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
