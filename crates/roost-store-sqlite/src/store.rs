@@ -104,7 +104,7 @@ impl Store for SqliteStore {
         timed("active_devices", async {
             let rows = sqlx::query(
                 "SELECT id, user_id, certificate, name, created_at, revoked_at FROM devices \
-                 WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at, id",
+                 WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at, rowid",
             )
             .bind(user.as_bytes().as_slice())
             .fetch_all(&self.reader)

@@ -1,0 +1,242 @@
+//! A real `roostd` on 127.0.0.1:0 with a temporary SQLite file, and fixtures that register users,
+//! link devices and authenticate over HTTP exactly as a client would.
+
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer, SigningKey};
+use reqwest::{Method, StatusCode};
+use roost_proto::api::{ChallengeResponse, LinkRequest, RegisterResponse, SessionResponse};
+use roost_proto::{DeviceId, UserId, bytes, signing};
+use roost_server::clock::ManualClock;
+use roost_server::config::Config;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// The start of the manual clock every test server runs on.
+pub const START_MS: i64 = 1_800_000_000_000;
+
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub config: Config,
+    pub data_dir: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server with generous rate limits, so only tests about limits meet them.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config { data_dir: data_dir.path().to_path_buf(), server_name: "roost.test".into(), ..Config::default() };
+        let rates = &mut config.rate_limits;
+        rates.registrations_per_address = 10_000;
+        rates.challenges_per_address = 10_000;
+        rates.links_per_address = 10_000;
+        rates.key_claims_per_requester = 10_000;
+        rates.key_claims_per_pair = 10_000;
+        adjust(&mut config);
+        Self::start_in(data_dir, config).await
+    }
+
+    pub async fn start_in(data_dir: tempfile::TempDir, config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let store = roost_server::open_store(&config).await.expect("open store");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served_config = config.clone();
+        let served_clock = clock.clone();
+        let task = tokio::spawn(async move {
+            roost_server::serve_with(listener, served_config, store, served_clock, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server ran");
+        });
+        Self { base, http: reqwest::Client::new(), clock, config, data_dir: Some(data_dir), stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the server, waits for it to finish in-flight work, and hands back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+        self.data_dir.take().expect("data directory")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and JSON body.
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Registers a new user with one device and authenticates that device.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let identity = random_key();
+        let device = TestDevice::new();
+        let (status, body) = self.post("/v1/users", None, registration(&identity, &device, name)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let registered: RegisterResponse = serde_json::from_value(body).expect("register response");
+        let mut user = TestUser { identity, devices: vec![device] };
+        assert_eq!(registered.user_id, user.id());
+        self.login(&mut user.devices[0]).await;
+        user
+    }
+
+    /// Links a new device to `user` through the link-code flow, approved by the user's first
+    /// device, and authenticates it.
+    pub async fn link_device(&self, user: &mut TestUser) -> usize {
+        let mut device = TestDevice::new();
+        let (status, body) = self.post("/v1/links", None, json!({"device_id": device.id()})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let link: LinkRequest = serde_json::from_value(body).expect("link request");
+        assert_eq!(link.link_code, signing::link_code(&device.id()));
+
+        let (status, body) = self.get(&format!("/v1/links/{}", link.link_code), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let seen: LinkRequest = serde_json::from_value(body).expect("link request");
+        assert_eq!(signing::link_code(&seen.device_id), link.link_code, "the approver checks the key against the code");
+
+        let certificate = user.certify(&seen.device_id);
+        let approver = user.devices[0].token();
+        let (status, body) = self
+            .post(
+                &format!("/v1/links/{}/approve", link.link_code),
+                Some(&approver),
+                json!({"device_certificate": certificate, "device_name": "linked"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.login(&mut device).await;
+        user.devices.push(device);
+        user.devices.len() - 1
+    }
+
+    /// Gets a challenge for the device.
+    pub async fn challenge(&self, device: &DeviceId) -> (StatusCode, Value) {
+        self.post("/v1/auth/challenge", None, json!({"device_id": device})).await
+    }
+
+    /// Answers a challenge with the given signature.
+    pub async fn answer(&self, device: &DeviceId, challenge: &str, signature: &[u8]) -> (StatusCode, Value) {
+        let body = json!({"device_id": device, "challenge": challenge, "signature": bytes::encode(signature)});
+        self.post("/v1/auth/session", None, body).await
+    }
+
+    /// Authenticates a device and stores its token.
+    pub async fn login(&self, device: &mut TestDevice) {
+        let (status, body) = self.challenge(&device.id()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let challenge: ChallengeResponse = serde_json::from_value(body).expect("challenge");
+        assert_eq!(challenge.server_name, self.config.server_name);
+        let signature = device.sign_auth(&challenge.server_name, challenge.challenge.as_bytes());
+        let (status, body) = self.answer(&device.id(), &bytes::encode(challenge.challenge.as_bytes()), &signature).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let session: SessionResponse = serde_json::from_value(body).expect("session");
+        device.token = Some(session.token);
+    }
+}
+
+pub fn random_key() -> SigningKey {
+    SigningKey::from_bytes(&rand::random())
+}
+
+/// A registration body for `identity` with `device` as first device.
+pub fn registration(identity: &SigningKey, device: &TestDevice, name: &str) -> Value {
+    let user = UserId::from_bytes(identity.verifying_key().to_bytes());
+    let certificate = identity.sign(&signing::device_certificate_message(&user, &device.id())).to_bytes();
+    json!({
+        "identity_key": user,
+        "device_id": device.id(),
+        "device_certificate": bytes::encode(&certificate),
+        "device_name": format!("{name}'s first device"),
+    })
+}
+
+pub struct TestUser {
+    pub identity: SigningKey,
+    pub devices: Vec<TestDevice>,
+}
+
+impl TestUser {
+    pub fn id(&self) -> UserId {
+        UserId::from_bytes(self.identity.verifying_key().to_bytes())
+    }
+
+    /// The first device's token.
+    pub fn token(&self) -> String {
+        self.devices[0].token()
+    }
+
+    /// A device certificate for `device`, as base64url.
+    pub fn certify(&self, device: &DeviceId) -> String {
+        bytes::encode(&self.identity.sign(&signing::device_certificate_message(&self.id(), device)).to_bytes())
+    }
+
+    pub fn sign(&self, message: &[u8]) -> String {
+        bytes::encode(&self.identity.sign(message).to_bytes())
+    }
+}
+
+pub struct TestDevice {
+    pub key: SigningKey,
+    pub token: Option<String>,
+}
+
+impl TestDevice {
+    pub fn new() -> Self {
+        Self { key: random_key(), token: None }
+    }
+
+    pub fn id(&self) -> DeviceId {
+        DeviceId::from_bytes(self.key.verifying_key().to_bytes())
+    }
+
+    pub fn token(&self) -> String {
+        self.token.clone().expect("device is logged in")
+    }
+
+    pub fn sign_auth(&self, server_name: &str, challenge: &[u8]) -> Vec<u8> {
+        self.key.sign(&signing::auth_message(server_name, &self.id(), challenge)).to_bytes().to_vec()
+    }
+}
+
+/// Asserts an error response: status and stable code.
+#[track_caller]
+pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
+    let (actual, body) = response;
+    assert_eq!(*actual, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
