@@ -79,13 +79,18 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedRequest => 400,
-            Unauthenticated | SessionExpired | DeviceRevoked | DeviceUnknown | ChallengeUnknown | ChallengeExpired
-            | ChallengeUsed | ChallengeForeign | AuthSignatureInvalid => 401,
+            Unauthenticated | SessionExpired | DeviceRevoked | DeviceUnknown | ChallengeUnknown
+            | ChallengeExpired | ChallengeUsed | ChallengeForeign | AuthSignatureInvalid => 401,
             Forbidden | InviteRequired | InviteInvalid => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            UserExists | DeviceExists | DeviceLimitReached | HandleTaken | KeyPackageLimitReached
-            | LinkAlreadyApproved | LinkCodeInUse => 409,
+            UserExists
+            | DeviceExists
+            | DeviceLimitReached
+            | HandleTaken
+            | KeyPackageLimitReached
+            | LinkAlreadyApproved
+            | LinkCodeInUse => 409,
             PayloadTooLarge => 413,
             InvalidArgument | SignatureInvalid | TimestampOutOfRange => 422,
             RateLimited => 429,
@@ -114,6 +119,11 @@ pub struct ErrorDetail {
 impl ErrorBody {
     /// Builds an error body.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { error: ErrorDetail { code, message: message.into() } }
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
     }
 }

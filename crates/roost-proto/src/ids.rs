@@ -17,9 +17,7 @@ pub enum IdParseError {
     #[error("expected the unpadded base64url encoding of a 32-byte public key")]
     Key,
     /// The handle breaks the handle rules.
-    #[error(
-        "a handle is 3 to 32 characters of a-z, 0-9, '_' and '.', starting with a letter"
-    )]
+    #[error("a handle is 3 to 32 characters of a-z, 0-9, '_' and '.', starting with a letter")]
     Handle,
 }
 
@@ -118,7 +116,8 @@ impl FromStr for Handle {
         let text = text.strip_prefix('@').unwrap_or(text);
         let mut chars = text.chars();
         let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+        let rest_ok =
+            chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
         if starts_with_letter && rest_ok && (3..=32).contains(&text.len()) {
             Ok(Self(text.to_owned()))
         } else {
@@ -163,15 +162,31 @@ mod tests {
         assert_eq!(text.len(), 43);
         assert_eq!(text.parse::<UserId>(), Ok(id));
         assert_eq!("".parse::<UserId>(), Err(IdParseError::Key));
-        assert_eq!(format!("{text}=").parse::<DeviceId>(), Err(IdParseError::Key));
+        assert_eq!(
+            format!("{text}=").parse::<DeviceId>(),
+            Err(IdParseError::Key)
+        );
         assert_eq!("+".repeat(43).parse::<DeviceId>(), Err(IdParseError::Key));
     }
 
     #[test]
     fn handles_follow_the_rules() {
-        assert_eq!("@alice".parse::<Handle>().map(|h| h.to_string()), Ok("alice".to_owned()));
+        assert_eq!(
+            "@alice".parse::<Handle>().map(|h| h.to_string()),
+            Ok("alice".to_owned())
+        );
         assert!("a.b_9".parse::<Handle>().is_ok());
-        for bad in ["al", "Alice", "9lives", "a-b", "", "@", &"a".repeat(33), "ali ce", "é.abc"] {
+        for bad in [
+            "al",
+            "Alice",
+            "9lives",
+            "a-b",
+            "",
+            "@",
+            &"a".repeat(33),
+            "ali ce",
+            "é.abc",
+        ] {
             assert_eq!(bad.parse::<Handle>(), Err(IdParseError::Handle), "{bad}");
         }
     }

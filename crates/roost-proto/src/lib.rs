@@ -4,6 +4,7 @@
 //! identifiers, HTTP request and response bodies, error codes and the exact byte strings that
 //! devices and identity keys sign. The crate does no I/O, so the server, the client SDK and the
 //! tests all agree on one definition.
+#![deny(missing_docs)]
 
 pub mod api;
 pub mod bytes;

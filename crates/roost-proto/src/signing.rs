@@ -62,7 +62,12 @@ pub enum HandleAction {
 /// || timestamp_ms (i64 BE)`.
 ///
 /// The timestamp must be within the server's allowed skew, which bounds replay.
-pub fn handle_message(action: HandleAction, user: &UserId, handle: &Handle, timestamp_ms: i64) -> Vec<u8> {
+pub fn handle_message(
+    action: HandleAction,
+    user: &UserId,
+    handle: &Handle,
+    timestamp_ms: i64,
+) -> Vec<u8> {
     let mut msg = HANDLE_LABEL.to_vec();
     msg.extend_from_slice(match action {
         HandleAction::Claim => b"claim\0",
@@ -81,8 +86,14 @@ pub fn handle_message(action: HandleAction, user: &UserId, handle: &Handle, time
 /// server hands out and so notices if the server swapped the key.
 pub fn link_code(device: &DeviceId) -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let digest = Sha256::new().chain_update(LINK_CODE_LABEL).chain_update(device.as_bytes()).finalize();
-    let bits = digest.iter().take(5).fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let digest = Sha256::new()
+        .chain_update(LINK_CODE_LABEL)
+        .chain_update(device.as_bytes())
+        .finalize();
+    let bits = digest
+        .iter()
+        .take(5)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
     let mut code = String::with_capacity(9);
     for i in 0..8 {
         if i == 4 {
@@ -118,6 +129,9 @@ mod tests {
     fn labels_separate_domains() {
         let user = UserId::from_bytes([1; 32]);
         let device = DeviceId::from_bytes([2; 32]);
-        assert_ne!(device_certificate_message(&user, &device), revoke_device_message(&user, &device));
+        assert_ne!(
+            device_certificate_message(&user, &device),
+            revoke_device_message(&user, &device)
+        );
     }
 }

@@ -173,7 +173,10 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!("{} is not a readable file", path.display())));
+                return Err(ConfigError(format!(
+                    "{} is not a readable file",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -193,8 +196,12 @@ impl Config {
             }
             insert_env_value(&mut from_env, &path, &value);
         }
-        figment = figment.merge(Serialized::defaults(from_env)).merge(Serialized::defaults(flags));
-        let config: Config = figment.extract().map_err(|err| ConfigError(err.to_string()))?;
+        figment = figment
+            .merge(Serialized::defaults(from_env))
+            .merge(Serialized::defaults(flags));
+        let config: Config = figment
+            .extract()
+            .map_err(|err| ConfigError(err.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -212,10 +219,14 @@ impl Config {
             rates.key_claims_per_pair,
         ];
         if all.contains(&0) {
-            return Err(ConfigError("rate limits must be at least 1 per minute".into()));
+            return Err(ConfigError(
+                "rate limits must be at least 1 per minute".into(),
+            ));
         }
         if self.limits.max_devices_per_user == 0 || self.limits.max_claim_targets == 0 {
-            return Err(ConfigError("device and claim limits must be at least 1".into()));
+            return Err(ConfigError(
+                "device and claim limits must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -230,12 +241,16 @@ impl Config {
 
     /// A copy with passwords in URLs replaced by `***`, fit to print or log.
     pub fn redacted(&self) -> Self {
-        Self { database_url: self.database_url.as_deref().map(redact_url), ..self.clone() }
+        Self {
+            database_url: self.database_url.as_deref().map(redact_url),
+            ..self.clone()
+        }
     }
 
     /// The effective configuration as TOML, secrets redacted (what `roostd config` prints).
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(&self.redacted()).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        toml::to_string_pretty(&self.redacted())
+            .unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 }
 
@@ -266,11 +281,17 @@ pub enum DatabaseLocation {
 /// Puts an environment value at a dotted path, typed as TOML would read it (numbers and booleans
 /// as such, anything else as a string).
 fn insert_env_value(table: &mut toml::Table, path: &[String], raw: &str) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut current = table;
     for part in parents {
-        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(next) = entry else { return };
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
         current = next;
     }
     let value = raw
@@ -282,8 +303,12 @@ fn insert_env_value(table: &mut toml::Table, path: &[String], raw: &str) {
 }
 
 fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
     match userinfo.split_once(':') {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -295,14 +320,20 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn defaults_need_no_configuration() {
         let config = Config::load_with_env(None, &FlagOverrides::default(), env(&[])).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.database_location(), DatabaseLocation::SqliteFile(PathBuf::from("./roost-data/roost.db")));
+        assert_eq!(
+            config.database_location(),
+            DatabaseLocation::SqliteFile(PathBuf::from("./roost-data/roost.db"))
+        );
         assert_eq!(config.registration, RegistrationPolicy::Open);
     }
 
@@ -315,7 +346,10 @@ mod tests {
             "server_name = \"file.example\"\nlisten = \"127.0.0.1:9000\"\n[limits]\nmax_devices_per_user = 3\n",
         )
         .unwrap();
-        let flags = FlagOverrides { listen: Some("127.0.0.1:9100".parse().unwrap()), ..Default::default() };
+        let flags = FlagOverrides {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Default::default()
+        };
         let vars = env(&[
             ("ROOST_SERVER_NAME", "env.example"),
             ("ROOST_LISTEN", "127.0.0.1:9050"),
@@ -328,7 +362,10 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(config.limits.max_devices_per_user, 3);
         assert_eq!(config.limits.max_one_time_key_packages, 50);
-        assert_eq!(config.database_url.as_deref(), Some("sqlite://elsewhere/roost.db"));
+        assert_eq!(
+            config.database_url.as_deref(),
+            Some("sqlite://elsewhere/roost.db")
+        );
     }
 
     #[test]
@@ -339,14 +376,27 @@ mod tests {
         assert!(Config::load_with_env(Some(&file), &FlagOverrides::default(), env(&[])).is_err());
         let vars = env(&[("ROOST_RATE_LIMITS__CHALLENGES_PER_ADDRESS", "0")]);
         assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
-        assert!(Config::load_with_env(Some(&dir.path().join("missing.toml")), &FlagOverrides::default(), env(&[])).is_err());
+        assert!(
+            Config::load_with_env(
+                Some(&dir.path().join("missing.toml")),
+                &FlagOverrides::default(),
+                env(&[])
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn secrets_are_redacted() {
-        let config = Config { database_url: Some("postgres://roost:hunter2@db/roost".into()), ..Config::default() };
+        let config = Config {
+            database_url: Some("postgres://roost:hunter2@db/roost".into()),
+            ..Config::default()
+        };
         let printed = config.to_redacted_toml();
-        assert!(printed.contains("postgres://roost:***@db/roost"), "{printed}");
+        assert!(
+            printed.contains("postgres://roost:***@db/roost"),
+            "{printed}"
+        );
         assert!(!printed.contains("hunter2"));
         assert!(!format!("{config:?}").contains("hunter2"));
     }

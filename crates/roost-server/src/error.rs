@@ -24,12 +24,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// A 429 that says when to retry.
     pub fn rate_limited(retry_after: Duration) -> Self {
-        Self { retry_after: Some(retry_after), ..Self::new(ErrorCode::RateLimited, "too many requests; slow down") }
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorCode::RateLimited, "too many requests; slow down")
+        }
     }
 
     /// 422 for a field that breaks a rule.
@@ -47,19 +54,43 @@ impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         let (code, message) = match err {
             StoreError::NotFound => (ErrorCode::NotFound, "not found"),
-            StoreError::UserExists => (ErrorCode::UserExists, "a user with this identity key is already registered"),
-            StoreError::DeviceExists => (ErrorCode::DeviceExists, "this device key is already registered or was revoked"),
-            StoreError::DeviceLimitReached => (ErrorCode::DeviceLimitReached, "the user has the maximum number of devices"),
-            StoreError::InviteInvalid => (ErrorCode::InviteInvalid, "the invite code is unknown or already used"),
-            StoreError::HandleTaken => (ErrorCode::HandleTaken, "the handle belongs to another user"),
-            StoreError::KeyPackageLimitReached => {
-                (ErrorCode::KeyPackageLimitReached, "the upload would exceed the one-time KeyPackage cap")
+            StoreError::UserExists => (
+                ErrorCode::UserExists,
+                "a user with this identity key is already registered",
+            ),
+            StoreError::DeviceExists => (
+                ErrorCode::DeviceExists,
+                "this device key is already registered or was revoked",
+            ),
+            StoreError::DeviceLimitReached => (
+                ErrorCode::DeviceLimitReached,
+                "the user has the maximum number of devices",
+            ),
+            StoreError::InviteInvalid => (
+                ErrorCode::InviteInvalid,
+                "the invite code is unknown or already used",
+            ),
+            StoreError::HandleTaken => {
+                (ErrorCode::HandleTaken, "the handle belongs to another user")
             }
-            StoreError::LinkPending => (ErrorCode::LinkCodeInUse, "a different device holds this link code; try again"),
-            StoreError::LinkAlreadyApproved => (ErrorCode::LinkAlreadyApproved, "the link request was already approved"),
+            StoreError::KeyPackageLimitReached => (
+                ErrorCode::KeyPackageLimitReached,
+                "the upload would exceed the one-time KeyPackage cap",
+            ),
+            StoreError::LinkPending => (
+                ErrorCode::LinkCodeInUse,
+                "a different device holds this link code; try again",
+            ),
+            StoreError::LinkAlreadyApproved => (
+                ErrorCode::LinkAlreadyApproved,
+                "the link request was already approved",
+            ),
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "storage failure");
-                (ErrorCode::Unavailable, "storage is unavailable; try again later")
+                (
+                    ErrorCode::Unavailable,
+                    "storage is unavailable; try again later",
+                )
             }
             other => {
                 tracing::error!(error = %other, "unexpected storage error");

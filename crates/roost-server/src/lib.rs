@@ -2,6 +2,7 @@
 //!
 //! [`serve`] runs the server on a bound listener until a shutdown future completes; the `roostd`
 //! binary only parses configuration and calls it, and tests call it on `127.0.0.1:0`.
+#![deny(missing_docs)]
 
 pub mod clock;
 pub mod config;
@@ -47,8 +48,12 @@ pub enum ServeError {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     match config.database_location() {
         DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
-        DatabaseLocation::Url(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(&url).await?)),
-        DatabaseLocation::Url(url) => Err(ServeError::UnsupportedDatabase(config.redacted().database_url.unwrap_or(url))),
+        DatabaseLocation::Url(url) if url.starts_with("sqlite:") => {
+            Ok(Arc::new(SqliteStore::open_url(&url).await?))
+        }
+        DatabaseLocation::Url(url) => Err(ServeError::UnsupportedDatabase(
+            config.redacted().database_url.unwrap_or(url),
+        )),
     }
 }
 
@@ -72,13 +77,19 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let services = Services::new(Context::new(store, clock, config));
-    let state = AppState { services: services.clone(), metrics: crate::metrics::prometheus() };
+    let state = AppState {
+        services: services.clone(),
+        metrics: crate::metrics::prometheus(),
+    };
     let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
     let app = http::router(state);
     tracing::info!(address = %listener.local_addr()?, "roostd listening");
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     housekeeping.abort();
     served.map_err(ServeError::Io)
 }
@@ -91,7 +102,9 @@ async fn housekeeping(services: Services, metrics: metrics_exporter_prometheus::
     loop {
         tick.tick().await;
         match services.auth.prune().await {
-            Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned expired authentication state"),
+            Ok(pruned) if pruned > 0 => {
+                tracing::debug!(pruned, "pruned expired authentication state")
+            }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "pruning failed"),
         }

@@ -19,14 +19,16 @@ pub struct KeyedLimit<K: Hash + Eq + Clone> {
 impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     fn per_minute(n: u32) -> Self {
         let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        Self { limiter: RateLimiter::keyed(Quota::per_minute(n)) }
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+        }
     }
 
     /// Takes one token for `key`, or says how long to wait.
     pub fn check(&self, key: &K) -> Result<()> {
-        self.limiter
-            .check_key(key)
-            .map_err(|not_until| Error::rate_limited(not_until.wait_time_from(DefaultClock::default().now())))
+        self.limiter.check_key(key).map_err(|not_until| {
+            Error::rate_limited(not_until.wait_time_from(DefaultClock::default().now()))
+        })
     }
 
     fn forget_idle(&self) {

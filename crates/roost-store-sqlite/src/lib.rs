@@ -8,6 +8,7 @@
 //! Concurrency: all writes go through one connection (SQLite allows one writer at a time anyway),
 //! so read-check-write transactions cannot interleave and never meet `SQLITE_BUSY`; reads use a
 //! separate pool and see the last committed state thanks to WAL.
+#![deny(missing_docs)]
 
 mod store;
 
@@ -16,7 +17,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use roost_store::{StoreError, StoreResult};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// The SQLite store.
 #[derive(Clone)]

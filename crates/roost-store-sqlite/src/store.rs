@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use roost_proto::{DeviceId, Handle, UserId};
 use roost_store::{
-    ChallengeRecord, ClaimedPackage, DeviceRecord, KeyPackageStock, LinkRecord, NewDevice, NewLinkRequest,
-    SessionRecord, Store, StoreError, StoreResult, timed,
+    ChallengeRecord, ClaimedPackage, DeviceRecord, KeyPackageStock, LinkRecord, NewDevice,
+    NewLinkRequest, SessionRecord, Store, StoreError, StoreResult, timed,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -22,21 +22,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn register_user(&self, device: NewDevice, invite_hash: Option<[u8; 32]>) -> StoreResult<()> {
+    async fn register_user(
+        &self,
+        device: NewDevice,
+        invite_hash: Option<[u8; 32]>,
+    ) -> StoreResult<()> {
         timed("register_user", async {
             let mut tx = self.writer.begin().await?;
-            if exists(&mut tx, "SELECT 1 FROM users WHERE id = $1", device.user_id.as_bytes()).await? {
+            if exists(
+                &mut tx,
+                "SELECT 1 FROM users WHERE id = $1",
+                device.user_id.as_bytes(),
+            )
+            .await?
+            {
                 return Err(StoreError::UserExists);
             }
-            if exists(&mut tx, "SELECT 1 FROM devices WHERE id = $1", device.id.as_bytes()).await? {
+            if exists(
+                &mut tx,
+                "SELECT 1 FROM devices WHERE id = $1",
+                device.id.as_bytes(),
+            )
+            .await?
+            {
                 return Err(StoreError::DeviceExists);
             }
             if let Some(hash) = invite_hash {
-                let used = sqlx::query("UPDATE invites SET used_by = $1 WHERE code_hash = $2 AND used_by IS NULL")
-                    .bind(device.user_id.as_bytes().as_slice())
-                    .bind(hash.as_slice())
-                    .execute(&mut *tx)
-                    .await?;
+                let used = sqlx::query(
+                    "UPDATE invites SET used_by = $1 WHERE code_hash = $2 AND used_by IS NULL",
+                )
+                .bind(device.user_id.as_bytes().as_slice())
+                .bind(hash.as_slice())
+                .execute(&mut *tx)
+                .await?;
                 if used.rows_affected() != 1 {
                     return Err(StoreError::InviteInvalid);
                 }
@@ -72,7 +90,12 @@ impl Store for SqliteStore {
     async fn user_exists(&self, user: &UserId) -> StoreResult<bool> {
         timed("user_exists", async {
             let mut conn = self.reader.acquire().await?;
-            exists(&mut conn, "SELECT 1 FROM users WHERE id = $1", user.as_bytes()).await
+            exists(
+                &mut conn,
+                "SELECT 1 FROM users WHERE id = $1",
+                user.as_bytes(),
+            )
+            .await
         })
         .await
     }
@@ -127,9 +150,19 @@ impl Store for SqliteStore {
                 return Ok(false);
             }
             let id = device.as_bytes().as_slice();
-            sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM sessions WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM key_packages WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM sessions WHERE device_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM key_packages WHERE device_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -179,7 +212,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn approve_link_request(&self, code: &str, device: NewDevice, max_devices: u32, now: i64) -> StoreResult<()> {
+    async fn approve_link_request(
+        &self,
+        code: &str,
+        device: NewDevice,
+        max_devices: u32,
+        now: i64,
+    ) -> StoreResult<()> {
         timed("approve_link_request", async {
             let mut tx = self.writer.begin().await?;
             let row = sqlx::query(
@@ -219,9 +258,16 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(row) = holder {
-                return if user_id_at(&row, "user_id")? == *user { Ok(()) } else { Err(StoreError::HandleTaken) };
+                return if user_id_at(&row, "user_id")? == *user {
+                    Ok(())
+                } else {
+                    Err(StoreError::HandleTaken)
+                };
             }
-            sqlx::query("DELETE FROM handles WHERE user_id = $1").bind(user.as_bytes().as_slice()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM handles WHERE user_id = $1")
+                .bind(user.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("INSERT INTO handles (handle, user_id, claimed_at) VALUES ($1, $2, $3)")
                 .bind(handle.as_str())
                 .bind(user.as_bytes().as_slice())
@@ -265,19 +311,28 @@ impl Store for SqliteStore {
                 .await?;
             let Some(row) = row else { return Ok(None) };
             let text: String = row.try_get("handle")?;
-            text.parse().map(Some).map_err(|_| corrupt("handles.handle"))
+            text.parse()
+                .map(Some)
+                .map_err(|_| corrupt("handles.handle"))
         })
         .await
     }
 
-    async fn insert_challenge(&self, challenge: &[u8], device: &DeviceId, expires_at: i64) -> StoreResult<()> {
+    async fn insert_challenge(
+        &self,
+        challenge: &[u8],
+        device: &DeviceId,
+        expires_at: i64,
+    ) -> StoreResult<()> {
         timed("insert_challenge", async {
-            sqlx::query("INSERT INTO challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)")
-                .bind(challenge)
-                .bind(device.as_bytes().as_slice())
-                .bind(expires_at)
-                .execute(&self.writer)
-                .await?;
+            sqlx::query(
+                "INSERT INTO challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)",
+            )
+            .bind(challenge)
+            .bind(device.as_bytes().as_slice())
+            .bind(expires_at)
+            .execute(&self.writer)
+            .await?;
             Ok(())
         })
         .await
@@ -285,10 +340,12 @@ impl Store for SqliteStore {
 
     async fn challenge(&self, challenge: &[u8]) -> StoreResult<Option<ChallengeRecord>> {
         timed("challenge", async {
-            let row = sqlx::query("SELECT device_id, expires_at, used_at FROM challenges WHERE challenge = $1")
-                .bind(challenge)
-                .fetch_optional(&self.reader)
-                .await?;
+            let row = sqlx::query(
+                "SELECT device_id, expires_at, used_at FROM challenges WHERE challenge = $1",
+            )
+            .bind(challenge)
+            .fetch_optional(&self.reader)
+            .await?;
             let Some(row) = row else { return Ok(None) };
             Ok(Some(ChallengeRecord {
                 device_id: device_id_at(&row, "device_id")?,
@@ -301,11 +358,13 @@ impl Store for SqliteStore {
 
     async fn consume_challenge(&self, challenge: &[u8], now: i64) -> StoreResult<bool> {
         timed("consume_challenge", async {
-            let done = sqlx::query("UPDATE challenges SET used_at = $1 WHERE challenge = $2 AND used_at IS NULL")
-                .bind(now)
-                .bind(challenge)
-                .execute(&self.writer)
-                .await?;
+            let done = sqlx::query(
+                "UPDATE challenges SET used_at = $1 WHERE challenge = $2 AND used_at IS NULL",
+            )
+            .bind(now)
+            .bind(challenge)
+            .execute(&self.writer)
+            .await?;
             Ok(done.rows_affected() == 1)
         })
         .await
@@ -464,8 +523,16 @@ impl Store for SqliteStore {
     }
 }
 
-async fn exists(conn: &mut SqliteConnection, sql: &'static str, key: &[u8; 32]) -> StoreResult<bool> {
-    Ok(sqlx::query(sql).bind(key.as_slice()).fetch_optional(conn).await?.is_some())
+async fn exists(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    key: &[u8; 32],
+) -> StoreResult<bool> {
+    Ok(sqlx::query(sql)
+        .bind(key.as_slice())
+        .fetch_optional(conn)
+        .await?
+        .is_some())
 }
 
 async fn insert_device(conn: &mut SqliteConnection, device: &NewDevice) -> StoreResult<()> {
@@ -480,18 +547,35 @@ async fn insert_device(conn: &mut SqliteConnection, device: &NewDevice) -> Store
     Ok(())
 }
 
-async fn add_device_in(conn: &mut SqliteConnection, device: &NewDevice, max_devices: u32) -> StoreResult<()> {
-    if !exists(conn, "SELECT 1 FROM users WHERE id = $1", device.user_id.as_bytes()).await? {
+async fn add_device_in(
+    conn: &mut SqliteConnection,
+    device: &NewDevice,
+    max_devices: u32,
+) -> StoreResult<()> {
+    if !exists(
+        conn,
+        "SELECT 1 FROM users WHERE id = $1",
+        device.user_id.as_bytes(),
+    )
+    .await?
+    {
         return Err(StoreError::NotFound);
     }
-    if exists(conn, "SELECT 1 FROM devices WHERE id = $1", device.id.as_bytes()).await? {
+    if exists(
+        conn,
+        "SELECT 1 FROM devices WHERE id = $1",
+        device.id.as_bytes(),
+    )
+    .await?
+    {
         return Err(StoreError::DeviceExists);
     }
-    let active: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE user_id = $1 AND revoked_at IS NULL")
-        .bind(device.user_id.as_bytes().as_slice())
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("n")?;
+    let active: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(device.user_id.as_bytes().as_slice())
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("n")?;
     if active >= i64::from(max_devices) {
         return Err(StoreError::DeviceLimitReached);
     }
@@ -509,7 +593,10 @@ async fn stock_in(conn: &mut SqliteConnection, device: &DeviceId) -> StoreResult
     .await?;
     let one_time: i64 = row.try_get("one_time")?;
     let last_resort: i64 = row.try_get("last_resort")?;
-    Ok(KeyPackageStock { one_time: u32::try_from(one_time).unwrap_or(u32::MAX), last_resort: last_resort > 0 })
+    Ok(KeyPackageStock {
+        one_time: u32::try_from(one_time).unwrap_or(u32::MAX),
+        last_resort: last_resort > 0,
+    })
 }
 
 fn device_record(row: &SqliteRow) -> StoreResult<DeviceRecord> {
@@ -527,9 +614,10 @@ fn link_record(row: &SqliteRow) -> StoreResult<LinkRecord> {
     let approver: Option<Vec<u8>> = row.try_get("user_id")?;
     let certificate: Option<Vec<u8>> = row.try_get("certificate")?;
     let approved = match (approver, certificate) {
-        (Some(user), Some(certificate)) => {
-            Some((UserId::from_slice(&user).map_err(|_| corrupt("link_requests.user_id"))?, certificate))
-        }
+        (Some(user), Some(certificate)) => Some((
+            UserId::from_slice(&user).map_err(|_| corrupt("link_requests.user_id"))?,
+            certificate,
+        )),
         _ => None,
     };
     Ok(LinkRecord {

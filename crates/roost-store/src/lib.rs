@@ -8,6 +8,7 @@
 //! - a device key, once registered, is never accepted again (even after revocation).
 //!
 //! Times are Unix milliseconds chosen by the caller, so services can run on an injected clock.
+#![deny(missing_docs)]
 
 pub mod conformance;
 mod error;
@@ -36,7 +37,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Errors: [`StoreError::UserExists`], [`StoreError::DeviceExists`],
     /// [`StoreError::InviteInvalid`].
-    async fn register_user(&self, device: NewDevice, invite_hash: Option<[u8; 32]>) -> StoreResult<()>;
+    async fn register_user(
+        &self,
+        device: NewDevice,
+        invite_hash: Option<[u8; 32]>,
+    ) -> StoreResult<()>;
 
     /// Stores invite codes (by hash) that each admit one registration.
     async fn create_invites(&self, hashes: &[[u8; 32]], now: i64) -> StoreResult<()>;
@@ -78,7 +83,13 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Errors: [`StoreError::NotFound`], [`StoreError::LinkAlreadyApproved`], and those of
     /// [`Store::add_device`].
-    async fn approve_link_request(&self, code: &str, device: NewDevice, max_devices: u32, now: i64) -> StoreResult<()>;
+    async fn approve_link_request(
+        &self,
+        code: &str,
+        device: NewDevice,
+        max_devices: u32,
+        now: i64,
+    ) -> StoreResult<()>;
 
     // --- handles ---
 
@@ -99,7 +110,12 @@ pub trait Store: Send + Sync + 'static {
     // --- authentication ---
 
     /// Stores a freshly issued challenge.
-    async fn insert_challenge(&self, challenge: &[u8], device: &DeviceId, expires_at: i64) -> StoreResult<()>;
+    async fn insert_challenge(
+        &self,
+        challenge: &[u8],
+        device: &DeviceId,
+        expires_at: i64,
+    ) -> StoreResult<()>;
 
     /// Looks a challenge up without consuming it.
     async fn challenge(&self, challenge: &[u8]) -> StoreResult<Option<ChallengeRecord>>;

@@ -43,13 +43,17 @@ impl<T: Serialize> IntoResponse for Json<T> {
 fn json_rejection(rejection: JsonRejection) -> Error {
     match rejection {
         JsonRejection::JsonDataError(err) => Error::invalid(err.body_text()),
-        JsonRejection::JsonSyntaxError(err) => Error::new(ErrorCode::MalformedRequest, err.body_text()),
-        JsonRejection::MissingJsonContentType(_) => {
-            Error::new(ErrorCode::MalformedRequest, "expected a JSON body with Content-Type: application/json")
+        JsonRejection::JsonSyntaxError(err) => {
+            Error::new(ErrorCode::MalformedRequest, err.body_text())
         }
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Error::new(ErrorCode::PayloadTooLarge, "the request body is larger than this server accepts")
-        }
+        JsonRejection::MissingJsonContentType(_) => Error::new(
+            ErrorCode::MalformedRequest,
+            "expected a JSON body with Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::new(
+            ErrorCode::PayloadTooLarge,
+            "the request body is larger than this server accepts",
+        ),
         other => Error::new(ErrorCode::MalformedRequest, other.body_text()),
     }
 }
@@ -67,9 +71,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(PathRejection::FailedToDeserializePathParams(err)) => {
-                Err(Error::new(ErrorCode::MalformedRequest, format!("bad path parameter: {}", err.body_text())))
-            }
+            Err(PathRejection::FailedToDeserializePathParams(err)) => Err(Error::new(
+                ErrorCode::MalformedRequest,
+                format!("bad path parameter: {}", err.body_text()),
+            )),
             Err(other) => Err(Error::new(ErrorCode::MalformedRequest, other.body_text())),
         }
     }
@@ -82,7 +87,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
         // Without connection info (a router driven in-process) every caller shares one bucket.
         Ok(Self(peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
     }
@@ -95,8 +103,16 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let missing = || Error::new(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>");
-        let value = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(missing)?;
+        let missing = || {
+            Error::new(
+                ErrorCode::Unauthenticated,
+                "send Authorization: Bearer <token>",
+            )
+        };
+        let value = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(missing)?;
         let value = value.to_str().map_err(|_| missing())?;
         let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
@@ -112,7 +128,10 @@ pub struct Authenticated(pub Caller);
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
         state.services.auth.authenticate(&token).await.map(Self)
     }

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use roost_proto::api::{
-    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest, LinkState, RegisterRequest,
-    RegisterResponse,
+    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest, LinkState,
+    RegisterRequest, RegisterResponse,
 };
 use roost_proto::signing::{self, HandleAction};
 use roost_proto::{Base64Bytes, DeviceId, ErrorCode, Handle, UserId};
@@ -30,12 +30,19 @@ impl Accounts {
     }
 
     /// Registers a user with its first device, after verifying the device certificate.
-    pub async fn register(&self, request: RegisterRequest, source: IpAddr) -> Result<RegisterResponse> {
+    pub async fn register(
+        &self,
+        request: RegisterRequest,
+        source: IpAddr,
+    ) -> Result<RegisterResponse> {
         self.ctx.limits.registrations.check(&source)?;
         let invite_hash = match (self.ctx.config.registration, request.invite_code.as_deref()) {
             (RegistrationPolicy::Open, _) => None,
             (RegistrationPolicy::InviteOnly, None) => {
-                return Err(Error::new(ErrorCode::InviteRequired, "registration on this server needs an invite code"));
+                return Err(Error::new(
+                    ErrorCode::InviteRequired,
+                    "registration on this server needs an invite code",
+                ));
             }
             (RegistrationPolicy::InviteOnly, Some(code)) => Some(invite_hash(code)),
         };
@@ -50,17 +57,32 @@ impl Accounts {
             name,
             created_at: self.ctx.now(),
         };
-        self.ctx.store.register_user(device.clone(), invite_hash).await?;
-        Ok(RegisterResponse { user_id, device: device_view(&to_record(device), true) })
+        self.ctx
+            .store
+            .register_user(device.clone(), invite_hash)
+            .await?;
+        Ok(RegisterResponse {
+            user_id,
+            device: device_view(&to_record(device), true),
+        })
     }
 
     /// Creates invite codes (the `roostd admin invite` command). Each admits one registration;
     /// only their hashes are stored.
     pub async fn create_invites(&self, count: usize) -> Result<Vec<String>> {
-        let codes: Vec<String> =
-            (0..count).map(|_| format!("inv_{}", roost_proto::bytes::encode(&rand::random::<[u8; 16]>()))).collect();
+        let codes: Vec<String> = (0..count)
+            .map(|_| {
+                format!(
+                    "inv_{}",
+                    roost_proto::bytes::encode(&rand::random::<[u8; 16]>())
+                )
+            })
+            .collect();
         let hashes: Vec<[u8; 32]> = codes.iter().map(|code| invite_hash(code)).collect();
-        self.ctx.store.create_invites(&hashes, self.ctx.now()).await?;
+        self.ctx
+            .store
+            .create_invites(&hashes, self.ctx.now())
+            .await?;
         Ok(codes)
     }
 
@@ -71,15 +93,31 @@ impl Accounts {
         }
         let own = caller.user_id == *user_id;
         let devices = self.ctx.store.active_devices(user_id).await?;
-        Ok(DeviceList { user_id: *user_id, devices: devices.iter().map(|d| device_view(d, own)).collect() })
+        Ok(DeviceList {
+            user_id: *user_id,
+            devices: devices.iter().map(|d| device_view(d, own)).collect(),
+        })
     }
 
     /// Revokes one of the caller's user's devices. The identity key must have signed the
     /// revocation; the device's sessions and KeyPackages go with it.
-    pub async fn revoke_device(&self, caller: &Caller, device_id: &DeviceId, signature: &Base64Bytes) -> Result<()> {
-        let device = self.ctx.store.device(device_id).await?.ok_or_else(|| Error::not_found("no such device"))?;
+    pub async fn revoke_device(
+        &self,
+        caller: &Caller,
+        device_id: &DeviceId,
+        signature: &Base64Bytes,
+    ) -> Result<()> {
+        let device = self
+            .ctx
+            .store
+            .device(device_id)
+            .await?
+            .ok_or_else(|| Error::not_found("no such device"))?;
         if device.user_id != caller.user_id {
-            return Err(Error::new(ErrorCode::Forbidden, "this device belongs to another user"));
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                "this device belongs to another user",
+            ));
         }
         let message = signing::revoke_device_message(&caller.user_id, device_id);
         signatures::verify(
@@ -89,7 +127,10 @@ impl Accounts {
             signature.as_bytes(),
             ErrorCode::SignatureInvalid,
         )?;
-        self.ctx.store.revoke_device(&caller.user_id, device_id, self.ctx.now()).await?;
+        self.ctx
+            .store
+            .revoke_device(&caller.user_id, device_id, self.ctx.now())
+            .await?;
         Ok(())
     }
 
@@ -100,14 +141,30 @@ impl Accounts {
         let code = signing::link_code(&device_id);
         let now = self.ctx.now();
         let expires_at = now.saturating_add(secs_to_ms(self.ctx.config.limits.link_ttl_secs));
-        let created = self.ctx.store.create_link_request(NewLinkRequest { code: code.clone(), device_id, expires_at }, now).await;
+        let created = self
+            .ctx
+            .store
+            .create_link_request(
+                NewLinkRequest {
+                    code: code.clone(),
+                    device_id,
+                    expires_at,
+                },
+                now,
+            )
+            .await;
         match created {
             Ok(()) => {}
             // Asking again while the first request is pending is harmless: show the same one.
             Err(StoreError::LinkPending) => {}
             Err(err) => return Err(err.into()),
         }
-        let link = self.ctx.store.link_request(&code, now).await?.ok_or_else(|| Error::not_found("no such link request"))?;
+        let link = self
+            .ctx
+            .store
+            .link_request(&code, now)
+            .await?
+            .ok_or_else(|| Error::not_found("no such link request"))?;
         if link.device_id != device_id {
             return Err(StoreError::LinkPending.into());
         }
@@ -129,7 +186,12 @@ impl Accounts {
     }
 
     /// Approves a link request with a certificate from the caller's identity key.
-    pub async fn approve_link(&self, caller: &Caller, code: &str, request: LinkApproveRequest) -> Result<Device> {
+    pub async fn approve_link(
+        &self,
+        caller: &Caller,
+        code: &str,
+        request: LinkApproveRequest,
+    ) -> Result<Device> {
         let code = normalize_link_code(code)?;
         let now = self.ctx.now();
         let link = self
@@ -142,7 +204,11 @@ impl Accounts {
             return Err(StoreError::LinkAlreadyApproved.into());
         }
         let name = device_name(request.device_name)?;
-        verify_certificate(&caller.user_id, &link.device_id, &request.device_certificate)?;
+        verify_certificate(
+            &caller.user_id,
+            &link.device_id,
+            &request.device_certificate,
+        )?;
         let device = NewDevice {
             id: link.device_id,
             user_id: caller.user_id,
@@ -150,21 +216,50 @@ impl Accounts {
             name,
             created_at: now,
         };
-        self.ctx.store.approve_link_request(&code, device.clone(), self.ctx.config.limits.max_devices_per_user, now).await?;
+        self.ctx
+            .store
+            .approve_link_request(
+                &code,
+                device.clone(),
+                self.ctx.config.limits.max_devices_per_user,
+                now,
+            )
+            .await?;
         Ok(device_view(&to_record(device), true))
     }
 
     /// Claims a handle for the caller's user with a request signed by the identity key.
-    pub async fn claim_handle(&self, caller: &Caller, handle: Handle, request: &HandleRequest) -> Result<HandleRecord> {
+    pub async fn claim_handle(
+        &self,
+        caller: &Caller,
+        handle: Handle,
+        request: &HandleRequest,
+    ) -> Result<HandleRecord> {
         self.verify_handle_request(caller, &handle, request, HandleAction::Claim)?;
-        self.ctx.store.claim_handle(&caller.user_id, &handle, self.ctx.now()).await?;
-        Ok(HandleRecord { handle, user_id: caller.user_id })
+        self.ctx
+            .store
+            .claim_handle(&caller.user_id, &handle, self.ctx.now())
+            .await?;
+        Ok(HandleRecord {
+            handle,
+            user_id: caller.user_id,
+        })
     }
 
     /// Releases the caller's user's handle with a request signed by the identity key.
-    pub async fn release_handle(&self, caller: &Caller, handle: Handle, request: &HandleRequest) -> Result<()> {
+    pub async fn release_handle(
+        &self,
+        caller: &Caller,
+        handle: Handle,
+        request: &HandleRequest,
+    ) -> Result<()> {
         self.verify_handle_request(caller, &handle, request, HandleAction::Release)?;
-        if self.ctx.store.release_handle(&caller.user_id, &handle).await? {
+        if self
+            .ctx
+            .store
+            .release_handle(&caller.user_id, &handle)
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::not_found("this user does not hold that handle"))
@@ -173,7 +268,12 @@ impl Accounts {
 
     /// Resolves a handle to its user.
     pub async fn resolve_handle(&self, handle: Handle) -> Result<HandleRecord> {
-        let user_id = self.ctx.store.resolve_handle(&handle).await?.ok_or_else(|| Error::not_found("no such handle"))?;
+        let user_id = self
+            .ctx
+            .store
+            .resolve_handle(&handle)
+            .await?
+            .ok_or_else(|| Error::not_found("no such handle"))?;
         Ok(HandleRecord { handle, user_id })
     }
 
@@ -204,13 +304,24 @@ impl Accounts {
 
 fn verify_certificate(user: &UserId, device: &DeviceId, certificate: &Base64Bytes) -> Result<()> {
     let message = signing::device_certificate_message(user, device);
-    signatures::verify(user.as_bytes(), "identity key", &message, certificate.as_bytes(), ErrorCode::SignatureInvalid)
+    signatures::verify(
+        user.as_bytes(),
+        "identity key",
+        &message,
+        certificate.as_bytes(),
+        ErrorCode::SignatureInvalid,
+    )
 }
 
 fn device_name(name: Option<String>) -> Result<Option<String>> {
     match name {
-        Some(name) if name.chars().count() > MAX_DEVICE_NAME_CHARS || name.chars().any(char::is_control) => {
-            Err(Error::invalid("device_name is at most 64 characters without control characters"))
+        Some(name)
+            if name.chars().count() > MAX_DEVICE_NAME_CHARS
+                || name.chars().any(char::is_control) =>
+        {
+            Err(Error::invalid(
+                "device_name is at most 64 characters without control characters",
+            ))
         }
         Some(name) if name.trim().is_empty() => Ok(None),
         other => Ok(other),
@@ -220,12 +331,26 @@ fn device_name(name: Option<String>) -> Result<Option<String>> {
 fn normalize_link_code(code: &str) -> Result<String> {
     let code = code.trim().to_ascii_uppercase();
     let well_formed = code.len() == 9
-        && code.char_indices().all(|(i, c)| if i == 4 { c == '-' } else { c.is_ascii_alphanumeric() });
-    if well_formed { Ok(code) } else { Err(Error::invalid("a link code looks like ABCD-EFGH")) }
+        && code.char_indices().all(|(i, c)| {
+            if i == 4 {
+                c == '-'
+            } else {
+                c.is_ascii_alphanumeric()
+            }
+        });
+    if well_formed {
+        Ok(code)
+    } else {
+        Err(Error::invalid("a link code looks like ABCD-EFGH"))
+    }
 }
 
 fn invite_hash(code: &str) -> [u8; 32] {
-    Sha256::new().chain_update(b"roost/v1/invite\0").chain_update(code.trim().as_bytes()).finalize().into()
+    Sha256::new()
+        .chain_update(b"roost/v1/invite\0")
+        .chain_update(code.trim().as_bytes())
+        .finalize()
+        .into()
 }
 
 fn to_record(device: NewDevice) -> DeviceRecord {
@@ -257,7 +382,11 @@ fn link_view(link: roost_store::LinkRecord) -> LinkRequest {
     LinkRequest {
         link_code: link.code,
         device_id: link.device_id,
-        state: if user_id.is_some() { LinkState::Approved } else { LinkState::Pending },
+        state: if user_id.is_some() {
+            LinkState::Approved
+        } else {
+            LinkState::Pending
+        },
         user_id,
         certificate,
         expires_at: link.expires_at,

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use roost_proto::api::{ClaimedKeyPackage, KeyClaimRequest, KeyClaimResponse, KeyPackageCount, KeyPackageUpload};
+use roost_proto::api::{
+    ClaimedKeyPackage, KeyClaimRequest, KeyClaimResponse, KeyPackageCount, KeyPackageUpload,
+};
 use roost_proto::{DeviceId, ErrorCode, UserId};
 use roost_store::{DeviceRecord, KeyPackageStock};
 
@@ -22,7 +24,11 @@ impl Keys {
     }
 
     /// Stores the caller device's one-time KeyPackages and, if given, its new last-resort one.
-    pub async fn upload(&self, caller: &Caller, upload: KeyPackageUpload) -> Result<KeyPackageCount> {
+    pub async fn upload(
+        &self,
+        caller: &Caller,
+        upload: KeyPackageUpload,
+    ) -> Result<KeyPackageCount> {
         let limits = &self.ctx.config.limits;
         if upload.one_time.is_empty() && upload.last_resort.is_none() {
             return Err(Error::invalid("upload at least one KeyPackage"));
@@ -35,7 +41,10 @@ impl Keys {
             if package.as_bytes().len() > limits.max_key_package_bytes {
                 return Err(Error::new(
                     ErrorCode::PayloadTooLarge,
-                    format!("a KeyPackage may be at most {} bytes", limits.max_key_package_bytes),
+                    format!(
+                        "a KeyPackage may be at most {} bytes",
+                        limits.max_key_package_bytes
+                    ),
                 ));
             }
         }
@@ -44,7 +53,13 @@ impl Keys {
         let stock = self
             .ctx
             .store
-            .add_key_packages(&caller.device_id, one_time, last_resort, limits.max_one_time_key_packages, self.ctx.now())
+            .add_key_packages(
+                &caller.device_id,
+                one_time,
+                last_resort,
+                limits.max_one_time_key_packages,
+                self.ctx.now(),
+            )
             .await?;
         Ok(self.count_view(stock))
     }
@@ -57,8 +72,15 @@ impl Keys {
 
     /// Claims one KeyPackage for every named device and every active device of every named user
     /// (the caller's own device excluded). Every target is checked before anything is taken.
-    pub async fn claim(&self, caller: &Caller, request: KeyClaimRequest) -> Result<KeyClaimResponse> {
-        let targets = request.user_ids.len().saturating_add(request.device_ids.len());
+    pub async fn claim(
+        &self,
+        caller: &Caller,
+        request: KeyClaimRequest,
+    ) -> Result<KeyClaimResponse> {
+        let targets = request
+            .user_ids
+            .len()
+            .saturating_add(request.device_ids.len());
         if targets == 0 {
             return Err(Error::invalid("name at least one user or device"));
         }
@@ -68,7 +90,9 @@ impl Keys {
                 self.ctx.config.limits.max_claim_targets
             )));
         }
-        let devices = self.resolve_targets(caller, &request.user_ids, &request.device_ids).await?;
+        let devices = self
+            .resolve_targets(caller, &request.user_ids, &request.device_ids)
+            .await?;
 
         let limits = &self.ctx.limits;
         limits.claims_by_requester.check(&caller.user_id)?;
@@ -77,7 +101,10 @@ impl Keys {
             limits.claims_by_pair.check(&(caller.user_id, target))?;
         }
 
-        let mut response = KeyClaimResponse { packages: Vec::new(), missing: Vec::new() };
+        let mut response = KeyClaimResponse {
+            packages: Vec::new(),
+            missing: Vec::new(),
+        };
         for device in devices {
             match self.ctx.store.claim_key_package(&device.id).await? {
                 Some(claimed) => response.packages.push(ClaimedKeyPackage {

@@ -27,10 +27,20 @@ async fn login_whoami_and_logout() {
     assert_eq!(me["user_id"], alice.id().to_string());
     assert_eq!(me["device_id"], alice.devices[0].id().to_string());
 
-    let (status, _) = server.call(Method::DELETE, "/v1/auth/session", Some(&token), None).await;
+    let (status, _) = server
+        .call(Method::DELETE, "/v1/auth/session", Some(&token), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_error(&server.get("/v1/auth/session", Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    assert_error(&server.get("/v1/keys/packages", Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_error(
+        &server.get("/v1/auth/session", Some(&token)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_error(
+        &server.get("/v1/keys/packages", Some(&token)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
 }
 
 #[tokio::test]
@@ -41,9 +51,13 @@ async fn a_challenge_cannot_be_replayed() {
     let challenge = fresh_challenge(&server, device).await;
     let signature = device.sign_auth("roost.test", &challenge);
 
-    let first = server.answer(&device.id(), &bytes::encode(&challenge), &signature).await;
+    let first = server
+        .answer(&device.id(), &bytes::encode(&challenge), &signature)
+        .await;
     assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
-    let replay = server.answer(&device.id(), &bytes::encode(&challenge), &signature).await;
+    let replay = server
+        .answer(&device.id(), &bytes::encode(&challenge), &signature)
+        .await;
     assert_error(&replay, StatusCode::UNAUTHORIZED, "challenge_used");
 }
 
@@ -56,10 +70,17 @@ async fn concurrent_answers_to_one_challenge_open_one_session() {
     let signature = device.sign_auth("roost.test", &challenge);
     let encoded = bytes::encode(&challenge);
     let id = device.id();
-    let answers = futures::future::join_all((0..10).map(|_| server.answer(&id, &encoded, &signature))).await;
-    let created = answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count();
+    let answers =
+        futures::future::join_all((0..10).map(|_| server.answer(&id, &encoded, &signature))).await;
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
     assert_eq!(created, 1);
-    for refused in answers.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+    for refused in answers
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::CREATED)
+    {
         assert_error(refused, StatusCode::UNAUTHORIZED, "challenge_used");
     }
 }
@@ -73,27 +94,69 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
 
     // Foreign: bob's device answers a challenge issued to alice's device.
     let challenge = fresh_challenge(&server, a).await;
-    let foreign = server.answer(&b.id(), &bytes::encode(&challenge), &b.sign_auth("roost.test", &challenge)).await;
+    let foreign = server
+        .answer(
+            &b.id(),
+            &bytes::encode(&challenge),
+            &b.sign_auth("roost.test", &challenge),
+        )
+        .await;
     assert_error(&foreign, StatusCode::UNAUTHORIZED, "challenge_foreign");
 
     // Wrong signatures: another key, another server name, garbage. None consumes the challenge.
-    let by_other_key = server.answer(&a.id(), &bytes::encode(&challenge), &b.sign_auth("roost.test", &challenge)).await;
-    assert_error(&by_other_key, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
-    let other_server = server.answer(&a.id(), &bytes::encode(&challenge), &a.sign_auth("elsewhere", &challenge)).await;
-    assert_error(&other_server, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
-    let garbage = server.answer(&a.id(), &bytes::encode(&challenge), &[7; 64]).await;
+    let by_other_key = server
+        .answer(
+            &a.id(),
+            &bytes::encode(&challenge),
+            &b.sign_auth("roost.test", &challenge),
+        )
+        .await;
+    assert_error(
+        &by_other_key,
+        StatusCode::UNAUTHORIZED,
+        "auth_signature_invalid",
+    );
+    let other_server = server
+        .answer(
+            &a.id(),
+            &bytes::encode(&challenge),
+            &a.sign_auth("elsewhere", &challenge),
+        )
+        .await;
+    assert_error(
+        &other_server,
+        StatusCode::UNAUTHORIZED,
+        "auth_signature_invalid",
+    );
+    let garbage = server
+        .answer(&a.id(), &bytes::encode(&challenge), &[7; 64])
+        .await;
     assert_error(&garbage, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
-    let short = server.answer(&a.id(), &bytes::encode(&challenge), &[7; 12]).await;
+    let short = server
+        .answer(&a.id(), &bytes::encode(&challenge), &[7; 12])
+        .await;
     assert_error(&short, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
 
     // Expired: 60 s later the same, correctly signed answer is refused.
     server.clock.advance_ms(60_001);
-    let expired = server.answer(&a.id(), &bytes::encode(&challenge), &a.sign_auth("roost.test", &challenge)).await;
+    let expired = server
+        .answer(
+            &a.id(),
+            &bytes::encode(&challenge),
+            &a.sign_auth("roost.test", &challenge),
+        )
+        .await;
     assert_error(&expired, StatusCode::UNAUTHORIZED, "challenge_expired");
 
     // Unknown: a challenge the server never issued.
     let made_up = [9u8; 32];
-    let unknown = server.answer(&a.id(), &bytes::encode(&made_up), &a.sign_auth("roost.test", &made_up)).await;
+    let unknown = server
+        .answer(
+            &a.id(),
+            &bytes::encode(&made_up),
+            &a.sign_auth("roost.test", &made_up),
+        )
+        .await;
     assert_error(&unknown, StatusCode::UNAUTHORIZED, "challenge_unknown");
 }
 
@@ -101,12 +164,22 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
 async fn an_unknown_device_cannot_authenticate() {
     let server = TestServer::start().await;
     let stranger = TestDevice::new();
-    assert_error(&server.challenge(&stranger.id()).await, StatusCode::UNAUTHORIZED, "device_unknown");
+    assert_error(
+        &server.challenge(&stranger.id()).await,
+        StatusCode::UNAUTHORIZED,
+        "device_unknown",
+    );
 
     // Even with a challenge issued to a real device, the stranger gets nowhere.
     let alice = server.user("alice").await;
     let challenge = fresh_challenge(&server, &alice.devices[0]).await;
-    let answer = server.answer(&stranger.id(), &bytes::encode(&challenge), &stranger.sign_auth("roost.test", &challenge)).await;
+    let answer = server
+        .answer(
+            &stranger.id(),
+            &bytes::encode(&challenge),
+            &stranger.sign_auth("roost.test", &challenge),
+        )
+        .await;
     assert_error(&answer, StatusCode::UNAUTHORIZED, "challenge_foreign");
 }
 
@@ -117,7 +190,11 @@ async fn sessions_expire() {
     let (status, _) = server.get("/v1/auth/session", Some(&alice.token())).await;
     assert_eq!(status, StatusCode::OK);
     server.clock.advance_ms(3_600_000);
-    assert_error(&server.get("/v1/auth/session", Some(&alice.token())).await, StatusCode::UNAUTHORIZED, "session_expired");
+    assert_error(
+        &server.get("/v1/auth/session", Some(&alice.token())).await,
+        StatusCode::UNAUTHORIZED,
+        "session_expired",
+    );
 }
 
 #[tokio::test]
@@ -127,11 +204,27 @@ async fn malformed_credentials_are_unauthenticated() {
         let response = server.get("/v1/auth/session", Some(token)).await;
         assert_error(&response, StatusCode::UNAUTHORIZED, "unauthenticated");
     }
-    let basic = server.http.get(server.url("/v1/auth/session")).header("authorization", "Basic YWxpY2U6cHc=").send().await.unwrap();
+    let basic = server
+        .http
+        .get(server.url("/v1/auth/session"))
+        .header("authorization", "Basic YWxpY2U6cHc=")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(basic.headers()["www-authenticate"], "Bearer");
     let missing = server.get("/v1/auth/session", None).await;
     assert_error(&missing, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let bad_body = server.post("/v1/auth/session", None, json!({"device_id": "short", "challenge": "", "signature": ""})).await;
-    assert_error(&bad_body, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
+    let bad_body = server
+        .post(
+            "/v1/auth/session",
+            None,
+            json!({"device_id": "short", "challenge": "", "signature": ""}),
+        )
+        .await;
+    assert_error(
+        &bad_body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_argument",
+    );
 }

@@ -33,7 +33,11 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary directory");
-        let mut config = Config { data_dir: data_dir.path().to_path_buf(), server_name: "roost.test".into(), ..Config::default() };
+        let mut config = Config {
+            data_dir: data_dir.path().to_path_buf(),
+            server_name: "roost.test".into(),
+            ..Config::default()
+        };
         let rates = &mut config.rate_limits;
         rates.registrations_per_address = 10_000;
         rates.challenges_per_address = 10_000;
@@ -45,7 +49,9 @@ impl TestServer {
     }
 
     pub async fn start_in(data_dir: tempfile::TempDir, config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let clock = Arc::new(ManualClock::new(START_MS));
         let store = roost_server::open_store(&config).await.expect("open store");
@@ -59,7 +65,15 @@ impl TestServer {
             .await
             .expect("server ran");
         });
-        Self { base, http: reqwest::Client::new(), clock, config, data_dir: Some(data_dir), stop: Some(stop), task: Some(task) }
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            clock,
+            config,
+            data_dir: Some(data_dir),
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stops the server, waits for it to finish in-flight work, and hands back its data directory.
@@ -78,7 +92,13 @@ impl TestServer {
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON body.
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -89,7 +109,11 @@ impl TestServer {
         let response = request.send().await.expect("request sent");
         let status = response.status();
         let text = response.text().await.expect("body read");
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, value)
     }
 
@@ -105,10 +129,15 @@ impl TestServer {
     pub async fn user(&self, name: &str) -> TestUser {
         let identity = random_key();
         let device = TestDevice::new();
-        let (status, body) = self.post("/v1/users", None, registration(&identity, &device, name)).await;
+        let (status, body) = self
+            .post("/v1/users", None, registration(&identity, &device, name))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let registered: RegisterResponse = serde_json::from_value(body).expect("register response");
-        let mut user = TestUser { identity, devices: vec![device] };
+        let mut user = TestUser {
+            identity,
+            devices: vec![device],
+        };
         assert_eq!(registered.user_id, user.id());
         self.login(&mut user.devices[0]).await;
         user
@@ -118,15 +147,23 @@ impl TestServer {
     /// device, and authenticates it.
     pub async fn link_device(&self, user: &mut TestUser) -> usize {
         let mut device = TestDevice::new();
-        let (status, body) = self.post("/v1/links", None, json!({"device_id": device.id()})).await;
+        let (status, body) = self
+            .post("/v1/links", None, json!({"device_id": device.id()}))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let link: LinkRequest = serde_json::from_value(body).expect("link request");
         assert_eq!(link.link_code, signing::link_code(&device.id()));
 
-        let (status, body) = self.get(&format!("/v1/links/{}", link.link_code), None).await;
+        let (status, body) = self
+            .get(&format!("/v1/links/{}", link.link_code), None)
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let seen: LinkRequest = serde_json::from_value(body).expect("link request");
-        assert_eq!(signing::link_code(&seen.device_id), link.link_code, "the approver checks the key against the code");
+        assert_eq!(
+            signing::link_code(&seen.device_id),
+            link.link_code,
+            "the approver checks the key against the code"
+        );
 
         let certificate = user.certify(&seen.device_id);
         let approver = user.devices[0].token();
@@ -145,11 +182,17 @@ impl TestServer {
 
     /// Gets a challenge for the device.
     pub async fn challenge(&self, device: &DeviceId) -> (StatusCode, Value) {
-        self.post("/v1/auth/challenge", None, json!({"device_id": device})).await
+        self.post("/v1/auth/challenge", None, json!({"device_id": device}))
+            .await
     }
 
     /// Answers a challenge with the given signature.
-    pub async fn answer(&self, device: &DeviceId, challenge: &str, signature: &[u8]) -> (StatusCode, Value) {
+    pub async fn answer(
+        &self,
+        device: &DeviceId,
+        challenge: &str,
+        signature: &[u8],
+    ) -> (StatusCode, Value) {
         let body = json!({"device_id": device, "challenge": challenge, "signature": bytes::encode(signature)});
         self.post("/v1/auth/session", None, body).await
     }
@@ -161,7 +204,13 @@ impl TestServer {
         let challenge: ChallengeResponse = serde_json::from_value(body).expect("challenge");
         assert_eq!(challenge.server_name, self.config.server_name);
         let signature = device.sign_auth(&challenge.server_name, challenge.challenge.as_bytes());
-        let (status, body) = self.answer(&device.id(), &bytes::encode(challenge.challenge.as_bytes()), &signature).await;
+        let (status, body) = self
+            .answer(
+                &device.id(),
+                &bytes::encode(challenge.challenge.as_bytes()),
+                &signature,
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let session: SessionResponse = serde_json::from_value(body).expect("session");
         device.token = Some(session.token);
@@ -175,7 +224,9 @@ pub fn random_key() -> SigningKey {
 /// A registration body for `identity` with `device` as first device.
 pub fn registration(identity: &SigningKey, device: &TestDevice, name: &str) -> Value {
     let user = UserId::from_bytes(identity.verifying_key().to_bytes());
-    let certificate = identity.sign(&signing::device_certificate_message(&user, &device.id())).to_bytes();
+    let certificate = identity
+        .sign(&signing::device_certificate_message(&user, &device.id()))
+        .to_bytes();
     json!({
         "identity_key": user,
         "device_id": device.id(),
@@ -201,7 +252,12 @@ impl TestUser {
 
     /// A device certificate for `device`, as base64url.
     pub fn certify(&self, device: &DeviceId) -> String {
-        bytes::encode(&self.identity.sign(&signing::device_certificate_message(&self.id(), device)).to_bytes())
+        bytes::encode(
+            &self
+                .identity
+                .sign(&signing::device_certificate_message(&self.id(), device))
+                .to_bytes(),
+        )
     }
 
     pub fn sign(&self, message: &[u8]) -> String {
@@ -216,7 +272,10 @@ pub struct TestDevice {
 
 impl TestDevice {
     pub fn new() -> Self {
-        Self { key: random_key(), token: None }
+        Self {
+            key: random_key(),
+            token: None,
+        }
     }
 
     pub fn id(&self) -> DeviceId {
@@ -228,7 +287,10 @@ impl TestDevice {
     }
 
     pub fn sign_auth(&self, server_name: &str, challenge: &[u8]) -> Vec<u8> {
-        self.key.sign(&signing::auth_message(server_name, &self.id(), challenge)).to_bytes().to_vec()
+        self.key
+            .sign(&signing::auth_message(server_name, &self.id(), challenge))
+            .to_bytes()
+            .to_vec()
     }
 }
 
@@ -238,5 +300,10 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &s
     let (actual, body) = response;
     assert_eq!(*actual, status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }

@@ -35,14 +35,27 @@ async fn routes(server: &TestServer) -> Vec<Route> {
 
 /// Fills path parameters with well-formed values (`good`) or garbage.
 fn fill(path: &str, good: bool, user: &str, device: &str) -> String {
-    let pick = |valid: &str| if good { valid.to_owned() } else { "%00!!".to_owned() };
+    let pick = |valid: &str| {
+        if good {
+            valid.to_owned()
+        } else {
+            "%00!!".to_owned()
+        }
+    };
     path.replace("{user_id}", &pick(user))
         .replace("{device_id}", &pick(device))
         .replace("{link_code}", &pick("ABCD-EFGH"))
         .replace("{handle}", &pick("someone"))
 }
 
-async fn raw(server: &TestServer, route: &Route, path: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+async fn raw(
+    server: &TestServer,
+    route: &Route,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let mut request = server.http.request(route.method.clone(), server.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -53,14 +66,23 @@ async fn raw(server: &TestServer, route: &Route, path: &str, token: Option<&str>
     let response = request.body(body).send().await.expect("sent");
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[track_caller]
 fn assert_json_error(response: &(StatusCode, Value), what: &str) {
     let (status, body) = response;
-    assert!(status.is_client_error(), "{what}: expected a 4xx, got {status}: {body}");
-    assert!(body["error"]["code"].is_string(), "{what}: not a JSON error: {body}");
+    assert!(
+        status.is_client_error(),
+        "{what}: expected a 4xx, got {status}: {body}"
+    );
+    assert!(
+        body["error"]["code"].is_string(),
+        "{what}: not a JSON error: {body}"
+    );
 }
 
 #[tokio::test]
@@ -83,34 +105,100 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
         }
         if route.has_body {
             let json = Some("application/json");
-            let response = raw(&server, route, &path, Some(&token), json, b"{not json".to_vec()).await;
+            let response = raw(
+                &server,
+                route,
+                &path,
+                Some(&token),
+                json,
+                b"{not json".to_vec(),
+            )
+            .await;
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
-            let response = raw(&server, route, &path, Some(&token), json, vec![0xff, 0xfe, 0x00, 0x80]).await;
+            let response = raw(
+                &server,
+                route,
+                &path,
+                Some(&token),
+                json,
+                vec![0xff, 0xfe, 0x00, 0x80],
+            )
+            .await;
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
             let response = raw(&server, route, &path, Some(&token), json, Vec::new()).await;
             assert_json_error(&response, &format!("{what} with an empty body"));
-            let response = raw(&server, route, &path, Some(&token), Some("text/plain"), b"{}".to_vec()).await;
+            let response = raw(
+                &server,
+                route,
+                &path,
+                Some(&token),
+                Some("text/plain"),
+                b"{}".to_vec(),
+            )
+            .await;
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
-            let response = raw(&server, route, &path, Some(&token), json, b"[1, 2, 3]".to_vec()).await;
-            assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
-            let response = raw(&server, route, &path, Some(&token), json, b"{\"unexpected\": {\"deep\": [null]}}".to_vec()).await;
-            assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
+            let response = raw(
+                &server,
+                route,
+                &path,
+                Some(&token),
+                json,
+                b"[1, 2, 3]".to_vec(),
+            )
+            .await;
+            assert_error(
+                &response,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_argument",
+            );
+            let response = raw(
+                &server,
+                route,
+                &path,
+                Some(&token),
+                json,
+                b"{\"unexpected\": {\"deep\": [null]}}".to_vec(),
+            )
+            .await;
+            assert_error(
+                &response,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_argument",
+            );
             let mut huge = b"{\"pad\": \"".to_vec();
             huge.resize(BODY_LIMIT + 16, b'a');
             huge.extend_from_slice(b"\"}");
             let response = raw(&server, route, &path, Some(&token), json, huge).await;
-            assert_error(&response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+            assert_error(
+                &response,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+            );
         }
         if route.path.contains('{') {
             let bad_path = fill(&route.path, false, &user, &device);
-            let body = if route.has_body { b"{}".to_vec() } else { Vec::new() };
-            let response = raw(&server, route, &bad_path, Some(&token), Some("application/json"), body).await;
+            let body = if route.has_body {
+                b"{}".to_vec()
+            } else {
+                Vec::new()
+            };
+            let response = raw(
+                &server,
+                route,
+                &bad_path,
+                Some(&token),
+                Some("application/json"),
+                body,
+            )
+            .await;
             assert_json_error(&response, &format!("{what} with garbage path parameters"));
         }
     }
 
     // Nothing above changed alice's account.
-    let (status, devices) = server.get(&format!("/v1/users/{user}/devices"), Some(&token)).await;
+    let (status, devices) = server
+        .get(&format!("/v1/users/{user}/devices"), Some(&token))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(devices["devices"].as_array().map(Vec::len), Some(1));
     let (_, count) = server.get("/v1/keys/packages", Some(&token)).await;
@@ -120,15 +208,31 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
     let server = TestServer::start().await;
-    assert_error(&server.get("/v1/nothing-here", None).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&server.call(Method::DELETE, "/healthz", None, None).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    assert_error(&server.call(Method::PUT, "/v1/users", None, None).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_error(
+        &server.get("/v1/nothing-here", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &server.call(Method::DELETE, "/healthz", None, None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    assert_error(
+        &server.call(Method::PUT, "/v1/users", None, None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
 }
 
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
     let server = TestServer::start().await;
-    let listed: Vec<String> = routes(&server).await.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    let listed: Vec<String> = routes(&server)
+        .await
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
     for expected in [
         "GET /healthz",
         "GET /readyz",
@@ -151,28 +255,60 @@ async fn the_openapi_document_covers_every_route() {
         "GET /v1/keys/packages",
         "POST /v1/keys/claim",
     ] {
-        assert!(listed.contains(&expected.to_owned()), "{expected} missing from {listed:?}");
+        assert!(
+            listed.contains(&expected.to_owned()),
+            "{expected} missing from {listed:?}"
+        );
     }
     let (_, doc) = server.get("/openapi.json", None).await;
-    assert!(doc["components"]["schemas"]["ErrorCode"]["enum"].as_array().is_some_and(|codes| codes.len() > 20));
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(
+        doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .is_some_and(|codes| codes.len() > 20)
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
 }
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let server = TestServer::start().await;
     let (status, body) = server.get("/healthz", None).await;
-    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"status": "ok"})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+    );
     let (status, body) = server.get("/readyz", None).await;
-    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"status": "ok"})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+    );
 
     let alice = server.user("alice").await;
     let (_, _) = server.get("/v1/auth/session", Some(&alice.token())).await;
-    let response = server.http.get(server.url("/metrics")).send().await.unwrap();
+    let response = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
-    assert!(text.contains("roost_http_requests_total{method=\"POST\",route=\"/v1/users\",status=\"201\"}"), "{text}");
-    assert!(text.contains("roost_http_request_duration_seconds_bucket"), "{text}");
-    assert!(text.contains("roost_store_operation_duration_seconds_bucket{op=\"register_user\""), "{text}");
+    assert!(
+        text.contains(
+            "roost_http_requests_total{method=\"POST\",route=\"/v1/users\",status=\"201\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("roost_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("roost_store_operation_duration_seconds_bucket{op=\"register_user\""),
+        "{text}"
+    );
     assert!(!text.contains(&alice.token()), "no secrets in metrics");
 }

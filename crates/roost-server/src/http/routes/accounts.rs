@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use roost_proto::api::{
-    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest, LinkStartRequest,
-    RegisterRequest, RegisterResponse, RevokeDeviceRequest,
+    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest,
+    LinkStartRequest, RegisterRequest, RegisterResponse, RevokeDeviceRequest,
 };
 use roost_proto::{DeviceId, ErrorBody, Handle, UserId};
 
@@ -51,7 +51,9 @@ pub async fn list_devices(
     Authenticated(caller): Authenticated,
     Path(user_id): Path<UserId>,
 ) -> Result<Json<DeviceList>> {
-    Ok(Json(state.services.accounts.devices(&caller, &user_id).await?))
+    Ok(Json(
+        state.services.accounts.devices(&caller, &user_id).await?,
+    ))
 }
 
 /// Revoke one of the caller's user's devices.
@@ -74,7 +76,11 @@ pub async fn revoke_device(
     Path(device_id): Path<DeviceId>,
     Json(request): Json<RevokeDeviceRequest>,
 ) -> Result<StatusCode> {
-    state.services.accounts.revoke_device(&caller, &device_id, &request.signature).await?;
+    state
+        .services
+        .accounts
+        .revoke_device(&caller, &device_id, &request.signature)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -94,7 +100,11 @@ pub async fn start_link(
     ClientIp(source): ClientIp,
     Json(request): Json<LinkStartRequest>,
 ) -> Result<(StatusCode, Json<LinkRequest>)> {
-    let link = state.services.accounts.start_link(request.device_id, source).await?;
+    let link = state
+        .services
+        .accounts
+        .start_link(request.device_id, source)
+        .await?;
     Ok((StatusCode::CREATED, Json(link)))
 }
 
@@ -135,7 +145,11 @@ pub async fn approve_link(
     Path(code): Path<String>,
     Json(request): Json<LinkApproveRequest>,
 ) -> Result<(StatusCode, Json<Device>)> {
-    let device = state.services.accounts.approve_link(&caller, &code, request).await?;
+    let device = state
+        .services
+        .accounts
+        .approve_link(&caller, &code, request)
+        .await?;
     Ok((StatusCode::CREATED, Json(device)))
 }
 
@@ -173,7 +187,13 @@ pub async fn claim_handle(
     Path(handle): Path<Handle>,
     Json(request): Json<HandleRequest>,
 ) -> Result<Json<HandleRecord>> {
-    Ok(Json(state.services.accounts.claim_handle(&caller, handle, &request).await?))
+    Ok(Json(
+        state
+            .services
+            .accounts
+            .claim_handle(&caller, handle, &request)
+            .await?,
+    ))
 }
 
 /// Release the caller's user's handle.
@@ -192,6 +212,10 @@ pub async fn release_handle(
     Path(handle): Path<Handle>,
     Json(request): Json<HandleRequest>,
 ) -> Result<StatusCode> {
-    state.services.accounts.release_handle(&caller, handle, &request).await?;
+    state
+        .services
+        .accounts
+        .release_handle(&caller, handle, &request)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -34,7 +34,10 @@ pub async fn upload(
         (status = 200, description = "The count", body = KeyPackageCount),
         (status = 401, description = "Not authenticated", body = ErrorBody),
     ))]
-pub async fn count(State(state): State<AppState>, Authenticated(caller): Authenticated) -> Result<Json<KeyPackageCount>> {
+pub async fn count(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<KeyPackageCount>> {
     Ok(Json(state.services.keys.count(&caller).await?))
 }
 

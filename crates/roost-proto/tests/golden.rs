@@ -1,0 +1,310 @@
+//! Golden tests: the exact JSON of every wire type and the exact bytes of every signed statement.
+//! A failure here means the protocol changed; update docs/protocol.md and bump what must be
+//! bumped before updating the expected text.
+#![allow(clippy::unwrap_used)] // Test code: failing loudly is the point.
+
+use roost_proto::api::*;
+use roost_proto::signing::{self, HandleAction};
+use roost_proto::{Base64Bytes, DeviceId, ErrorBody, ErrorCode, Handle, UserId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+const USER: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
+const DEVICE: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI";
+
+fn user() -> UserId {
+    UserId::from_bytes([1; 32])
+}
+
+fn device() -> DeviceId {
+    DeviceId::from_bytes([2; 32])
+}
+
+/// Serializes to exactly `expected` and parses back to the same value.
+#[track_caller]
+fn golden<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    value: &T,
+    expected: Value,
+) {
+    assert_eq!(serde_json::to_value(value).unwrap(), expected);
+    assert_eq!(&serde_json::from_value::<T>(expected).unwrap(), value);
+}
+
+#[test]
+fn ids_are_unpadded_base64url() {
+    assert_eq!(user().to_string(), USER);
+    assert_eq!(device().to_string(), DEVICE);
+}
+
+#[test]
+fn error_body() {
+    golden(
+        &ErrorBody::new(
+            ErrorCode::ChallengeUsed,
+            "this challenge has already been used",
+        ),
+        json!({"error": {"code": "challenge_used", "message": "this challenge has already been used"}}),
+    );
+    let codes: Vec<Value> = [
+        ErrorCode::MalformedRequest,
+        ErrorCode::InvalidArgument,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::AuthSignatureInvalid,
+        ErrorCode::KeyPackageLimitReached,
+        ErrorCode::RateLimited,
+    ]
+    .iter()
+    .map(|code| serde_json::to_value(code).unwrap())
+    .collect();
+    assert_eq!(
+        codes,
+        vec![
+            json!("malformed_request"),
+            json!("invalid_argument"),
+            json!("payload_too_large"),
+            json!("auth_signature_invalid"),
+            json!("key_package_limit_reached"),
+            json!("rate_limited"),
+        ]
+    );
+}
+
+#[test]
+fn registration() {
+    golden(
+        &RegisterRequest {
+            identity_key: user(),
+            device_id: device(),
+            device_certificate: Base64Bytes(vec![0xAB; 4]),
+            device_name: Some("laptop".into()),
+            invite_code: None,
+        },
+        json!({"identity_key": USER, "device_id": DEVICE, "device_certificate": "q6urqw", "device_name": "laptop", "invite_code": null}),
+    );
+    golden(
+        &RegisterResponse {
+            user_id: user(),
+            device: Device {
+                device_id: device(),
+                user_id: user(),
+                certificate: Base64Bytes(vec![0xAB; 4]),
+                name: None,
+                created_at: 1_700_000_000_000,
+            },
+        },
+        json!({"user_id": USER, "device": {"device_id": DEVICE, "user_id": USER, "certificate": "q6urqw", "created_at": 1_700_000_000_000_i64}}),
+    );
+}
+
+#[test]
+fn links() {
+    golden(
+        &LinkRequest {
+            link_code: "ABCD-EFGH".into(),
+            device_id: device(),
+            state: LinkState::Pending,
+            user_id: None,
+            certificate: None,
+            expires_at: 5,
+        },
+        json!({"link_code": "ABCD-EFGH", "device_id": DEVICE, "state": "pending", "expires_at": 5}),
+    );
+    golden(
+        &LinkRequest {
+            link_code: "ABCD-EFGH".into(),
+            device_id: device(),
+            state: LinkState::Approved,
+            user_id: Some(user()),
+            certificate: Some(Base64Bytes(vec![1, 2, 3])),
+            expires_at: 5,
+        },
+        json!({"link_code": "ABCD-EFGH", "device_id": DEVICE, "state": "approved", "user_id": USER, "certificate": "AQID", "expires_at": 5}),
+    );
+    golden(
+        &LinkApproveRequest {
+            device_certificate: Base64Bytes(vec![1, 2, 3]),
+            device_name: None,
+        },
+        json!({"device_certificate": "AQID", "device_name": null}),
+    );
+}
+
+#[test]
+fn authentication() {
+    golden(
+        &ChallengeRequest {
+            device_id: device(),
+        },
+        json!({"device_id": DEVICE}),
+    );
+    golden(
+        &ChallengeResponse {
+            challenge: Base64Bytes(vec![0; 3]),
+            server_name: "roost.example".into(),
+            expires_at: 60_000,
+        },
+        json!({"challenge": "AAAA", "server_name": "roost.example", "expires_at": 60_000}),
+    );
+    golden(
+        &SessionRequest {
+            device_id: device(),
+            challenge: Base64Bytes(vec![0; 3]),
+            signature: Base64Bytes(vec![0xff; 2]),
+        },
+        json!({"device_id": DEVICE, "challenge": "AAAA", "signature": "__8"}),
+    );
+    golden(
+        &SessionResponse {
+            token: "rst_abc".into(),
+            user_id: user(),
+            device_id: device(),
+            expires_at: 9,
+        },
+        json!({"token": "rst_abc", "user_id": USER, "device_id": DEVICE, "expires_at": 9}),
+    );
+    golden(
+        &WhoAmI {
+            user_id: user(),
+            device_id: device(),
+            handle: Some("alice".parse().unwrap()),
+            expires_at: 9,
+        },
+        json!({"user_id": USER, "device_id": DEVICE, "handle": "alice", "expires_at": 9}),
+    );
+}
+
+#[test]
+fn devices_and_handles() {
+    golden(
+        &RevokeDeviceRequest {
+            signature: Base64Bytes(vec![7]),
+        },
+        json!({"signature": "Bw"}),
+    );
+    golden(
+        &HandleRequest {
+            timestamp: 42,
+            signature: Base64Bytes(vec![7]),
+        },
+        json!({"timestamp": 42, "signature": "Bw"}),
+    );
+    golden(
+        &HandleRecord {
+            handle: "alice".parse().unwrap(),
+            user_id: user(),
+        },
+        json!({"handle": "alice", "user_id": USER}),
+    );
+    golden(
+        &DeviceList {
+            user_id: user(),
+            devices: vec![],
+        },
+        json!({"user_id": USER, "devices": []}),
+    );
+}
+
+#[test]
+fn key_directory() {
+    golden(
+        &KeyPackageUpload {
+            one_time: vec![Base64Bytes(vec![1]), Base64Bytes(vec![2])],
+            last_resort: Some(Base64Bytes(vec![3])),
+        },
+        json!({"one_time": ["AQ", "Ag"], "last_resort": "Aw"}),
+    );
+    golden(
+        &KeyPackageCount {
+            one_time: 3,
+            last_resort: true,
+            max_one_time: 200,
+        },
+        json!({"one_time": 3, "last_resort": true, "max_one_time": 200}),
+    );
+    golden(
+        &KeyClaimRequest {
+            user_ids: vec![user()],
+            device_ids: vec![],
+        },
+        json!({"user_ids": [USER], "device_ids": []}),
+    );
+    golden(
+        &KeyClaimResponse {
+            packages: vec![ClaimedKeyPackage {
+                user_id: user(),
+                device_id: device(),
+                key_package: Base64Bytes(vec![9]),
+                last_resort: false,
+            }],
+            missing: vec![device()],
+        },
+        json!({"packages": [{"user_id": USER, "device_id": DEVICE, "key_package": "CQ", "last_resort": false}], "missing": [DEVICE]}),
+    );
+    // Omitted lists default to empty.
+    let empty: KeyClaimRequest = serde_json::from_value(json!({"device_ids": [DEVICE]})).unwrap();
+    assert!(empty.user_ids.is_empty());
+}
+
+#[test]
+fn signed_statements_have_fixed_layouts() {
+    let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let ones = "01".repeat(32);
+    let twos = "02".repeat(32);
+    assert_eq!(
+        hex(signing::device_certificate_message(&user(), &device())),
+        format!(
+            "{}{ones}{twos}",
+            hex(b"roost/v1/device-certificate\0".to_vec())
+        )
+    );
+    assert_eq!(
+        hex(signing::auth_message(
+            "roost.example",
+            &device(),
+            &[0xaa, 0xbb]
+        )),
+        format!(
+            "{}000d{}{twos}aabb",
+            hex(b"roost/v1/auth\0".to_vec()),
+            hex(b"roost.example".to_vec())
+        )
+    );
+    assert_eq!(
+        hex(signing::revoke_device_message(&user(), &device())),
+        format!("{}{ones}{twos}", hex(b"roost/v1/revoke-device\0".to_vec()))
+    );
+    let handle: Handle = "alice".parse().unwrap();
+    assert_eq!(
+        hex(signing::handle_message(
+            HandleAction::Release,
+            &user(),
+            &handle,
+            1
+        )),
+        format!(
+            "{}{}{ones}0005{}0000000000000001",
+            hex(b"roost/v1/handle\0".to_vec()),
+            hex(b"release\0".to_vec()),
+            hex(b"alice".to_vec())
+        )
+    );
+    // First 40 bits of SHA-256("roost/v1/link-code\0" || device) in Crockford base32.
+    assert_eq!(signing::link_code(&device()), "M2AF-57YW");
+}
+
+#[test]
+fn malformed_ids_and_bytes_are_refused() {
+    for bad in [
+        json!({"device_id": "AQ"}),
+        json!({"device_id": format!("{DEVICE}=")}),
+        json!({"device_id": 7}),
+    ] {
+        assert!(serde_json::from_value::<ChallengeRequest>(bad).is_err());
+    }
+    assert!(serde_json::from_value::<RevokeDeviceRequest>(json!({"signature": "a+b/"})).is_err());
+    assert!(
+        serde_json::from_value::<ChallengeRequest>(json!({"device_id": DEVICE, "extra": 1}))
+            .is_err()
+    );
+}
