@@ -182,26 +182,34 @@ impl Config {
         }
         // Figment's Env reads the real process environment; to keep `load_with_env` honest we
         // collect the variables we were handed into a TOML table of our own.
+        // Other programs share the ROOST_ prefix (ROOST_LOG, ROOST_CONFIG, the client's
+        // ROOST_HOME, the tests' ROOST_TEST_*), so only variables that name a top-level key of
+        // this struct are read; below that level unknown keys are errors as in the file.
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
         let mut from_env = toml::Table::new();
         for (key, value) in env {
-            let path = if key == "DATABASE_URL" {
+            let path: Vec<String> = if key == "DATABASE_URL" {
                 vec!["database_url".to_owned()]
             } else if let Some(rest) = key.strip_prefix("ROOST_") {
                 rest.split("__").map(str::to_ascii_lowercase).collect()
             } else {
                 continue;
             };
-            if path.first().is_some_and(|p| p == "config") {
-                continue;
+            let known = path.first().is_some_and(|top| top == "database_url" || defaults.contains_key(top));
+            if known {
+                insert_env_value(&mut from_env, &defaults, &path, &value);
             }
-            insert_env_value(&mut from_env, &path, &value);
         }
         figment = figment
             .merge(Serialized::defaults(from_env))
             .merge(Serialized::defaults(flags));
         let config: Config = figment
             .extract()
-            .map_err(|err| ConfigError(err.to_string()))?;
+            .map_err(|err| {
+            // figment's own message names its internal source; name the key instead.
+            let key = err.path.join(".");
+            ConfigError(if key.is_empty() { err.kind.to_string() } else { format!("{key}: {}", err.kind) })
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -278,27 +286,25 @@ pub enum DatabaseLocation {
     Url(String),
 }
 
-/// Puts an environment value at a dotted path, typed as TOML would read it (numbers and booleans
-/// as such, anything else as a string).
-fn insert_env_value(table: &mut toml::Table, path: &[String], raw: &str) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
+/// Puts an environment value at a dotted path, typed like the default at that path (numbers and
+/// booleans where the default is one; text otherwise, and wherever parsing fails, so the type
+/// error names the key).
+fn insert_env_value(table: &mut toml::Table, defaults: &toml::Table, path: &[String], raw: &str) {
+    let Some((last, parents)) = path.split_last() else { return };
     let mut current = table;
+    let mut default = Some(defaults);
     for part in parents {
-        let entry = current
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(next) = entry else {
-            return;
-        };
+        default = default.and_then(|d| d.get(part)).and_then(toml::Value::as_table);
+        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(next) = entry else { return };
         current = next;
     }
-    let value = raw
-        .parse::<i64>()
-        .map(toml::Value::Integer)
-        .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
-        .unwrap_or_else(|_| toml::Value::String(raw.to_owned()));
+    let text = || toml::Value::String(raw.to_owned());
+    let value = match default.and_then(|d| d.get(last)) {
+        Some(toml::Value::Integer(_)) => raw.parse().map(toml::Value::Integer).unwrap_or_else(|_| text()),
+        Some(toml::Value::Boolean(_)) => raw.parse().map(toml::Value::Boolean).unwrap_or_else(|_| text()),
+        _ => text(),
+    };
     current.insert(last.clone(), value);
 }
 
@@ -351,14 +357,16 @@ mod tests {
             ..Default::default()
         };
         let vars = env(&[
-            ("ROOST_SERVER_NAME", "env.example"),
+            ("ROOST_SERVER_NAME", "2024"),
             ("ROOST_LISTEN", "127.0.0.1:9050"),
             ("ROOST_LIMITS__MAX_ONE_TIME_KEY_PACKAGES", "50"),
             ("DATABASE_URL", "sqlite://elsewhere/roost.db"),
             ("UNRELATED", "x"),
+            ("ROOST_LOG", "debug"),
+            ("ROOST_TEST_DATABASE_URL", "postgres://elsewhere"),
         ]);
         let config = Config::load_with_env(Some(&file), &flags, vars).unwrap();
-        assert_eq!(config.server_name, "env.example");
+        assert_eq!(config.server_name, "2024", "typed like the default: text");
         assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(config.limits.max_devices_per_user, 3);
         assert_eq!(config.limits.max_one_time_key_packages, 50);
@@ -376,6 +384,8 @@ mod tests {
         assert!(Config::load_with_env(Some(&file), &FlagOverrides::default(), env(&[])).is_err());
         let vars = env(&[("ROOST_RATE_LIMITS__CHALLENGES_PER_ADDRESS", "0")]);
         assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
+        let vars = env(&[("ROOST_LIMITS__MAX_DEVICES_PER_USR", "3")]);
+        assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
         assert!(
             Config::load_with_env(
                 Some(&dir.path().join("missing.toml")),
@@ -384,6 +394,13 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_example_config_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../roostd.example.toml");
+        let loaded = Config::load_with_env(Some(&path), &FlagOverrides::default(), env(&[])).unwrap();
+        assert_eq!(loaded, Config::default());
     }
 
     #[test]
