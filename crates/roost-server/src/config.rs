@@ -195,7 +195,9 @@ impl Config {
             } else {
                 continue;
             };
-            let known = path.first().is_some_and(|top| top == "database_url" || defaults.contains_key(top));
+            let known = path
+                .first()
+                .is_some_and(|top| top == "database_url" || defaults.contains_key(top));
             if known {
                 insert_env_value(&mut from_env, &defaults, &path, &value);
             }
@@ -203,12 +205,14 @@ impl Config {
         figment = figment
             .merge(Serialized::defaults(from_env))
             .merge(Serialized::defaults(flags));
-        let config: Config = figment
-            .extract()
-            .map_err(|err| {
+        let config: Config = figment.extract().map_err(|err| {
             // figment's own message names its internal source; name the key instead.
             let key = err.path.join(".");
-            ConfigError(if key.is_empty() { err.kind.to_string() } else { format!("{key}: {}", err.kind) })
+            ConfigError(if key.is_empty() {
+                err.kind.to_string()
+            } else {
+                format!("{key}: {}", err.kind)
+            })
         })?;
         config.validate()?;
         Ok(config)
@@ -290,19 +294,33 @@ pub enum DatabaseLocation {
 /// booleans where the default is one; text otherwise, and wherever parsing fails, so the type
 /// error names the key).
 fn insert_env_value(table: &mut toml::Table, defaults: &toml::Table, path: &[String], raw: &str) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut current = table;
     let mut default = Some(defaults);
     for part in parents {
-        default = default.and_then(|d| d.get(part)).and_then(toml::Value::as_table);
-        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(next) = entry else { return };
+        default = default
+            .and_then(|d| d.get(part))
+            .and_then(toml::Value::as_table);
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
         current = next;
     }
     let text = || toml::Value::String(raw.to_owned());
     let value = match default.and_then(|d| d.get(last)) {
-        Some(toml::Value::Integer(_)) => raw.parse().map(toml::Value::Integer).unwrap_or_else(|_| text()),
-        Some(toml::Value::Boolean(_)) => raw.parse().map(toml::Value::Boolean).unwrap_or_else(|_| text()),
+        Some(toml::Value::Integer(_)) => raw
+            .parse()
+            .map(toml::Value::Integer)
+            .unwrap_or_else(|_| text()),
+        Some(toml::Value::Boolean(_)) => raw
+            .parse()
+            .map(toml::Value::Boolean)
+            .unwrap_or_else(|_| text()),
         _ => text(),
     };
     current.insert(last.clone(), value);
@@ -399,7 +417,8 @@ mod tests {
     #[test]
     fn the_example_config_documents_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../roostd.example.toml");
-        let loaded = Config::load_with_env(Some(&path), &FlagOverrides::default(), env(&[])).unwrap();
+        let loaded =
+            Config::load_with_env(Some(&path), &FlagOverrides::default(), env(&[])).unwrap();
         assert_eq!(loaded, Config::default());
     }
 
