@@ -46,6 +46,8 @@ pub enum ErrorCode {
     InviteRequired,
     /// 403: the invite code is unknown or already used.
     InviteInvalid,
+    /// 403: the caller's device is not a member of the conversation.
+    NotAMember,
     /// 404: the route or the named resource does not exist (or is not visible to the caller).
     NotFound,
     /// 405: the route exists but not with this method.
@@ -62,6 +64,14 @@ pub enum ErrorCode {
     KeyPackageLimitReached,
     /// 409: the link request was already approved.
     LinkAlreadyApproved,
+    /// 409: a conversation with this id already exists.
+    ConversationExists,
+    /// 409: the commit or message names an epoch that is not the conversation's current one;
+    /// `current_epoch` in the error says which is. Catch up (sync) and retry.
+    StaleEpoch,
+    /// 409: the change would take the conversation past its user limit (2 for direct chats, 1
+    /// for notes to self, the configured maximum for groups).
+    MemberLimitReached,
     /// 409: another device's live link request has the same code (a 1-in-2^40 event); retry
     /// with a new device key.
     LinkCodeInUse,
@@ -81,7 +91,7 @@ impl ErrorCode {
             MalformedRequest => 400,
             Unauthenticated | SessionExpired | DeviceRevoked | DeviceUnknown | ChallengeUnknown
             | ChallengeExpired | ChallengeUsed | ChallengeForeign | AuthSignatureInvalid => 401,
-            Forbidden | InviteRequired | InviteInvalid => 403,
+            Forbidden | InviteRequired | InviteInvalid | NotAMember => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             UserExists
@@ -90,7 +100,10 @@ impl ErrorCode {
             | HandleTaken
             | KeyPackageLimitReached
             | LinkAlreadyApproved
-            | LinkCodeInUse => 409,
+            | LinkCodeInUse
+            | ConversationExists
+            | StaleEpoch
+            | MemberLimitReached => 409,
             PayloadTooLarge => 413,
             InvalidArgument | SignatureInvalid | TimestampOutOfRange => 422,
             RateLimited => 429,
@@ -114,6 +127,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// A short explanation for people; its wording may change.
     pub message: String,
+    /// With `stale_epoch`: the conversation's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u64>,
 }
 
 impl ErrorBody {
@@ -123,6 +139,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.into(),
+                current_epoch: None,
             },
         }
     }

@@ -19,6 +19,12 @@ pub enum IdParseError {
     /// The handle breaks the handle rules.
     #[error("a handle is 3 to 32 characters of a-z, 0-9, '_' and '.', starting with a letter")]
     Handle,
+    /// The text is not unpadded base64url of a 16-byte conversation id.
+    #[error("expected the unpadded base64url encoding of a 16-byte conversation id")]
+    Conversation,
+    /// The text is not one of the names the field allows.
+    #[error("not one of the allowed values")]
+    Text,
 }
 
 macro_rules! key_id {

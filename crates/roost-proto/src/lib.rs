@@ -8,10 +8,12 @@
 
 pub mod api;
 pub mod bytes;
+pub mod conversation;
 pub mod error;
 pub mod ids;
 pub mod signing;
 
 pub use bytes::Base64Bytes;
+pub use conversation::ConversationId;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{DeviceId, Handle, IdParseError, UserId};

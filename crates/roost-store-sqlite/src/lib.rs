@@ -10,6 +10,7 @@
 //! separate pool and see the last committed state thanks to WAL.
 #![deny(missing_docs)]
 
+mod conversations;
 mod store;
 
 use std::path::Path;

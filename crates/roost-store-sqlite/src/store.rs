@@ -155,14 +155,24 @@ impl Store for SqliteStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM sessions WHERE device_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM key_packages WHERE device_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            // Everything that belongs to the device alone goes with it: sessions, KeyPackages, its
+            // queue and its conversation positions (its user stays a member through its other
+            // devices, if any).
+            for sql in [
+                "DELETE FROM sessions WHERE device_id = $1",
+                "DELETE FROM key_packages WHERE device_id = $1",
+                "DELETE FROM device_queue WHERE device_id = $1",
+                "DELETE FROM conversation_devices WHERE device_id = $1",
+            ] {
+                sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "DELETE FROM conversation_users WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM conversation_devices d \
+                 WHERE d.conversation_id = conversation_users.conversation_id AND d.user_id = $1 AND d.removed_seq IS NULL)",
+            )
+            .bind(user.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -628,16 +638,16 @@ fn link_record(row: &SqliteRow) -> StoreResult<LinkRecord> {
     })
 }
 
-fn user_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<UserId> {
+pub(crate) fn user_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<UserId> {
     let raw: Vec<u8> = row.try_get(column)?;
     UserId::from_slice(&raw).map_err(|_| corrupt(column))
 }
 
-fn device_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<DeviceId> {
+pub(crate) fn device_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<DeviceId> {
     let raw: Vec<u8> = row.try_get(column)?;
     DeviceId::from_slice(&raw).map_err(|_| corrupt(column))
 }
 
-fn corrupt(column: &str) -> StoreError {
+pub(crate) fn corrupt(column: &str) -> StoreError {
     StoreError::Backend(format!("stored value in {column} is not well formed"))
 }

@@ -33,6 +33,24 @@ pub enum StoreError {
     /// The link request was already approved.
     #[error("link request already approved")]
     LinkAlreadyApproved,
+    /// A conversation with this id exists.
+    #[error("conversation exists")]
+    ConversationExists,
+    /// The commit or message names another epoch than the current one.
+    #[error("stale epoch; current is {current}")]
+    StaleEpoch {
+        /// The conversation's current epoch.
+        current: u64,
+    },
+    /// The device (or, for external joins, its user) is not a member.
+    #[error("not a member")]
+    NotAMember,
+    /// The membership change makes no sense (adding a member, removing a non-member).
+    #[error("invalid membership change: {0}")]
+    InvalidMembership(String),
+    /// The change would exceed the conversation's user limit.
+    #[error("member limit reached")]
+    MemberLimitReached,
     /// The backend failed: connection lost, disk full, corrupt data. Not the caller's fault.
     #[error("storage backend: {0}")]
     Backend(String),

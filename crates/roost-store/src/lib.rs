@@ -11,11 +11,13 @@
 #![deny(missing_docs)]
 
 pub mod conformance;
+mod conversations;
 mod error;
 mod models;
 mod timing;
 
 use async_trait::async_trait;
+pub use conversations::*;
 pub use error::StoreError;
 pub use models::*;
 use roost_proto::{DeviceId, Handle, UserId};
@@ -24,9 +26,10 @@ pub use timing::timed;
 /// A result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Persistent state of a Roost server.
+/// Persistent state of a Roost server: accounts and keys here, conversations in
+/// [`ConversationStore`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ConversationStore + Send + Sync + 'static {
     /// Checks that the backend answers (used by `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 

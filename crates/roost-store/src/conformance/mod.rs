@@ -15,6 +15,9 @@ use roost_proto::{DeviceId, Handle, UserId};
 
 use crate::{NewDevice, NewLinkRequest, SessionRecord, Store, StoreError};
 
+mod conversations;
+pub use conversations::*;
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -29,7 +32,20 @@ macro_rules! conformance_tests {
             sessions,
             key_packages_cap_and_fallback,
             concurrent_claims_never_hand_out_a_package_twice,
-            pruning_removes_only_expired_rows
+            pruning_removes_only_expired_rows,
+            conversation_entries_are_sequenced_once_for_every_device,
+            concurrent_sends_get_gap_free_sequence_numbers,
+            retried_client_message_ids_store_nothing_new,
+            commits_check_the_epoch_and_change_membership_atomically,
+            removed_devices_get_entries_up_to_their_removal_only,
+            external_joins_are_for_devices_of_member_users,
+            acks_are_cumulative_and_only_move_the_own_position,
+            burn_on_read_deletes_when_the_last_member_device_acks,
+            ttl_and_maximum_age_prune_entries,
+            history_pages_backwards_from_the_join_point,
+            conversation_views_count_unread_and_read_markers_are_monotonic,
+            leaving_removes_all_devices_of_the_user,
+            revoking_a_device_drops_its_queue_and_positions
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -43,17 +59,17 @@ macro_rules! conformance_tests {
     };
 }
 
-const NOW: i64 = 1_700_000_000_000;
+pub(crate) const NOW: i64 = 1_700_000_000_000;
 
-fn user(n: u8) -> UserId {
+pub(crate) fn user(n: u8) -> UserId {
     UserId::from_bytes([n; 32])
 }
 
-fn device(n: u8) -> DeviceId {
+pub(crate) fn device(n: u8) -> DeviceId {
     DeviceId::from_bytes([n; 32])
 }
 
-fn new_device(user_n: u8, device_n: u8) -> NewDevice {
+pub(crate) fn new_device(user_n: u8, device_n: u8) -> NewDevice {
     NewDevice {
         id: device(device_n),
         user_id: user(user_n),
