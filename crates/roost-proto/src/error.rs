@@ -89,8 +89,8 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedRequest => 400,
-            Unauthenticated | SessionExpired | DeviceRevoked | DeviceUnknown | ChallengeUnknown
-            | ChallengeExpired | ChallengeUsed | ChallengeForeign | AuthSignatureInvalid => 401,
+            Unauthenticated | SessionExpired | DeviceRevoked | DeviceUnknown | ChallengeUnknown | ChallengeExpired
+            | ChallengeUsed | ChallengeForeign | AuthSignatureInvalid => 401,
             Forbidden | InviteRequired | InviteInvalid | NotAMember => 403,
             NotFound => 404,
             MethodNotAllowed => 405,

@@ -122,8 +122,7 @@ impl FromStr for Handle {
         let text = text.strip_prefix('@').unwrap_or(text);
         let mut chars = text.chars();
         let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-        let rest_ok =
-            chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
         if starts_with_letter && rest_ok && (3..=32).contains(&text.len()) {
             Ok(Self(text.to_owned()))
         } else {
@@ -168,10 +167,7 @@ mod tests {
         assert_eq!(text.len(), 43);
         assert_eq!(text.parse::<UserId>(), Ok(id));
         assert_eq!("".parse::<UserId>(), Err(IdParseError::Key));
-        assert_eq!(
-            format!("{text}=").parse::<DeviceId>(),
-            Err(IdParseError::Key)
-        );
+        assert_eq!(format!("{text}=").parse::<DeviceId>(), Err(IdParseError::Key));
         assert_eq!("+".repeat(43).parse::<DeviceId>(), Err(IdParseError::Key));
     }
 

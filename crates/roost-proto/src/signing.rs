@@ -62,12 +62,7 @@ pub enum HandleAction {
 /// || timestamp_ms (i64 BE)`.
 ///
 /// The timestamp must be within the server's allowed skew, which bounds replay.
-pub fn handle_message(
-    action: HandleAction,
-    user: &UserId,
-    handle: &Handle,
-    timestamp_ms: i64,
-) -> Vec<u8> {
+pub fn handle_message(action: HandleAction, user: &UserId, handle: &Handle, timestamp_ms: i64) -> Vec<u8> {
     let mut msg = HANDLE_LABEL.to_vec();
     msg.extend_from_slice(match action {
         HandleAction::Claim => b"claim\0",
@@ -90,10 +85,7 @@ pub fn link_code(device: &DeviceId) -> String {
         .chain_update(LINK_CODE_LABEL)
         .chain_update(device.as_bytes())
         .finalize();
-    let bits = digest
-        .iter()
-        .take(5)
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let bits = digest.iter().take(5).fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
     let mut code = String::with_capacity(9);
     for i in 0..8 {
         if i == 4 {

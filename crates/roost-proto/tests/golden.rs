@@ -23,10 +23,7 @@ fn device() -> DeviceId {
 
 /// Serializes to exactly `expected` and parses back to the same value.
 #[track_caller]
-fn golden<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
-    value: &T,
-    expected: Value,
-) {
+fn golden<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T, expected: Value) {
     assert_eq!(serde_json::to_value(value).unwrap(), expected);
     assert_eq!(&serde_json::from_value::<T>(expected).unwrap(), value);
 }
@@ -40,10 +37,7 @@ fn ids_are_unpadded_base64url() {
 #[test]
 fn error_body() {
     golden(
-        &ErrorBody::new(
-            ErrorCode::ChallengeUsed,
-            "this challenge has already been used",
-        ),
+        &ErrorBody::new(ErrorCode::ChallengeUsed, "this challenge has already been used"),
         json!({"error": {"code": "challenge_used", "message": "this challenge has already been used"}}),
     );
     let codes: Vec<Value> = [
@@ -132,12 +126,7 @@ fn links() {
 
 #[test]
 fn authentication() {
-    golden(
-        &ChallengeRequest {
-            device_id: device(),
-        },
-        json!({"device_id": DEVICE}),
-    );
+    golden(&ChallengeRequest { device_id: device() }, json!({"device_id": DEVICE}));
     golden(
         &ChallengeResponse {
             challenge: Base64Bytes(vec![0; 3]),
@@ -253,17 +242,10 @@ fn signed_statements_have_fixed_layouts() {
     let twos = "02".repeat(32);
     assert_eq!(
         hex(signing::device_certificate_message(&user(), &device())),
-        format!(
-            "{}{ones}{twos}",
-            hex(b"roost/v1/device-certificate\0".to_vec())
-        )
+        format!("{}{ones}{twos}", hex(b"roost/v1/device-certificate\0".to_vec()))
     );
     assert_eq!(
-        hex(signing::auth_message(
-            "roost.example",
-            &device(),
-            &[0xaa, 0xbb]
-        )),
+        hex(signing::auth_message("roost.example", &device(), &[0xaa, 0xbb])),
         format!(
             "{}000d{}{twos}aabb",
             hex(b"roost/v1/auth\0".to_vec()),
@@ -276,12 +258,7 @@ fn signed_statements_have_fixed_layouts() {
     );
     let handle: Handle = "alice".parse().unwrap();
     assert_eq!(
-        hex(signing::handle_message(
-            HandleAction::Release,
-            &user(),
-            &handle,
-            1
-        )),
+        hex(signing::handle_message(HandleAction::Release, &user(), &handle, 1)),
         format!(
             "{}{}{ones}0005{}0000000000000001",
             hex(b"roost/v1/handle\0".to_vec()),
@@ -303,8 +280,5 @@ fn malformed_ids_and_bytes_are_refused() {
         assert!(serde_json::from_value::<ChallengeRequest>(bad).is_err());
     }
     assert!(serde_json::from_value::<RevokeDeviceRequest>(json!({"signature": "a+b/"})).is_err());
-    assert!(
-        serde_json::from_value::<ChallengeRequest>(json!({"device_id": DEVICE, "extra": 1}))
-            .is_err()
-    );
+    assert!(serde_json::from_value::<ChallengeRequest>(json!({"device_id": DEVICE, "extra": 1})).is_err());
 }

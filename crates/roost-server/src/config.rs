@@ -50,6 +50,8 @@ pub struct Config {
     pub limits: Limits,
     /// Request rate limits.
     pub rate_limits: RateLimits,
+    /// How long conversation entries may be kept.
+    pub retention: RetentionConfig,
 }
 
 /// Size, count and lifetime limits.
@@ -72,6 +74,39 @@ pub struct Limits {
     pub link_ttl_secs: u64,
     /// Allowed clock skew of signed handle requests, in seconds.
     pub signed_request_skew_secs: u64,
+    /// Largest application message ciphertext (and device-to-device payload), in bytes.
+    pub max_message_bytes: usize,
+    /// Largest MLS commit, Welcome or GroupInfo, in bytes.
+    pub max_handshake_bytes: usize,
+    /// Most users in a group conversation.
+    pub max_group_users: u32,
+    /// A device gets a `keys_low` queue entry when its one-time KeyPackages fall below this.
+    pub key_packages_low_threshold: u32,
+    /// Largest page of sync, history or conversation list.
+    pub max_page_size: u32,
+}
+
+/// Retention bounds set by the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// The most any entry is kept, in seconds, whatever its conversation's policy (0 = no
+    /// bound). Also bounds queue entries and send idempotency records.
+    pub max_age_secs: u64,
+    /// Whether members may choose `permanent`; only effective when `max_age_secs` is 0.
+    pub allow_permanent: bool,
+    /// How often the pruning worker runs, in seconds.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 30 * 24 * 3600,
+            allow_permanent: true,
+            prune_interval_secs: 60,
+        }
+    }
 }
 
 /// Rate limits, each a number of requests per minute (the burst is the same number).
@@ -101,6 +136,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -116,6 +152,11 @@ impl Default for Limits {
             session_ttl_secs: 30 * 24 * 3600,
             link_ttl_secs: 600,
             signed_request_skew_secs: 300,
+            max_message_bytes: 1024 * 1024,
+            max_handshake_bytes: 4 * 1024 * 1024,
+            max_group_users: 1500,
+            key_packages_low_threshold: 10,
+            max_page_size: 1000,
         }
     }
 }
@@ -173,10 +214,7 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!(
-                    "{} is not a readable file",
-                    path.display()
-                )));
+                return Err(ConfigError(format!("{} is not a readable file", path.display())));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -231,14 +269,15 @@ impl Config {
             rates.key_claims_per_pair,
         ];
         if all.contains(&0) {
+            return Err(ConfigError("rate limits must be at least 1 per minute".into()));
+        }
+        if self.retention.prune_interval_secs == 0 || self.limits.max_page_size == 0 {
             return Err(ConfigError(
-                "rate limits must be at least 1 per minute".into(),
+                "retention.prune_interval_secs and limits.max_page_size must be at least 1".into(),
             ));
         }
         if self.limits.max_devices_per_user == 0 || self.limits.max_claim_targets == 0 {
-            return Err(ConfigError(
-                "device and claim limits must be at least 1".into(),
-            ));
+            return Err(ConfigError("device and claim limits must be at least 1".into()));
         }
         Ok(())
     }
@@ -261,8 +300,7 @@ impl Config {
 
     /// The effective configuration as TOML, secrets redacted (what `roostd config` prints).
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(&self.redacted())
-            .unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        toml::to_string_pretty(&self.redacted()).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 }
 
@@ -277,6 +315,7 @@ impl fmt::Debug for Config {
             .field("registration", &shown.registration)
             .field("limits", &shown.limits)
             .field("rate_limits", &shown.rate_limits)
+            .field("retention", &shown.retention)
             .finish_non_exhaustive()
     }
 }
@@ -300,9 +339,7 @@ fn insert_env_value(table: &mut toml::Table, defaults: &toml::Table, path: &[Str
     let mut current = table;
     let mut default = Some(defaults);
     for part in parents {
-        default = default
-            .and_then(|d| d.get(part))
-            .and_then(toml::Value::as_table);
+        default = default.and_then(|d| d.get(part)).and_then(toml::Value::as_table);
         let entry = current
             .entry(part.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -313,14 +350,8 @@ fn insert_env_value(table: &mut toml::Table, defaults: &toml::Table, path: &[Str
     }
     let text = || toml::Value::String(raw.to_owned());
     let value = match default.and_then(|d| d.get(last)) {
-        Some(toml::Value::Integer(_)) => raw
-            .parse()
-            .map(toml::Value::Integer)
-            .unwrap_or_else(|_| text()),
-        Some(toml::Value::Boolean(_)) => raw
-            .parse()
-            .map(toml::Value::Boolean)
-            .unwrap_or_else(|_| text()),
+        Some(toml::Value::Integer(_)) => raw.parse().map(toml::Value::Integer).unwrap_or_else(|_| text()),
+        Some(toml::Value::Boolean(_)) => raw.parse().map(toml::Value::Boolean).unwrap_or_else(|_| text()),
         _ => text(),
     };
     current.insert(last.clone(), value);
@@ -344,10 +375,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
@@ -388,10 +416,7 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(config.limits.max_devices_per_user, 3);
         assert_eq!(config.limits.max_one_time_key_packages, 50);
-        assert_eq!(
-            config.database_url.as_deref(),
-            Some("sqlite://elsewhere/roost.db")
-        );
+        assert_eq!(config.database_url.as_deref(), Some("sqlite://elsewhere/roost.db"));
     }
 
     #[test]
@@ -417,8 +442,7 @@ mod tests {
     #[test]
     fn the_example_config_documents_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../roostd.example.toml");
-        let loaded =
-            Config::load_with_env(Some(&path), &FlagOverrides::default(), env(&[])).unwrap();
+        let loaded = Config::load_with_env(Some(&path), &FlagOverrides::default(), env(&[])).unwrap();
         assert_eq!(loaded, Config::default());
     }
 
@@ -429,10 +453,7 @@ mod tests {
             ..Config::default()
         };
         let printed = config.to_redacted_toml();
-        assert!(
-            printed.contains("postgres://roost:***@db/roost"),
-            "{printed}"
-        );
+        assert!(printed.contains("postgres://roost:***@db/roost"), "{printed}");
         assert!(!printed.contains("hunter2"));
         assert!(!format!("{config:?}").contains("hunter2"));
     }

@@ -16,6 +16,8 @@ pub struct Error {
     pub message: String,
     /// For [`ErrorCode::RateLimited`]: when to try again.
     pub retry_after: Option<Duration>,
+    /// For [`ErrorCode::StaleEpoch`]: the conversation's current epoch.
+    pub current_epoch: Option<u64>,
 }
 
 /// Result of a service operation.
@@ -28,6 +30,7 @@ impl Error {
             code,
             message: message.into(),
             retry_after: None,
+            current_epoch: None,
         }
     }
 
@@ -42,6 +45,19 @@ impl Error {
     /// 422 for a field that breaks a rule.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// 413 for one item in the body that is too large.
+    pub fn too_large(what: &str, limit: usize) -> Self {
+        Self::new(
+            ErrorCode::PayloadTooLarge,
+            format!("{what} may be at most {limit} bytes"),
+        )
+    }
+
+    /// 403 for a caller whose device is not a member of the conversation.
+    pub fn not_a_member() -> Self {
+        Self::new(ErrorCode::NotAMember, "this device is not a member of the conversation")
     }
 
     /// 404 for a resource that does not exist or that the caller may not see.
@@ -66,13 +82,8 @@ impl From<StoreError> for Error {
                 ErrorCode::DeviceLimitReached,
                 "the user has the maximum number of devices",
             ),
-            StoreError::InviteInvalid => (
-                ErrorCode::InviteInvalid,
-                "the invite code is unknown or already used",
-            ),
-            StoreError::HandleTaken => {
-                (ErrorCode::HandleTaken, "the handle belongs to another user")
-            }
+            StoreError::InviteInvalid => (ErrorCode::InviteInvalid, "the invite code is unknown or already used"),
+            StoreError::HandleTaken => (ErrorCode::HandleTaken, "the handle belongs to another user"),
             StoreError::KeyPackageLimitReached => (
                 ErrorCode::KeyPackageLimitReached,
                 "the upload would exceed the one-time KeyPackage cap",
@@ -81,16 +92,31 @@ impl From<StoreError> for Error {
                 ErrorCode::LinkCodeInUse,
                 "a different device holds this link code; try again",
             ),
-            StoreError::LinkAlreadyApproved => (
-                ErrorCode::LinkAlreadyApproved,
-                "the link request was already approved",
+            StoreError::LinkAlreadyApproved => {
+                (ErrorCode::LinkAlreadyApproved, "the link request was already approved")
+            }
+            StoreError::ConversationExists => (
+                ErrorCode::ConversationExists,
+                "a conversation with this id already exists",
+            ),
+            StoreError::StaleEpoch { current } => {
+                return Self {
+                    current_epoch: Some(current),
+                    ..Self::new(
+                        ErrorCode::StaleEpoch,
+                        "the epoch is not the conversation's current one; catch up and retry",
+                    )
+                };
+            }
+            StoreError::NotAMember => return Self::not_a_member(),
+            StoreError::InvalidMembership(detail) => return Self::invalid(detail),
+            StoreError::MemberLimitReached => (
+                ErrorCode::MemberLimitReached,
+                "the conversation would have more users than its kind allows",
             ),
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "storage failure");
-                (
-                    ErrorCode::Unavailable,
-                    "storage is unavailable; try again later",
-                )
+                (ErrorCode::Unavailable, "storage is unavailable; try again later")
             }
             other => {
                 tracing::error!(error = %other, "unexpected storage error");

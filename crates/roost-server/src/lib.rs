@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod hub;
 pub mod metrics;
 pub mod ratelimit;
 pub mod services;
@@ -48,9 +49,7 @@ pub enum ServeError {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     match config.database_location() {
         DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
-        DatabaseLocation::Url(url) if url.starts_with("sqlite:") => {
-            Ok(Arc::new(SqliteStore::open_url(&url).await?))
-        }
+        DatabaseLocation::Url(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(&url).await?)),
         DatabaseLocation::Url(url) => Err(ServeError::UnsupportedDatabase(
             config.redacted().database_url.unwrap_or(url),
         )),
@@ -65,50 +64,75 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
-    serve_with(listener, config, store, Arc::new(SystemClock), shutdown).await
+    Server::new(config, store, Arc::new(SystemClock))
+        .serve(listener, shutdown)
+        .await
 }
 
-/// [`serve`] with an explicit store and clock (tests inject a manual clock).
-pub async fn serve_with(
-    listener: TcpListener,
-    config: Config,
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let services = Services::new(Context::new(store, clock, config));
-    let state = AppState {
-        services: services.clone(),
-        metrics: crate::metrics::prometheus(),
-    };
-    let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
-    let app = http::router(state);
-    tracing::info!(address = %listener.local_addr()?, "roostd listening");
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
-    housekeeping.abort();
-    served.map_err(ServeError::Io)
+/// A server assembled from its parts but not yet serving: tests keep its [`Services`] to drive
+/// background work (pruning) on an injected clock.
+pub struct Server {
+    services: Services,
 }
 
-/// Periodic work: prune expired authentication state, forget idle rate-limit keys, and keep the
-/// metrics registry tidy.
-async fn housekeeping(services: Services, metrics: metrics_exporter_prometheus::PrometheusHandle) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match services.auth.prune().await {
-            Ok(pruned) if pruned > 0 => {
-                tracing::debug!(pruned, "pruned expired authentication state")
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "pruning failed"),
+impl Server {
+    /// Assembles the services over a store and a clock.
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            services: Services::new(Context::new(store, clock, config)),
         }
-        services.ctx.limits.forget_idle();
-        metrics.run_upkeep();
+    }
+
+    /// The services, shared with the running server.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting and finishes in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let services = self.services;
+        let state = AppState {
+            services: services.clone(),
+            metrics: crate::metrics::prometheus(),
+        };
+        let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
+        let app = http::router(state);
+        tracing::info!(address = %listener.local_addr()?, "roostd listening");
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        housekeeping.abort();
+        served.map_err(ServeError::Io)
+    }
+}
+
+/// Periodic work: prune expired authentication state and forget idle rate-limit keys (every
+/// 30 s), prune conversation entries by retention (every `retention.prune_interval_secs`), and
+/// keep the metrics registry tidy.
+async fn housekeeping(services: Services, metrics: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut auth_tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    auth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retention_every = Duration::from_secs(services.ctx.config.retention.prune_interval_secs.max(1));
+    let mut retention_tick = tokio::time::interval(retention_every);
+    retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = auth_tick.tick() => {
+                if let Err(err) = services.auth.prune().await {
+                    tracing::warn!(error = %err, "pruning authentication state failed");
+                }
+                services.ctx.limits.forget_idle();
+                metrics.run_upkeep();
+            }
+            _ = retention_tick.tick() => match services.conversations.prune().await {
+                Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned conversation entries"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "retention pruning failed"),
+            },
+        }
     }
 }

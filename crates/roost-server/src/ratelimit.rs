@@ -26,9 +26,9 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
 
     /// Takes one token for `key`, or says how long to wait.
     pub fn check(&self, key: &K) -> Result<()> {
-        self.limiter.check_key(key).map_err(|not_until| {
-            Error::rate_limited(not_until.wait_time_from(DefaultClock::default().now()))
-        })
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| Error::rate_limited(not_until.wait_time_from(DefaultClock::default().now())))
     }
 
     fn forget_idle(&self) {

@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use roost_proto::conversation::{ConversationKind, EntryKind, QueueKind, RetentionPolicy};
 use roost_proto::{ConversationId, DeviceId, UserId};
 use roost_store::{
-    Appended, CommitOutcome, CommitWrite, ConversationRecord, ConversationStore, ConversationView,
-    EntryRecord, MemberDevice, MemberRef, MemberUser, MessageWrite, NewConversation, QueueRecord,
-    QueueWrite, StoreError, StoreResult, SyncCursor, SyncPage, timed,
+    Appended, CommitOutcome, CommitWrite, ConversationRecord, ConversationStore, ConversationView, EntryRecord,
+    MemberDevice, MemberRef, MemberUser, MessageWrite, NewConversation, QueueRecord, QueueWrite, StoreError,
+    StoreResult, SyncCursor, SyncPage, timed,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -14,8 +14,7 @@ use sqlx::{Row, SqliteConnection};
 use crate::SqliteStore;
 use crate::store::{corrupt, device_id_at, user_id_at};
 
-const ENTRY_COLUMNS: &str =
-    "conversation_id, seq, kind, sender_user, sender_device, epoch, payload, created_at";
+const ENTRY_COLUMNS: &str = "conversation_id, seq, kind, sender_user, sender_device, epoch, payload, created_at";
 
 #[async_trait]
 impl ConversationStore for SqliteStore {
@@ -62,11 +61,7 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn member_device(
-        &self,
-        id: &ConversationId,
-        device: &DeviceId,
-    ) -> StoreResult<Option<MemberDevice>> {
+    async fn member_device(&self, id: &ConversationId, device: &DeviceId) -> StoreResult<Option<MemberDevice>> {
         timed("member_device", async {
             let mut conn = self.reader.acquire().await?;
             member_device_in(&mut conn, id, device).await
@@ -76,13 +71,11 @@ impl ConversationStore for SqliteStore {
 
     async fn is_member_user(&self, id: &ConversationId, user: &UserId) -> StoreResult<bool> {
         timed("is_member_user", async {
-            let row = sqlx::query(
-                "SELECT 1 FROM conversation_users WHERE conversation_id = $1 AND user_id = $2",
-            )
-            .bind(id.as_bytes().as_slice())
-            .bind(user.as_bytes().as_slice())
-            .fetch_optional(&self.reader)
-            .await?;
+            let row = sqlx::query("SELECT 1 FROM conversation_users WHERE conversation_id = $1 AND user_id = $2")
+                .bind(id.as_bytes().as_slice())
+                .bind(user.as_bytes().as_slice())
+                .fetch_optional(&self.reader)
+                .await?;
             Ok(row.is_some())
         })
         .await
@@ -106,9 +99,7 @@ impl ConversationStore for SqliteStore {
         timed("commit", async {
             let mut tx = self.writer.begin().await?;
             let id = write.conversation_id;
-            let conversation = conversation_in(&mut tx, &id)
-                .await?
-                .ok_or(StoreError::NotFound)?;
+            let conversation = conversation_in(&mut tx, &id).await?.ok_or(StoreError::NotFound)?;
             if conversation.epoch != write.epoch {
                 return Err(StoreError::StaleEpoch {
                     current: conversation.epoch,
@@ -117,14 +108,13 @@ impl ConversationStore for SqliteStore {
             let sender = member_device_in(&mut tx, &id, &write.sender.device_id).await?;
             let sender_active = sender.is_some_and(|s| s.is_active());
             if write.external {
-                let user_is_member = sqlx::query(
-                    "SELECT 1 FROM conversation_users WHERE conversation_id = $1 AND user_id = $2",
-                )
-                .bind(id.as_bytes().as_slice())
-                .bind(write.sender.user_id.as_bytes().as_slice())
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+                let user_is_member =
+                    sqlx::query("SELECT 1 FROM conversation_users WHERE conversation_id = $1 AND user_id = $2")
+                        .bind(id.as_bytes().as_slice())
+                        .bind(write.sender.user_id.as_bytes().as_slice())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
                 if !user_is_member || sender_active {
                     return Err(StoreError::NotAMember);
                 }
@@ -161,13 +151,11 @@ impl ConversationStore for SqliteStore {
                 }
             }
             drop_users_without_devices(&mut tx, &id).await?;
-            let users: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM conversation_users WHERE conversation_id = $1",
-            )
-            .bind(id.as_bytes().as_slice())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
+            let users: i64 = sqlx::query("SELECT COUNT(*) AS n FROM conversation_users WHERE conversation_id = $1")
+                .bind(id.as_bytes().as_slice())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
             if users > i64::from(write.max_users) {
                 return Err(StoreError::MemberLimitReached);
             }
@@ -184,27 +172,16 @@ impl ConversationStore for SqliteStore {
             )
             .await?;
             let epoch = write.epoch + 1;
-            sqlx::query(
-                "UPDATE conversations SET epoch = $1, last_seq = $2, group_info = $3 WHERE id = $4",
-            )
-            .bind(to_i64(epoch))
-            .bind(to_i64(seq))
-            .bind(write.group_info.as_slice())
-            .bind(id.as_bytes().as_slice())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE conversations SET epoch = $1, last_seq = $2, group_info = $3 WHERE id = $4")
+                .bind(to_i64(epoch))
+                .bind(to_i64(seq))
+                .bind(write.group_info.as_slice())
+                .bind(id.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await?;
             if let Some(welcome) = &write.welcome {
                 let devices: Vec<DeviceId> = write.add.iter().map(|m| m.device_id).collect();
-                queue_welcome(
-                    &mut tx,
-                    &id,
-                    seq,
-                    &write.sender.device_id,
-                    &devices,
-                    welcome,
-                    write.now,
-                )
-                .await?;
+                queue_welcome(&mut tx, &id, seq, &write.sender.device_id, &devices, welcome, write.now).await?;
             }
             for device in &write.remove {
                 let removed = QueueWrite {
@@ -243,13 +220,29 @@ impl ConversationStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = earlier {
-                return Ok(Appended { seq: to_u64(row.try_get("seq")?), created_at: row.try_get("created_at")?, duplicate: true });
+                return Ok(Appended {
+                    seq: to_u64(row.try_get("seq")?),
+                    created_at: row.try_get("created_at")?,
+                    duplicate: true,
+                });
             }
             if conversation.epoch != message.epoch {
-                return Err(StoreError::StaleEpoch { current: conversation.epoch });
+                return Err(StoreError::StaleEpoch {
+                    current: conversation.epoch,
+                });
             }
             let seq = conversation.last_seq + 1;
-            append_entry(&mut tx, &id, seq, EntryKind::Message, &message.sender, message.epoch, &message.payload, message.now).await?;
+            append_entry(
+                &mut tx,
+                &id,
+                seq,
+                EntryKind::Message,
+                &message.sender,
+                message.epoch,
+                &message.payload,
+                message.now,
+            )
+            .await?;
             sqlx::query("UPDATE conversations SET last_seq = $1 WHERE id = $2")
                 .bind(to_i64(seq))
                 .bind(id.as_bytes().as_slice())
@@ -267,18 +260,16 @@ impl ConversationStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Appended { seq, created_at: message.now, duplicate: false })
+            Ok(Appended {
+                seq,
+                created_at: message.now,
+                duplicate: false,
+            })
         })
         .await
     }
 
-    async fn leave(
-        &self,
-        id: &ConversationId,
-        sender: MemberRef,
-        payload: Vec<u8>,
-        now: i64,
-    ) -> StoreResult<u64> {
+    async fn leave(&self, id: &ConversationId, sender: MemberRef, payload: Vec<u8>, now: i64) -> StoreResult<u64> {
         timed("leave", async {
             let mut tx = self.writer.begin().await?;
             let conversation = conversation_in(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
@@ -329,12 +320,7 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn sync(
-        &self,
-        device: &DeviceId,
-        cursor: SyncCursor,
-        limit: u32,
-    ) -> StoreResult<SyncPage> {
+    async fn sync(&self, device: &DeviceId, cursor: SyncCursor, limit: u32) -> StoreResult<SyncPage> {
         timed("sync", async {
             let (after_conversation, after_seq) = match cursor.entries_after {
                 Some((conversation, seq)) => (conversation.as_bytes().to_vec(), to_i64(seq)),
@@ -381,7 +367,9 @@ impl ConversationStore for SqliteStore {
         timed("ack", async {
             let mut tx = self.writer.begin().await?;
             for (id, seq) in positions {
-                let row = member_device_in(&mut tx, id, device).await?.ok_or(StoreError::NotAMember)?;
+                let row = member_device_in(&mut tx, id, device)
+                    .await?
+                    .ok_or(StoreError::NotAMember)?;
                 let conversation = conversation_in(&mut tx, id).await?.ok_or(StoreError::NotAMember)?;
                 let target = (*seq).min(conversation.last_seq);
                 if target <= row.acked_seq {
@@ -395,12 +383,14 @@ impl ConversationStore for SqliteStore {
                         .execute(&mut *tx)
                         .await?;
                 } else {
-                    sqlx::query("UPDATE conversation_devices SET acked_seq = $1 WHERE conversation_id = $2 AND device_id = $3")
-                        .bind(to_i64(target))
-                        .bind(id.as_bytes().as_slice())
-                        .bind(device.as_bytes().as_slice())
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE conversation_devices SET acked_seq = $1 WHERE conversation_id = $2 AND device_id = $3",
+                    )
+                    .bind(to_i64(target))
+                    .bind(id.as_bytes().as_slice())
+                    .bind(device.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 if conversation.retention == RetentionPolicy::BurnOnRead {
                     burn_acknowledged(&mut tx, id, conversation.last_seq).await?;
@@ -419,13 +409,7 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn history(
-        &self,
-        id: &ConversationId,
-        after: u64,
-        before: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<EntryRecord>> {
+    async fn history(&self, id: &ConversationId, after: u64, before: u64, limit: u32) -> StoreResult<Vec<EntryRecord>> {
         timed("history", async {
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE conversation_id = $1 AND seq > $2 AND seq < $3 \
@@ -465,33 +449,50 @@ impl ConversationStore for SqliteStore {
             .await?;
             let mut views = Vec::with_capacity(rows.len());
             for row in &rows {
-                let record = conversation_row(row)?;
                 let joined_seq = to_u64(row.try_get("joined_seq")?);
-                let members = member_users_in(&mut conn, &record.id).await?;
-                let read_seq = members.iter().find(|m| m.user_id == *user).map_or(0, |m| m.read_seq);
-                let unread: i64 = sqlx::query(
-                    "SELECT COUNT(*) AS n FROM entries WHERE conversation_id = $1 AND kind = 'message' \
-                     AND seq > $2 AND sender_user <> $3",
-                )
-                .bind(record.id.as_bytes().as_slice())
-                .bind(to_i64(read_seq.max(joined_seq)))
-                .bind(user.as_bytes().as_slice())
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get("n")?;
-                views.push(ConversationView { record, members, joined_seq, unread: to_u64(unread) });
+                views.push(view_in(&mut conn, conversation_row(row)?, joined_seq, user).await?);
             }
             Ok(views)
         })
         .await
     }
 
-    async fn advance_read_marker(
+    async fn conversation_view(
         &self,
         id: &ConversationId,
+        device: &DeviceId,
         user: &UserId,
-        seq: u64,
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<Option<ConversationView>> {
+        timed("conversation_view", async {
+            let mut conn = self.reader.acquire().await?;
+            let membership = member_device_in(&mut conn, id, device).await?;
+            let Some(membership) = membership.filter(MemberDevice::is_active) else {
+                return Ok(None);
+            };
+            let Some(record) = conversation_in(&mut conn, id).await? else {
+                return Ok(None);
+            };
+            Ok(Some(view_in(&mut conn, record, membership.joined_seq, user).await?))
+        })
+        .await
+    }
+
+    async fn share_conversation(&self, a: &UserId, b: &UserId) -> StoreResult<bool> {
+        timed("share_conversation", async {
+            let row = sqlx::query(
+                "SELECT 1 FROM conversation_users x JOIN conversation_users y ON y.conversation_id = x.conversation_id \
+                 WHERE x.user_id = $1 AND y.user_id = $2 LIMIT 1",
+            )
+            .bind(a.as_bytes().as_slice())
+            .bind(b.as_bytes().as_slice())
+            .fetch_optional(&self.reader)
+            .await?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    async fn advance_read_marker(&self, id: &ConversationId, user: &UserId, seq: u64) -> StoreResult<Option<u64>> {
         timed("advance_read_marker", async {
             let mut tx = self.writer.begin().await?;
             let conversation = conversation_in(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
@@ -510,21 +511,15 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn set_retention(
-        &self,
-        id: &ConversationId,
-        retention: RetentionPolicy,
-    ) -> StoreResult<()> {
+    async fn set_retention(&self, id: &ConversationId, retention: RetentionPolicy) -> StoreResult<()> {
         timed("set_retention", async {
             let (kind, ttl_ms) = encode_retention(retention);
-            let done = sqlx::query(
-                "UPDATE conversations SET retention = $1, retention_ttl_ms = $2 WHERE id = $3",
-            )
-            .bind(kind)
-            .bind(ttl_ms)
-            .bind(id.as_bytes().as_slice())
-            .execute(&self.writer)
-            .await?;
+            let done = sqlx::query("UPDATE conversations SET retention = $1, retention_ttl_ms = $2 WHERE id = $3")
+                .bind(kind)
+                .bind(ttl_ms)
+                .bind(id.as_bytes().as_slice())
+                .execute(&self.writer)
+                .await?;
             if done.rows_affected() == 1 {
                 Ok(())
             } else {
@@ -605,10 +600,7 @@ impl ConversationStore for SqliteStore {
     }
 }
 
-async fn conversation_in(
-    conn: &mut SqliteConnection,
-    id: &ConversationId,
-) -> StoreResult<Option<ConversationRecord>> {
+async fn conversation_in(conn: &mut SqliteConnection, id: &ConversationId) -> StoreResult<Option<ConversationRecord>> {
     let row = sqlx::query(
         "SELECT id, kind, epoch, group_info, last_seq, retention, retention_ttl_ms, created_at FROM conversations WHERE id = $1",
     )
@@ -634,10 +626,34 @@ async fn member_device_in(
     row.as_ref().map(member_device_row).transpose()
 }
 
-async fn member_users_in(
+/// Completes a conversation view: members, and unread messages from other users after the
+/// user's read position (never counting what came before the device joined).
+async fn view_in(
     conn: &mut SqliteConnection,
-    id: &ConversationId,
-) -> StoreResult<Vec<MemberUser>> {
+    record: ConversationRecord,
+    joined_seq: u64,
+    user: &UserId,
+) -> StoreResult<ConversationView> {
+    let members = member_users_in(conn, &record.id).await?;
+    let read_seq = members.iter().find(|m| m.user_id == *user).map_or(0, |m| m.read_seq);
+    let unread: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM entries WHERE conversation_id = $1 AND kind = 'message' AND seq > $2 AND sender_user <> $3",
+    )
+    .bind(record.id.as_bytes().as_slice())
+    .bind(to_i64(read_seq.max(joined_seq)))
+    .bind(user.as_bytes().as_slice())
+    .fetch_one(conn)
+    .await?
+    .try_get("n")?;
+    Ok(ConversationView {
+        record,
+        members,
+        joined_seq,
+        unread: to_u64(unread),
+    })
+}
+
+async fn member_users_in(conn: &mut SqliteConnection, id: &ConversationId) -> StoreResult<Vec<MemberUser>> {
     let rows = sqlx::query(
         "SELECT cu.user_id, cu.read_seq, u.read_receipts FROM conversation_users cu JOIN users u ON u.id = cu.user_id \
          WHERE cu.conversation_id = $1 ORDER BY cu.joined_at, cu.user_id",
@@ -688,10 +704,7 @@ async fn add_member_device(
     Ok(())
 }
 
-async fn drop_users_without_devices(
-    conn: &mut SqliteConnection,
-    id: &ConversationId,
-) -> StoreResult<()> {
+async fn drop_users_without_devices(conn: &mut SqliteConnection, id: &ConversationId) -> StoreResult<()> {
     sqlx::query(
         "DELETE FROM conversation_users WHERE conversation_id = $1 AND NOT EXISTS (SELECT 1 FROM conversation_devices d \
          WHERE d.conversation_id = $1 AND d.user_id = conversation_users.user_id AND d.removed_seq IS NULL)",
@@ -744,13 +757,12 @@ async fn queue_welcome(
     if devices.is_empty() {
         return Ok(());
     }
-    let blob: i64 =
-        sqlx::query("INSERT INTO queue_blobs (payload, created_at) VALUES ($1, $2) RETURNING id")
-            .bind(welcome)
-            .bind(now)
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("id")?;
+    let blob: i64 = sqlx::query("INSERT INTO queue_blobs (payload, created_at) VALUES ($1, $2) RETURNING id")
+        .bind(welcome)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("id")?;
     for device in devices {
         let entry = QueueWrite {
             device_id: *device,
@@ -780,7 +792,11 @@ async fn insert_queue(
     .bind(entry.conversation_id.map(|c| c.as_bytes().to_vec()))
     .bind(entry.seq.map(to_i64))
     .bind(entry.sender_device.map(|d| d.as_bytes().to_vec()))
-    .bind(if blob.is_some() { None } else { Some(entry.payload.as_slice()) })
+    .bind(if blob.is_some() {
+        None
+    } else {
+        Some(entry.payload.as_slice())
+    })
     .bind(blob)
     .bind(now)
     .fetch_one(conn)
@@ -791,11 +807,7 @@ async fn insert_queue(
 
 /// Deletes the entries every member device has acknowledged; a removed device counts as having
 /// acknowledged everything up to its removal.
-async fn burn_acknowledged(
-    conn: &mut SqliteConnection,
-    id: &ConversationId,
-    last_seq: u64,
-) -> StoreResult<()> {
+async fn burn_acknowledged(conn: &mut SqliteConnection, id: &ConversationId, last_seq: u64) -> StoreResult<()> {
     let floor: Option<i64> = sqlx::query(
         "SELECT MIN(CASE WHEN removed_seq IS NOT NULL AND removed_seq > acked_seq THEN removed_seq ELSE acked_seq END) AS floor \
          FROM conversation_devices WHERE conversation_id = $1",
@@ -876,16 +888,11 @@ fn queue_row(row: &SqliteRow) -> StoreResult<QueueRecord> {
         id: to_u64(row.try_get("id")?),
         kind: kind.parse().map_err(|_| corrupt("device_queue.kind"))?,
         conversation_id: conversation
-            .map(|raw| {
-                ConversationId::from_slice(&raw)
-                    .map_err(|_| corrupt("device_queue.conversation_id"))
-            })
+            .map(|raw| ConversationId::from_slice(&raw).map_err(|_| corrupt("device_queue.conversation_id")))
             .transpose()?,
         seq: row.try_get::<Option<i64>, _>("seq")?.map(to_u64),
         sender_device: sender
-            .map(|raw| {
-                DeviceId::from_slice(&raw).map_err(|_| corrupt("device_queue.sender_device"))
-            })
+            .map(|raw| DeviceId::from_slice(&raw).map_err(|_| corrupt("device_queue.sender_device")))
             .transpose()?,
         payload: blob.or(inline).unwrap_or_default(),
         created_at: row.try_get("created_at")?,

@@ -18,9 +18,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use roost_store::{StoreError, StoreResult};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 /// The SQLite store.
 #[derive(Clone)]

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use roost_proto::{DeviceId, Handle, UserId};
 use roost_store::{
-    ChallengeRecord, ClaimedPackage, DeviceRecord, KeyPackageStock, LinkRecord, NewDevice,
-    NewLinkRequest, SessionRecord, Store, StoreError, StoreResult, timed,
+    ChallengeRecord, ClaimedPackage, DeviceRecord, KeyPackageStock, LinkRecord, NewDevice, NewLinkRequest,
+    SessionRecord, Store, StoreError, StoreResult, timed,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -22,39 +22,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn register_user(
-        &self,
-        device: NewDevice,
-        invite_hash: Option<[u8; 32]>,
-    ) -> StoreResult<()> {
+    async fn register_user(&self, device: NewDevice, invite_hash: Option<[u8; 32]>) -> StoreResult<()> {
         timed("register_user", async {
             let mut tx = self.writer.begin().await?;
-            if exists(
-                &mut tx,
-                "SELECT 1 FROM users WHERE id = $1",
-                device.user_id.as_bytes(),
-            )
-            .await?
-            {
+            if exists(&mut tx, "SELECT 1 FROM users WHERE id = $1", device.user_id.as_bytes()).await? {
                 return Err(StoreError::UserExists);
             }
-            if exists(
-                &mut tx,
-                "SELECT 1 FROM devices WHERE id = $1",
-                device.id.as_bytes(),
-            )
-            .await?
-            {
+            if exists(&mut tx, "SELECT 1 FROM devices WHERE id = $1", device.id.as_bytes()).await? {
                 return Err(StoreError::DeviceExists);
             }
             if let Some(hash) = invite_hash {
-                let used = sqlx::query(
-                    "UPDATE invites SET used_by = $1 WHERE code_hash = $2 AND used_by IS NULL",
-                )
-                .bind(device.user_id.as_bytes().as_slice())
-                .bind(hash.as_slice())
-                .execute(&mut *tx)
-                .await?;
+                let used = sqlx::query("UPDATE invites SET used_by = $1 WHERE code_hash = $2 AND used_by IS NULL")
+                    .bind(device.user_id.as_bytes().as_slice())
+                    .bind(hash.as_slice())
+                    .execute(&mut *tx)
+                    .await?;
                 if used.rows_affected() != 1 {
                     return Err(StoreError::InviteInvalid);
                 }
@@ -90,12 +72,7 @@ impl Store for SqliteStore {
     async fn user_exists(&self, user: &UserId) -> StoreResult<bool> {
         timed("user_exists", async {
             let mut conn = self.reader.acquire().await?;
-            exists(
-                &mut conn,
-                "SELECT 1 FROM users WHERE id = $1",
-                user.as_bytes(),
-            )
-            .await
+            exists(&mut conn, "SELECT 1 FROM users WHERE id = $1", user.as_bytes()).await
         })
         .await
     }
@@ -112,12 +89,11 @@ impl Store for SqliteStore {
 
     async fn device(&self, device: &DeviceId) -> StoreResult<Option<DeviceRecord>> {
         timed("device", async {
-            let row = sqlx::query(
-                "SELECT id, user_id, certificate, name, created_at, revoked_at FROM devices WHERE id = $1",
-            )
-            .bind(device.as_bytes().as_slice())
-            .fetch_optional(&self.reader)
-            .await?;
+            let row =
+                sqlx::query("SELECT id, user_id, certificate, name, created_at, revoked_at FROM devices WHERE id = $1")
+                    .bind(device.as_bytes().as_slice())
+                    .fetch_optional(&self.reader)
+                    .await?;
             row.as_ref().map(device_record).transpose()
         })
         .await
@@ -182,7 +158,13 @@ impl Store for SqliteStore {
     async fn create_link_request(&self, link: NewLinkRequest, now: i64) -> StoreResult<()> {
         timed("create_link_request", async {
             let mut tx = self.writer.begin().await?;
-            if exists(&mut tx, "SELECT 1 FROM devices WHERE id = $1", link.device_id.as_bytes()).await? {
+            if exists(
+                &mut tx,
+                "SELECT 1 FROM devices WHERE id = $1",
+                link.device_id.as_bytes(),
+            )
+            .await?
+            {
                 return Err(StoreError::DeviceExists);
             }
             let live = sqlx::query("SELECT 1 FROM link_requests WHERE code = $1 AND expires_at > $2")
@@ -193,7 +175,10 @@ impl Store for SqliteStore {
             if live.is_some() {
                 return Err(StoreError::LinkPending);
             }
-            sqlx::query("DELETE FROM link_requests WHERE code = $1").bind(&link.code).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM link_requests WHERE code = $1")
+                .bind(&link.code)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("INSERT INTO link_requests (code, device_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
                 .bind(&link.code)
                 .bind(link.device_id.as_bytes().as_slice())
@@ -222,13 +207,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn approve_link_request(
-        &self,
-        code: &str,
-        device: NewDevice,
-        max_devices: u32,
-        now: i64,
-    ) -> StoreResult<()> {
+    async fn approve_link_request(&self, code: &str, device: NewDevice, max_devices: u32, now: i64) -> StoreResult<()> {
         timed("approve_link_request", async {
             let mut tx = self.writer.begin().await?;
             let row = sqlx::query(
@@ -321,28 +300,19 @@ impl Store for SqliteStore {
                 .await?;
             let Some(row) = row else { return Ok(None) };
             let text: String = row.try_get("handle")?;
-            text.parse()
-                .map(Some)
-                .map_err(|_| corrupt("handles.handle"))
+            text.parse().map(Some).map_err(|_| corrupt("handles.handle"))
         })
         .await
     }
 
-    async fn insert_challenge(
-        &self,
-        challenge: &[u8],
-        device: &DeviceId,
-        expires_at: i64,
-    ) -> StoreResult<()> {
+    async fn insert_challenge(&self, challenge: &[u8], device: &DeviceId, expires_at: i64) -> StoreResult<()> {
         timed("insert_challenge", async {
-            sqlx::query(
-                "INSERT INTO challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)",
-            )
-            .bind(challenge)
-            .bind(device.as_bytes().as_slice())
-            .bind(expires_at)
-            .execute(&self.writer)
-            .await?;
+            sqlx::query("INSERT INTO challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)")
+                .bind(challenge)
+                .bind(device.as_bytes().as_slice())
+                .bind(expires_at)
+                .execute(&self.writer)
+                .await?;
             Ok(())
         })
         .await
@@ -350,12 +320,10 @@ impl Store for SqliteStore {
 
     async fn challenge(&self, challenge: &[u8]) -> StoreResult<Option<ChallengeRecord>> {
         timed("challenge", async {
-            let row = sqlx::query(
-                "SELECT device_id, expires_at, used_at FROM challenges WHERE challenge = $1",
-            )
-            .bind(challenge)
-            .fetch_optional(&self.reader)
-            .await?;
+            let row = sqlx::query("SELECT device_id, expires_at, used_at FROM challenges WHERE challenge = $1")
+                .bind(challenge)
+                .fetch_optional(&self.reader)
+                .await?;
             let Some(row) = row else { return Ok(None) };
             Ok(Some(ChallengeRecord {
                 device_id: device_id_at(&row, "device_id")?,
@@ -368,13 +336,11 @@ impl Store for SqliteStore {
 
     async fn consume_challenge(&self, challenge: &[u8], now: i64) -> StoreResult<bool> {
         timed("consume_challenge", async {
-            let done = sqlx::query(
-                "UPDATE challenges SET used_at = $1 WHERE challenge = $2 AND used_at IS NULL",
-            )
-            .bind(now)
-            .bind(challenge)
-            .execute(&self.writer)
-            .await?;
+            let done = sqlx::query("UPDATE challenges SET used_at = $1 WHERE challenge = $2 AND used_at IS NULL")
+                .bind(now)
+                .bind(challenge)
+                .execute(&self.writer)
+                .await?;
             Ok(done.rows_affected() == 1)
         })
         .await
@@ -445,24 +411,28 @@ impl Store for SqliteStore {
                 return Err(StoreError::KeyPackageLimitReached);
             }
             for data in &one_time {
-                sqlx::query("INSERT INTO key_packages (device_id, last_resort, data, created_at) VALUES ($1, FALSE, $2, $3)")
-                    .bind(id)
-                    .bind(data.as_slice())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO key_packages (device_id, last_resort, data, created_at) VALUES ($1, FALSE, $2, $3)",
+                )
+                .bind(id)
+                .bind(data.as_slice())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
             if let Some(data) = &last_resort {
                 sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort = TRUE")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("INSERT INTO key_packages (device_id, last_resort, data, created_at) VALUES ($1, TRUE, $2, $3)")
-                    .bind(id)
-                    .bind(data.as_slice())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO key_packages (device_id, last_resort, data, created_at) VALUES ($1, TRUE, $2, $3)",
+                )
+                .bind(id)
+                .bind(data.as_slice())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
             let stock = stock_in(&mut tx, device).await?;
             tx.commit().await?;
@@ -492,7 +462,10 @@ impl Store for SqliteStore {
             .fetch_optional(&self.writer)
             .await?;
             if let Some(row) = taken {
-                return Ok(Some(ClaimedPackage { data: row.try_get("data")?, last_resort: false }));
+                return Ok(Some(ClaimedPackage {
+                    data: row.try_get("data")?,
+                    last_resort: false,
+                }));
             }
             let fallback = sqlx::query(
                 "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = TRUE ORDER BY id DESC LIMIT 1",
@@ -501,7 +474,12 @@ impl Store for SqliteStore {
             .fetch_optional(&self.writer)
             .await?;
             fallback
-                .map(|row| Ok(ClaimedPackage { data: row.try_get("data")?, last_resort: true }))
+                .map(|row| {
+                    Ok(ClaimedPackage {
+                        data: row.try_get("data")?,
+                        last_resort: true,
+                    })
+                })
                 .transpose()
         })
         .await
@@ -533,11 +511,7 @@ impl Store for SqliteStore {
     }
 }
 
-async fn exists(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-    key: &[u8; 32],
-) -> StoreResult<bool> {
+async fn exists(conn: &mut SqliteConnection, sql: &'static str, key: &[u8; 32]) -> StoreResult<bool> {
     Ok(sqlx::query(sql)
         .bind(key.as_slice())
         .fetch_optional(conn)
@@ -557,35 +531,18 @@ async fn insert_device(conn: &mut SqliteConnection, device: &NewDevice) -> Store
     Ok(())
 }
 
-async fn add_device_in(
-    conn: &mut SqliteConnection,
-    device: &NewDevice,
-    max_devices: u32,
-) -> StoreResult<()> {
-    if !exists(
-        conn,
-        "SELECT 1 FROM users WHERE id = $1",
-        device.user_id.as_bytes(),
-    )
-    .await?
-    {
+async fn add_device_in(conn: &mut SqliteConnection, device: &NewDevice, max_devices: u32) -> StoreResult<()> {
+    if !exists(conn, "SELECT 1 FROM users WHERE id = $1", device.user_id.as_bytes()).await? {
         return Err(StoreError::NotFound);
     }
-    if exists(
-        conn,
-        "SELECT 1 FROM devices WHERE id = $1",
-        device.id.as_bytes(),
-    )
-    .await?
-    {
+    if exists(conn, "SELECT 1 FROM devices WHERE id = $1", device.id.as_bytes()).await? {
         return Err(StoreError::DeviceExists);
     }
-    let active: i64 =
-        sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE user_id = $1 AND revoked_at IS NULL")
-            .bind(device.user_id.as_bytes().as_slice())
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("n")?;
+    let active: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(device.user_id.as_bytes().as_slice())
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("n")?;
     if active >= i64::from(max_devices) {
         return Err(StoreError::DeviceLimitReached);
     }

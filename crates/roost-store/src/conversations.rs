@@ -260,11 +260,7 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn conversation(&self, id: &ConversationId) -> StoreResult<Option<ConversationRecord>>;
 
     /// A device's membership row (current or removed).
-    async fn member_device(
-        &self,
-        id: &ConversationId,
-        device: &DeviceId,
-    ) -> StoreResult<Option<MemberDevice>>;
+    async fn member_device(&self, id: &ConversationId, device: &DeviceId) -> StoreResult<Option<MemberDevice>>;
 
     /// Whether the user is a member user of the conversation.
     async fn is_member_user(&self, id: &ConversationId, user: &UserId) -> StoreResult<bool>;
@@ -282,21 +278,10 @@ pub trait ConversationStore: Send + Sync + 'static {
 
     /// Removes every device of the sender's user from the conversation and appends a `leave`
     /// entry. Returns its sequence number. Errors: `NotFound`, `NotAMember`.
-    async fn leave(
-        &self,
-        id: &ConversationId,
-        sender: MemberRef,
-        payload: Vec<u8>,
-        now: i64,
-    ) -> StoreResult<u64>;
+    async fn leave(&self, id: &ConversationId, sender: MemberRef, payload: Vec<u8>, now: i64) -> StoreResult<u64>;
 
     /// A page of what the device has not acknowledged.
-    async fn sync(
-        &self,
-        device: &DeviceId,
-        cursor: SyncCursor,
-        limit: u32,
-    ) -> StoreResult<SyncPage>;
+    async fn sync(&self, device: &DeviceId, cursor: SyncCursor, limit: u32) -> StoreResult<SyncPage>;
 
     /// Moves the device's positions forward (never back, never past the last entry) and deletes
     /// its queue entries up to `queue_up_to`. Burn-on-read entries every member device has
@@ -309,13 +294,7 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Retained entries with `after < seq < before`, newest first.
-    async fn history(
-        &self,
-        id: &ConversationId,
-        after: u64,
-        before: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<EntryRecord>>;
+    async fn history(&self, id: &ConversationId, after: u64, before: u64, limit: u32) -> StoreResult<Vec<EntryRecord>>;
 
     /// The device's current conversations with ids above `after`, by id.
     async fn conversations_of(
@@ -326,20 +305,22 @@ pub trait ConversationStore: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<ConversationView>>;
 
-    /// Moves the user's read position forward. Returns the new position if it moved.
-    async fn advance_read_marker(
+    /// One conversation as the device sees it, if the device is a current member.
+    async fn conversation_view(
         &self,
         id: &ConversationId,
+        device: &DeviceId,
         user: &UserId,
-        seq: u64,
-    ) -> StoreResult<Option<u64>>;
+    ) -> StoreResult<Option<ConversationView>>;
+
+    /// Whether two users are both members of some conversation.
+    async fn share_conversation(&self, a: &UserId, b: &UserId) -> StoreResult<bool>;
+
+    /// Moves the user's read position forward. Returns the new position if it moved.
+    async fn advance_read_marker(&self, id: &ConversationId, user: &UserId, seq: u64) -> StoreResult<Option<u64>>;
 
     /// Sets the retention policy.
-    async fn set_retention(
-        &self,
-        id: &ConversationId,
-        retention: RetentionPolicy,
-    ) -> StoreResult<()>;
+    async fn set_retention(&self, id: &ConversationId, retention: RetentionPolicy) -> StoreResult<()>;
 
     /// Adds queue entries. Returns their ids.
     async fn enqueue(&self, entries: Vec<QueueWrite>, now: i64) -> StoreResult<Vec<u64>>;

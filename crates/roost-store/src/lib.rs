@@ -40,11 +40,7 @@ pub trait Store: ConversationStore + Send + Sync + 'static {
     ///
     /// Errors: [`StoreError::UserExists`], [`StoreError::DeviceExists`],
     /// [`StoreError::InviteInvalid`].
-    async fn register_user(
-        &self,
-        device: NewDevice,
-        invite_hash: Option<[u8; 32]>,
-    ) -> StoreResult<()>;
+    async fn register_user(&self, device: NewDevice, invite_hash: Option<[u8; 32]>) -> StoreResult<()>;
 
     /// Stores invite codes (by hash) that each admit one registration.
     async fn create_invites(&self, hashes: &[[u8; 32]], now: i64) -> StoreResult<()>;
@@ -86,13 +82,7 @@ pub trait Store: ConversationStore + Send + Sync + 'static {
     ///
     /// Errors: [`StoreError::NotFound`], [`StoreError::LinkAlreadyApproved`], and those of
     /// [`Store::add_device`].
-    async fn approve_link_request(
-        &self,
-        code: &str,
-        device: NewDevice,
-        max_devices: u32,
-        now: i64,
-    ) -> StoreResult<()>;
+    async fn approve_link_request(&self, code: &str, device: NewDevice, max_devices: u32, now: i64) -> StoreResult<()>;
 
     // --- handles ---
 
@@ -113,12 +103,7 @@ pub trait Store: ConversationStore + Send + Sync + 'static {
     // --- authentication ---
 
     /// Stores a freshly issued challenge.
-    async fn insert_challenge(
-        &self,
-        challenge: &[u8],
-        device: &DeviceId,
-        expires_at: i64,
-    ) -> StoreResult<()>;
+    async fn insert_challenge(&self, challenge: &[u8], device: &DeviceId, expires_at: i64) -> StoreResult<()>;
 
     /// Looks a challenge up without consuming it.
     async fn challenge(&self, challenge: &[u8]) -> StoreResult<Option<ChallengeRecord>>;

@@ -108,10 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::Invite { count },
         } => {
-            anyhow::ensure!(
-                (1..=1000).contains(&count),
-                "--count must be between 1 and 1000"
-            );
+            anyhow::ensure!((1..=1000).contains(&count), "--count must be between 1 and 1000");
             let store = roost_server::open_store(&config).await?;
             let services = Services::new(Context::new(store, Arc::new(SystemClock), config));
             for code in services.accounts.create_invites(count).await? {

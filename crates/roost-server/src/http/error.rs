@@ -8,13 +8,13 @@ use crate::error::Error;
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(code = ?self.code, message = %self.message, "request failed on the server side");
         }
-        let mut response =
-            (status, axum::Json(ErrorBody::new(self.code, self.message))).into_response();
+        let mut body = ErrorBody::new(self.code, self.message);
+        body.error.current_epoch = self.current_epoch;
+        let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(wait) = self.retry_after {
             // Round up: a client that waits the advertised time must succeed.
@@ -35,8 +35,5 @@ pub async fn not_found() -> Error {
 
 /// JSON 405 for a known path with the wrong method.
 pub async fn method_not_allowed() -> Error {
-    Error::new(
-        ErrorCode::MethodNotAllowed,
-        "this route does not accept that method",
-    )
+    Error::new(ErrorCode::MethodNotAllowed, "this route does not accept that method")
 }

@@ -43,9 +43,7 @@ impl<T: Serialize> IntoResponse for Json<T> {
 fn json_rejection(rejection: JsonRejection) -> Error {
     match rejection {
         JsonRejection::JsonDataError(err) => Error::invalid(err.body_text()),
-        JsonRejection::JsonSyntaxError(err) => {
-            Error::new(ErrorCode::MalformedRequest, err.body_text())
-        }
+        JsonRejection::JsonSyntaxError(err) => Error::new(ErrorCode::MalformedRequest, err.body_text()),
         JsonRejection::MissingJsonContentType(_) => Error::new(
             ErrorCode::MalformedRequest,
             "expected a JSON body with Content-Type: application/json",
@@ -80,6 +78,29 @@ where
     }
 }
 
+/// Query parameters, parsed into their types.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| {
+                Error::new(
+                    ErrorCode::MalformedRequest,
+                    format!("bad query: {}", rejection.body_text()),
+                )
+            })
+    }
+}
+
 /// The address the request came from (the TCP peer).
 pub struct ClientIp(pub IpAddr);
 
@@ -103,12 +124,7 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let missing = || {
-            Error::new(
-                ErrorCode::Unauthenticated,
-                "send Authorization: Bearer <token>",
-            )
-        };
+        let missing = || Error::new(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>");
         let value = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -128,10 +144,7 @@ pub struct Authenticated(pub Caller);
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
         state.services.auth.authenticate(&token).await.map(Self)
     }

@@ -62,9 +62,40 @@ impl Modify for BearerScheme {
     }
 }
 
-fn api_router() -> OpenApiRouter<AppState> {
-    use routes::{accounts, auth, keys, ops};
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Body limits per kind of route: MLS handshake messages (commits, Welcomes, GroupInfo) can be
+/// much larger than anything else, and message bodies follow the configured message size.
+struct BodyLimits {
+    default: usize,
+    messages: usize,
+    handshakes: usize,
+}
+
+impl BodyLimits {
+    fn from(limits: &crate::config::Limits) -> Self {
+        // Base64 grows bytes by 4/3; leave room for the JSON around them.
+        let encoded = |bytes: usize| bytes.saturating_mul(4) / 3 + 64 * 1024;
+        Self {
+            default: limits.max_body_bytes,
+            messages: limits.max_body_bytes.max(encoded(limits.max_message_bytes)),
+            handshakes: limits
+                .max_body_bytes
+                .max(encoded(limits.max_handshake_bytes.saturating_mul(3))),
+        }
+    }
+}
+
+fn api_router(limits: &BodyLimits) -> OpenApiRouter<AppState> {
+    use routes::{accounts, auth, conversations, delivery, keys, ops};
+    let handshakes = OpenApiRouter::new()
+        .routes(routes!(conversations::create, conversations::list))
+        .routes(routes!(conversations::commit))
+        .routes(routes!(conversations::external_join))
+        .layer(DefaultBodyLimit::max(limits.handshakes));
+    let messages = OpenApiRouter::new()
+        .routes(routes!(conversations::send))
+        .routes(routes!(delivery::send_to_device))
+        .layer(DefaultBodyLimit::max(limits.messages));
+    let everything_else = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -82,11 +113,24 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::open_session, auth::whoami, auth::logout))
         .routes(routes!(keys::upload, keys::count))
         .routes(routes!(keys::claim))
+        .routes(routes!(conversations::get))
+        .routes(routes!(conversations::group_info))
+        .routes(routes!(conversations::leave))
+        .routes(routes!(conversations::set_retention))
+        .routes(routes!(conversations::history))
+        .routes(routes!(conversations::mark_read))
+        .routes(routes!(conversations::settings, conversations::set_settings))
+        .routes(routes!(delivery::sync))
+        .routes(routes!(delivery::ack))
+        .layer(DefaultBodyLimit::max(limits.default));
+    everything_else.merge(handshakes).merge(messages)
 }
 
 /// The OpenAPI document of every route, generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    api_router(&BodyLimits::from(&crate::config::Limits::default()))
+        .split_for_parts()
+        .1
 }
 
 /// The OpenAPI document as pretty JSON, built once.
@@ -102,13 +146,12 @@ pub fn openapi_json() -> &'static str {
 
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.services.ctx.config.limits.max_body_bytes;
-    let (router, _api) = api_router().split_for_parts();
+    let limits = BodyLimits::from(&state.services.ctx.config.limits);
+    let (router, _api) = api_router(&limits).split_for_parts();
     router
         .route_layer(middleware::from_fn(track_request))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use roost_proto::api::{
-    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest, LinkState,
-    RegisterRequest, RegisterResponse,
+    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest, LinkState, RegisterRequest,
+    RegisterResponse,
 };
 use roost_proto::signing::{self, HandleAction};
 use roost_proto::{Base64Bytes, DeviceId, ErrorCode, Handle, UserId};
@@ -30,11 +30,7 @@ impl Accounts {
     }
 
     /// Registers a user with its first device, after verifying the device certificate.
-    pub async fn register(
-        &self,
-        request: RegisterRequest,
-        source: IpAddr,
-    ) -> Result<RegisterResponse> {
+    pub async fn register(&self, request: RegisterRequest, source: IpAddr) -> Result<RegisterResponse> {
         self.ctx.limits.registrations.check(&source)?;
         let invite_hash = match (self.ctx.config.registration, request.invite_code.as_deref()) {
             (RegistrationPolicy::Open, _) => None,
@@ -57,10 +53,7 @@ impl Accounts {
             name,
             created_at: self.ctx.now(),
         };
-        self.ctx
-            .store
-            .register_user(device.clone(), invite_hash)
-            .await?;
+        self.ctx.store.register_user(device.clone(), invite_hash).await?;
         Ok(RegisterResponse {
             user_id,
             device: device_view(&to_record(device), true),
@@ -71,18 +64,10 @@ impl Accounts {
     /// only their hashes are stored.
     pub async fn create_invites(&self, count: usize) -> Result<Vec<String>> {
         let codes: Vec<String> = (0..count)
-            .map(|_| {
-                format!(
-                    "inv_{}",
-                    roost_proto::bytes::encode(&rand::random::<[u8; 16]>())
-                )
-            })
+            .map(|_| format!("inv_{}", roost_proto::bytes::encode(&rand::random::<[u8; 16]>())))
             .collect();
         let hashes: Vec<[u8; 32]> = codes.iter().map(|code| invite_hash(code)).collect();
-        self.ctx
-            .store
-            .create_invites(&hashes, self.ctx.now())
-            .await?;
+        self.ctx.store.create_invites(&hashes, self.ctx.now()).await?;
         Ok(codes)
     }
 
@@ -101,12 +86,7 @@ impl Accounts {
 
     /// Revokes one of the caller's user's devices. The identity key must have signed the
     /// revocation; the device's sessions and KeyPackages go with it.
-    pub async fn revoke_device(
-        &self,
-        caller: &Caller,
-        device_id: &DeviceId,
-        signature: &Base64Bytes,
-    ) -> Result<()> {
+    pub async fn revoke_device(&self, caller: &Caller, device_id: &DeviceId, signature: &Base64Bytes) -> Result<()> {
         let device = self
             .ctx
             .store
@@ -114,10 +94,7 @@ impl Accounts {
             .await?
             .ok_or_else(|| Error::not_found("no such device"))?;
         if device.user_id != caller.user_id {
-            return Err(Error::new(
-                ErrorCode::Forbidden,
-                "this device belongs to another user",
-            ));
+            return Err(Error::new(ErrorCode::Forbidden, "this device belongs to another user"));
         }
         let message = signing::revoke_device_message(&caller.user_id, device_id);
         signatures::verify(
@@ -186,12 +163,7 @@ impl Accounts {
     }
 
     /// Approves a link request with a certificate from the caller's identity key.
-    pub async fn approve_link(
-        &self,
-        caller: &Caller,
-        code: &str,
-        request: LinkApproveRequest,
-    ) -> Result<Device> {
+    pub async fn approve_link(&self, caller: &Caller, code: &str, request: LinkApproveRequest) -> Result<Device> {
         let code = normalize_link_code(code)?;
         let now = self.ctx.now();
         let link = self
@@ -204,11 +176,7 @@ impl Accounts {
             return Err(StoreError::LinkAlreadyApproved.into());
         }
         let name = device_name(request.device_name)?;
-        verify_certificate(
-            &caller.user_id,
-            &link.device_id,
-            &request.device_certificate,
-        )?;
+        verify_certificate(&caller.user_id, &link.device_id, &request.device_certificate)?;
         let device = NewDevice {
             id: link.device_id,
             user_id: caller.user_id,
@@ -218,23 +186,13 @@ impl Accounts {
         };
         self.ctx
             .store
-            .approve_link_request(
-                &code,
-                device.clone(),
-                self.ctx.config.limits.max_devices_per_user,
-                now,
-            )
+            .approve_link_request(&code, device.clone(), self.ctx.config.limits.max_devices_per_user, now)
             .await?;
         Ok(device_view(&to_record(device), true))
     }
 
     /// Claims a handle for the caller's user with a request signed by the identity key.
-    pub async fn claim_handle(
-        &self,
-        caller: &Caller,
-        handle: Handle,
-        request: &HandleRequest,
-    ) -> Result<HandleRecord> {
+    pub async fn claim_handle(&self, caller: &Caller, handle: Handle, request: &HandleRequest) -> Result<HandleRecord> {
         self.verify_handle_request(caller, &handle, request, HandleAction::Claim)?;
         self.ctx
             .store
@@ -247,19 +205,9 @@ impl Accounts {
     }
 
     /// Releases the caller's user's handle with a request signed by the identity key.
-    pub async fn release_handle(
-        &self,
-        caller: &Caller,
-        handle: Handle,
-        request: &HandleRequest,
-    ) -> Result<()> {
+    pub async fn release_handle(&self, caller: &Caller, handle: Handle, request: &HandleRequest) -> Result<()> {
         self.verify_handle_request(caller, &handle, request, HandleAction::Release)?;
-        if self
-            .ctx
-            .store
-            .release_handle(&caller.user_id, &handle)
-            .await?
-        {
+        if self.ctx.store.release_handle(&caller.user_id, &handle).await? {
             Ok(())
         } else {
             Err(Error::not_found("this user does not hold that handle"))
@@ -315,14 +263,9 @@ fn verify_certificate(user: &UserId, device: &DeviceId, certificate: &Base64Byte
 
 fn device_name(name: Option<String>) -> Result<Option<String>> {
     match name {
-        Some(name)
-            if name.chars().count() > MAX_DEVICE_NAME_CHARS
-                || name.chars().any(char::is_control) =>
-        {
-            Err(Error::invalid(
-                "device_name is at most 64 characters without control characters",
-            ))
-        }
+        Some(name) if name.chars().count() > MAX_DEVICE_NAME_CHARS || name.chars().any(char::is_control) => Err(
+            Error::invalid("device_name is at most 64 characters without control characters"),
+        ),
         Some(name) if name.trim().is_empty() => Ok(None),
         other => Ok(other),
     }
@@ -331,13 +274,9 @@ fn device_name(name: Option<String>) -> Result<Option<String>> {
 fn normalize_link_code(code: &str) -> Result<String> {
     let code = code.trim().to_ascii_uppercase();
     let well_formed = code.len() == 9
-        && code.char_indices().all(|(i, c)| {
-            if i == 4 {
-                c == '-'
-            } else {
-                c.is_ascii_alphanumeric()
-            }
-        });
+        && code
+            .char_indices()
+            .all(|(i, c)| if i == 4 { c == '-' } else { c.is_ascii_alphanumeric() });
     if well_formed {
         Ok(code)
     } else {

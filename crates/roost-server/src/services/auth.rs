@@ -45,11 +45,7 @@ impl Auth {
     }
 
     /// Issues a challenge to an active device.
-    pub async fn challenge(
-        &self,
-        device_id: DeviceId,
-        source: IpAddr,
-    ) -> Result<ChallengeResponse> {
+    pub async fn challenge(&self, device_id: DeviceId, source: IpAddr) -> Result<ChallengeResponse> {
         self.ctx.limits.challenges.check(&source)?;
         self.active_device(&device_id).await?;
         let challenge: [u8; 32] = rand::random();
@@ -68,12 +64,12 @@ impl Auth {
     /// Verifies a signed challenge and opens a session.
     pub async fn open_session(&self, request: SessionRequest) -> Result<SessionResponse> {
         let challenge = request.challenge.as_bytes();
-        let record = self.ctx.store.challenge(challenge).await?.ok_or_else(|| {
-            Error::new(
-                ErrorCode::ChallengeUnknown,
-                "this challenge was never issued",
-            )
-        })?;
+        let record = self
+            .ctx
+            .store
+            .challenge(challenge)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::ChallengeUnknown, "this challenge was never issued"))?;
         if record.device_id != request.device_id {
             return Err(Error::new(
                 ErrorCode::ChallengeForeign,
@@ -94,8 +90,7 @@ impl Auth {
             ));
         }
         let device = self.active_device(&request.device_id).await?;
-        let message =
-            signing::auth_message(&self.ctx.config.server_name, &request.device_id, challenge);
+        let message = signing::auth_message(&self.ctx.config.server_name, &request.device_id, challenge);
         signatures::verify(
             request.device_id.as_bytes(),
             "device key",
@@ -109,10 +104,7 @@ impl Auth {
                 "this challenge has already been used",
             ));
         }
-        let token = format!(
-            "{TOKEN_PREFIX}{}",
-            bytes::encode(&rand::random::<[u8; 32]>())
-        );
+        let token = format!("{TOKEN_PREFIX}{}", bytes::encode(&rand::random::<[u8; 32]>()));
         let expires_at = now.saturating_add(secs_to_ms(self.ctx.config.limits.session_ttl_secs));
         self.ctx
             .store
@@ -138,12 +130,7 @@ impl Auth {
         if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
             return Err(unknown());
         }
-        let session = self
-            .ctx
-            .store
-            .session(&token_hash(token))
-            .await?
-            .ok_or_else(unknown)?;
+        let session = self.ctx.store.session(&token_hash(token)).await?.ok_or_else(unknown)?;
         if session.expires_at <= self.ctx.now() {
             return Err(Error::new(
                 ErrorCode::SessionExpired,
@@ -184,15 +171,14 @@ impl Auth {
     }
 
     async fn active_device(&self, device_id: &DeviceId) -> Result<roost_store::DeviceRecord> {
-        let device =
-            self.ctx.store.device(device_id).await?.ok_or_else(|| {
-                Error::new(ErrorCode::DeviceUnknown, "this device is not registered")
-            })?;
+        let device = self
+            .ctx
+            .store
+            .device(device_id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::DeviceUnknown, "this device is not registered"))?;
         if device.revoked_at.is_some() {
-            return Err(Error::new(
-                ErrorCode::DeviceRevoked,
-                "this device has been revoked",
-            ));
+            return Err(Error::new(ErrorCode::DeviceRevoked, "this device has been revoked"));
         }
         Ok(device)
     }

@@ -3,32 +3,29 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use roost_proto::api::{
-    ClaimedKeyPackage, KeyClaimRequest, KeyClaimResponse, KeyPackageCount, KeyPackageUpload,
-};
+use roost_proto::api::{ClaimedKeyPackage, KeyClaimRequest, KeyClaimResponse, KeyPackageCount, KeyPackageUpload};
+use roost_proto::conversation::QueueKind;
 use roost_proto::{DeviceId, ErrorCode, UserId};
-use roost_store::{DeviceRecord, KeyPackageStock};
+use roost_store::{DeviceRecord, KeyPackageStock, QueueWrite};
 
 use super::{Caller, Context};
 use crate::error::{Error, Result};
+use crate::hub::{Hub, LiveEvent};
 
 /// The key directory service.
 #[derive(Clone)]
 pub struct Keys {
     ctx: Arc<Context>,
+    hub: Arc<Hub>,
 }
 
 impl Keys {
-    pub(crate) fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx }
+    pub(crate) fn new(ctx: Arc<Context>, hub: Arc<Hub>) -> Self {
+        Self { ctx, hub }
     }
 
     /// Stores the caller device's one-time KeyPackages and, if given, its new last-resort one.
-    pub async fn upload(
-        &self,
-        caller: &Caller,
-        upload: KeyPackageUpload,
-    ) -> Result<KeyPackageCount> {
+    pub async fn upload(&self, caller: &Caller, upload: KeyPackageUpload) -> Result<KeyPackageCount> {
         let limits = &self.ctx.config.limits;
         if upload.one_time.is_empty() && upload.last_resort.is_none() {
             return Err(Error::invalid("upload at least one KeyPackage"));
@@ -41,10 +38,7 @@ impl Keys {
             if package.as_bytes().len() > limits.max_key_package_bytes {
                 return Err(Error::new(
                     ErrorCode::PayloadTooLarge,
-                    format!(
-                        "a KeyPackage may be at most {} bytes",
-                        limits.max_key_package_bytes
-                    ),
+                    format!("a KeyPackage may be at most {} bytes", limits.max_key_package_bytes),
                 ));
             }
         }
@@ -72,15 +66,8 @@ impl Keys {
 
     /// Claims one KeyPackage for every named device and every active device of every named user
     /// (the caller's own device excluded). Every target is checked before anything is taken.
-    pub async fn claim(
-        &self,
-        caller: &Caller,
-        request: KeyClaimRequest,
-    ) -> Result<KeyClaimResponse> {
-        let targets = request
-            .user_ids
-            .len()
-            .saturating_add(request.device_ids.len());
+    pub async fn claim(&self, caller: &Caller, request: KeyClaimRequest) -> Result<KeyClaimResponse> {
+        let targets = request.user_ids.len().saturating_add(request.device_ids.len());
         if targets == 0 {
             return Err(Error::invalid("name at least one user or device"));
         }
@@ -107,16 +94,43 @@ impl Keys {
         };
         for device in devices {
             match self.ctx.store.claim_key_package(&device.id).await? {
-                Some(claimed) => response.packages.push(ClaimedKeyPackage {
-                    user_id: device.user_id,
-                    device_id: device.id,
-                    key_package: claimed.data.into(),
-                    last_resort: claimed.last_resort,
-                }),
+                Some(claimed) => {
+                    if !claimed.last_resort {
+                        self.warn_if_low(&device.id).await?;
+                    }
+                    response.packages.push(ClaimedKeyPackage {
+                        user_id: device.user_id,
+                        device_id: device.id,
+                        key_package: claimed.data.into(),
+                        last_resort: claimed.last_resort,
+                    });
+                }
                 None => response.missing.push(device.id),
             }
         }
         Ok(response)
+    }
+
+    /// Queues `keys_low` for a device whose one-time packages just fell below the threshold, and
+    /// again when the last one is gone (once per crossing, not on every claim).
+    async fn warn_if_low(&self, device: &DeviceId) -> Result<()> {
+        let threshold = self.ctx.config.limits.key_packages_low_threshold;
+        let left = self.ctx.store.key_package_stock(device).await?.one_time;
+        if left.saturating_add(1) != threshold && left != 0 {
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(&serde_json::json!({ "one_time": left })).unwrap_or_default();
+        let warning = QueueWrite {
+            device_id: *device,
+            kind: QueueKind::KeysLow,
+            conversation_id: None,
+            seq: None,
+            sender_device: None,
+            payload,
+        };
+        self.ctx.store.enqueue(vec![warning], self.ctx.now()).await?;
+        self.hub.publish([*device], LiveEvent::Stored);
+        Ok(())
     }
 
     async fn resolve_targets(

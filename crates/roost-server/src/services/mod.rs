@@ -3,6 +3,8 @@
 
 mod accounts;
 mod auth;
+mod conversations;
+mod delivery;
 mod keys;
 mod signatures;
 
@@ -10,11 +12,14 @@ use std::sync::Arc;
 
 pub use accounts::Accounts;
 pub use auth::{Auth, Caller};
+pub use conversations::Conversations;
+pub use delivery::Delivery;
 pub use keys::Keys;
 use roost_store::Store;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::hub::Hub;
 use crate::ratelimit::RateLimiters;
 
 /// What every service needs: the store, the clock, the configuration and the rate limiters.
@@ -55,6 +60,12 @@ pub struct Services {
     pub auth: Auth,
     /// The KeyPackage directory.
     pub keys: Keys,
+    /// Conversations: the MLS Delivery Service.
+    pub conversations: Conversations,
+    /// Sync, acks and device queues.
+    pub delivery: Delivery,
+    /// Live fan-out to connected devices.
+    pub hub: Arc<Hub>,
     /// The shared context.
     pub ctx: Arc<Context>,
 }
@@ -63,10 +74,14 @@ impl Services {
     /// Builds every service over one context.
     pub fn new(ctx: Context) -> Self {
         let ctx = Arc::new(ctx);
+        let hub = Arc::new(Hub::default());
         Self {
             accounts: Accounts::new(ctx.clone()),
             auth: Auth::new(ctx.clone()),
-            keys: Keys::new(ctx.clone()),
+            keys: Keys::new(ctx.clone(), hub.clone()),
+            conversations: Conversations::new(ctx.clone(), hub.clone()),
+            delivery: Delivery::new(ctx.clone(), hub.clone()),
+            hub,
             ctx,
         }
     }

@@ -8,16 +8,9 @@ use roost_proto::{Handle, bytes};
 use roost_server::config::RegistrationPolicy;
 use serde_json::json;
 
-use crate::common::{
-    START_MS, TestDevice, TestServer, TestUser, assert_error, random_key, registration,
-};
+use crate::common::{START_MS, TestDevice, TestServer, TestUser, assert_error, random_key, registration};
 
-fn handle_body(
-    user: &TestUser,
-    action: HandleAction,
-    handle: &str,
-    timestamp: i64,
-) -> serde_json::Value {
+fn handle_body(user: &TestUser, action: HandleAction, handle: &str, timestamp: i64) -> serde_json::Value {
     let handle: Handle = handle.parse().unwrap();
     json!({"timestamp": timestamp, "signature": user.sign(&signing::handle_message(action, &user.id(), &handle, timestamp))})
 }
@@ -48,10 +41,7 @@ async fn two_users_with_three_devices_register_link_and_authenticate() {
     // Alice sees her own devices with names; bob sees them without, and can verify each
     // certificate against alice's identity key.
     let (status, own) = server
-        .get(
-            &format!("/v1/users/{}/devices", alice.id()),
-            Some(&alice.token()),
-        )
+        .get(&format!("/v1/users/{}/devices", alice.id()), Some(&alice.token()))
         .await;
     assert_eq!(status, StatusCode::OK);
     let own: DeviceList = serde_json::from_value(own).unwrap();
@@ -60,19 +50,13 @@ async fn two_users_with_three_devices_register_link_and_authenticate() {
     assert_eq!(own.devices[1].name.as_deref(), Some("linked"));
 
     let (status, seen) = server
-        .get(
-            &format!("/v1/users/{}/devices", alice.id()),
-            Some(&bob.token()),
-        )
+        .get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token()))
         .await;
     assert_eq!(status, StatusCode::OK);
     let seen: DeviceList = serde_json::from_value(seen).unwrap();
     let identity = VerifyingKey::from_bytes(alice.id().as_bytes()).unwrap();
     let ids: Vec<_> = seen.devices.iter().map(|d| d.device_id).collect();
-    assert_eq!(
-        ids,
-        alice.devices.iter().map(TestDevice::id).collect::<Vec<_>>()
-    );
+    assert_eq!(ids, alice.devices.iter().map(TestDevice::id).collect::<Vec<_>>());
     for device in &seen.devices {
         assert_eq!(device.name, None, "names are private to their user");
         let signature = Signature::from_slice(device.certificate.as_bytes()).unwrap();
@@ -88,10 +72,7 @@ async fn two_users_with_three_devices_register_link_and_authenticate() {
     let unknown_id = roost_proto::UserId::from_bytes(unknown.verifying_key().to_bytes());
     assert_error(
         &server
-            .get(
-                &format!("/v1/users/{unknown_id}/devices"),
-                Some(&bob.token()),
-            )
+            .get(&format!("/v1/users/{unknown_id}/devices"), Some(&bob.token()))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -106,8 +87,7 @@ async fn registration_is_refused_without_a_valid_certificate_and_changes_nothing
 
     // Certificate made by a different identity key.
     let mut forged = registration(&identity, &device, "mallory");
-    forged["device_certificate"] =
-        registration(&random_key(), &device, "x")["device_certificate"].clone();
+    forged["device_certificate"] = registration(&random_key(), &device, "x")["device_certificate"].clone();
     assert_error(
         &server.post("/v1/users", None, forged).await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -115,8 +95,7 @@ async fn registration_is_refused_without_a_valid_certificate_and_changes_nothing
     );
     // Certificate for another device.
     let mut swapped = registration(&identity, &device, "mallory");
-    swapped["device_certificate"] =
-        registration(&identity, &TestDevice::new(), "x")["device_certificate"].clone();
+    swapped["device_certificate"] = registration(&identity, &TestDevice::new(), "x")["device_certificate"].clone();
     assert_error(
         &server.post("/v1/users", None, swapped).await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -211,11 +190,7 @@ async fn link_requests_are_approved_once_by_the_right_identity() {
             json!({"device_certificate": alice.certify(&newcomer.id())}),
         )
         .await;
-    assert_error(
-        &unauthenticated,
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-    );
+    assert_error(&unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated");
 
     // Lower-case codes work too.
     let lower = format!("/v1/links/{}/approve", link.link_code.to_lowercase());
@@ -238,9 +213,7 @@ async fn link_requests_are_approved_once_by_the_right_identity() {
         .await;
     assert_error(&again, StatusCode::CONFLICT, "link_already_approved");
 
-    let (status, polled) = server
-        .get(&format!("/v1/links/{}", link.link_code), None)
-        .await;
+    let (status, polled) = server.get(&format!("/v1/links/{}", link.link_code), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(polled["state"], "approved");
     assert_eq!(polled["user_id"], alice.id().to_string());
@@ -273,9 +246,7 @@ async fn link_requests_lapse_and_devices_are_capped() {
     server.link_device(&mut alice).await;
 
     let third = TestDevice::new();
-    let (_, body) = server
-        .post("/v1/links", None, json!({"device_id": third.id()}))
-        .await;
+    let (_, body) = server.post("/v1/links", None, json!({"device_id": third.id()})).await;
     let code = body["link_code"].as_str().unwrap().to_owned();
     let approve = server
         .post(
@@ -321,9 +292,7 @@ async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
         "forbidden",
     );
     assert_error(
-        &server
-            .post(&path, Some(&bob.token()), revoke_body(&bob, &target))
-            .await,
+        &server.post(&path, Some(&bob.token()), revoke_body(&bob, &target)).await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
@@ -353,20 +322,13 @@ async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
         "device_revoked",
     );
     let (_, devices) = server
-        .get(
-            &format!("/v1/users/{}/devices", alice.id()),
-            Some(&bob.token()),
-        )
+        .get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token()))
         .await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
     // Its KeyPackages went with it.
     assert_error(
         &server
-            .post(
-                "/v1/keys/claim",
-                Some(&bob.token()),
-                json!({"device_ids": [target]}),
-            )
+            .post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]}))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -377,9 +339,7 @@ async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_error(
-        &server
-            .post("/v1/links", None, json!({"device_id": target}))
-            .await,
+        &server.post("/v1/links", None, json!({"device_id": target})).await,
         StatusCode::CONFLICT,
         "device_exists",
     );
@@ -405,11 +365,7 @@ async fn handles_are_claimed_with_signatures_and_unique() {
 
     let claim = handle_body(&alice, HandleAction::Claim, "alice", START_MS);
     let (status, body) = server
-        .post(
-            "/v1/handles/alice/claim",
-            Some(&alice.token()),
-            claim.clone(),
-        )
+        .post("/v1/handles/alice/claim", Some(&alice.token()), claim.clone())
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, resolved) = server.get("/v1/handles/@alice", Some(&bob.token())).await;
@@ -421,27 +377,19 @@ async fn handles_are_claimed_with_signatures_and_unique() {
     // Bob can neither take it nor release it, even by replaying alice's signed request.
     let bobs = handle_body(&bob, HandleAction::Claim, "alice", START_MS);
     assert_error(
-        &server
-            .post("/v1/handles/alice/claim", Some(&bob.token()), bobs)
-            .await,
+        &server.post("/v1/handles/alice/claim", Some(&bob.token()), bobs).await,
         StatusCode::CONFLICT,
         "handle_taken",
     );
     assert_error(
-        &server
-            .post("/v1/handles/alice/claim", Some(&bob.token()), claim)
-            .await,
+        &server.post("/v1/handles/alice/claim", Some(&bob.token()), claim).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "signature_invalid",
     );
     let release_as_bob = handle_body(&bob, HandleAction::Release, "alice", START_MS);
     assert_error(
         &server
-            .post(
-                "/v1/handles/alice/release",
-                Some(&bob.token()),
-                release_as_bob,
-            )
+            .post("/v1/handles/alice/release", Some(&bob.token()), release_as_bob)
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -450,11 +398,7 @@ async fn handles_are_claimed_with_signatures_and_unique() {
     let wrong_action = handle_body(&alice, HandleAction::Claim, "alice", START_MS);
     assert_error(
         &server
-            .post(
-                "/v1/handles/alice/release",
-                Some(&alice.token()),
-                wrong_action,
-            )
+            .post("/v1/handles/alice/release", Some(&alice.token()), wrong_action)
             .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "signature_invalid",
@@ -462,16 +406,12 @@ async fn handles_are_claimed_with_signatures_and_unique() {
     // Stale requests are refused.
     let stale = handle_body(&alice, HandleAction::Claim, "ally", START_MS - 3_600_000);
     assert_error(
-        &server
-            .post("/v1/handles/ally/claim", Some(&alice.token()), stale)
-            .await,
+        &server.post("/v1/handles/ally/claim", Some(&alice.token()), stale).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "timestamp_out_of_range",
     );
     assert_error(
-        &server
-            .get("/v1/handles/Not-Valid", Some(&bob.token()))
-            .await,
+        &server.get("/v1/handles/Not-Valid", Some(&bob.token())).await,
         StatusCode::BAD_REQUEST,
         "malformed_request",
     );
@@ -510,11 +450,7 @@ async fn invite_only_registration_uses_codes_from_the_admin_command() {
         .args(["admin", "invite", "--count", "2"])
         .output()
         .expect("run roostd admin invite");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let codes: Vec<String> = String::from_utf8(output.stdout)
         .unwrap()
         .lines()
@@ -558,23 +494,15 @@ async fn invite_only_registration_uses_codes_from_the_admin_command() {
     );
     let mut second = registration(&random_key(), &TestDevice::new(), "erin");
     second["invite_code"] = json!(codes[1]);
-    assert_eq!(
-        server.post("/v1/users", None, second).await.0,
-        StatusCode::CREATED
-    );
+    assert_eq!(server.post("/v1/users", None, second).await.0, StatusCode::CREATED);
 }
 
 #[tokio::test]
 async fn registrations_are_rate_limited_per_address() {
-    let server =
-        TestServer::start_with(|config| config.rate_limits.registrations_per_address = 2).await;
+    let server = TestServer::start_with(|config| config.rate_limits.registrations_per_address = 2).await;
     for name in ["a", "b"] {
         let (status, body) = server
-            .post(
-                "/v1/users",
-                None,
-                registration(&random_key(), &TestDevice::new(), name),
-            )
+            .post("/v1/users", None, registration(&random_key(), &TestDevice::new(), name))
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
@@ -586,11 +514,7 @@ async fn registrations_are_rate_limited_per_address() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");

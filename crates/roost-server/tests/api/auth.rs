@@ -70,17 +70,13 @@ async fn concurrent_answers_to_one_challenge_open_one_session() {
     let signature = device.sign_auth("roost.test", &challenge);
     let encoded = bytes::encode(&challenge);
     let id = device.id();
-    let answers =
-        futures::future::join_all((0..10).map(|_| server.answer(&id, &encoded, &signature))).await;
+    let answers = futures::future::join_all((0..10).map(|_| server.answer(&id, &encoded, &signature))).await;
     let created = answers
         .iter()
         .filter(|(status, _)| *status == StatusCode::CREATED)
         .count();
     assert_eq!(created, 1);
-    for refused in answers
-        .iter()
-        .filter(|(status, _)| *status != StatusCode::CREATED)
-    {
+    for refused in answers.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
         assert_error(refused, StatusCode::UNAUTHORIZED, "challenge_used");
     }
 }
@@ -111,11 +107,7 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
             &b.sign_auth("roost.test", &challenge),
         )
         .await;
-    assert_error(
-        &by_other_key,
-        StatusCode::UNAUTHORIZED,
-        "auth_signature_invalid",
-    );
+    assert_error(&by_other_key, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
     let other_server = server
         .answer(
             &a.id(),
@@ -123,18 +115,10 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
             &a.sign_auth("elsewhere", &challenge),
         )
         .await;
-    assert_error(
-        &other_server,
-        StatusCode::UNAUTHORIZED,
-        "auth_signature_invalid",
-    );
-    let garbage = server
-        .answer(&a.id(), &bytes::encode(&challenge), &[7; 64])
-        .await;
+    assert_error(&other_server, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
+    let garbage = server.answer(&a.id(), &bytes::encode(&challenge), &[7; 64]).await;
     assert_error(&garbage, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
-    let short = server
-        .answer(&a.id(), &bytes::encode(&challenge), &[7; 12])
-        .await;
+    let short = server.answer(&a.id(), &bytes::encode(&challenge), &[7; 12]).await;
     assert_error(&short, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
 
     // Expired: 60 s later the same, correctly signed answer is refused.
@@ -151,11 +135,7 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
     // Unknown: a challenge the server never issued.
     let made_up = [9u8; 32];
     let unknown = server
-        .answer(
-            &a.id(),
-            &bytes::encode(&made_up),
-            &a.sign_auth("roost.test", &made_up),
-        )
+        .answer(&a.id(), &bytes::encode(&made_up), &a.sign_auth("roost.test", &made_up))
         .await;
     assert_error(&unknown, StatusCode::UNAUTHORIZED, "challenge_unknown");
 }
@@ -222,9 +202,5 @@ async fn malformed_credentials_are_unauthenticated() {
             json!({"device_id": "short", "challenge": "", "signature": ""}),
         )
         .await;
-    assert_error(
-        &bad_body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_argument",
-    );
+    assert_error(&bad_body, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
 }

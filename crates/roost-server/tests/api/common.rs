@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 pub const START_MS: i64 = 1_800_000_000_000;
 
 pub struct TestServer {
+    /// The running server's services, for driving background work on the manual clock.
+    pub services: roost_server::services::Services,
     pub base: String,
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
@@ -49,23 +51,23 @@ impl TestServer {
     }
 
     pub async fn start_in(data_dir: tempfile::TempDir, config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let clock = Arc::new(ManualClock::new(START_MS));
         let store = roost_server::open_store(&config).await.expect("open store");
         let (stop, stopped) = oneshot::channel::<()>();
-        let served_config = config.clone();
-        let served_clock = clock.clone();
+        let server = roost_server::Server::new(config.clone(), store, clock.clone());
+        let services = server.services().clone();
         let task = tokio::spawn(async move {
-            roost_server::serve_with(listener, served_config, store, served_clock, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server ran");
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server ran");
         });
         Self {
+            services,
             base,
             http: reqwest::Client::new(),
             clock,
@@ -147,16 +149,12 @@ impl TestServer {
     /// device, and authenticates it.
     pub async fn link_device(&self, user: &mut TestUser) -> usize {
         let mut device = TestDevice::new();
-        let (status, body) = self
-            .post("/v1/links", None, json!({"device_id": device.id()}))
-            .await;
+        let (status, body) = self.post("/v1/links", None, json!({"device_id": device.id()})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let link: LinkRequest = serde_json::from_value(body).expect("link request");
         assert_eq!(link.link_code, signing::link_code(&device.id()));
 
-        let (status, body) = self
-            .get(&format!("/v1/links/{}", link.link_code), None)
-            .await;
+        let (status, body) = self.get(&format!("/v1/links/{}", link.link_code), None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let seen: LinkRequest = serde_json::from_value(body).expect("link request");
         assert_eq!(
@@ -187,12 +185,7 @@ impl TestServer {
     }
 
     /// Answers a challenge with the given signature.
-    pub async fn answer(
-        &self,
-        device: &DeviceId,
-        challenge: &str,
-        signature: &[u8],
-    ) -> (StatusCode, Value) {
+    pub async fn answer(&self, device: &DeviceId, challenge: &str, signature: &[u8]) -> (StatusCode, Value) {
         let body = json!({"device_id": device, "challenge": challenge, "signature": bytes::encode(signature)});
         self.post("/v1/auth/session", None, body).await
     }
@@ -205,11 +198,7 @@ impl TestServer {
         assert_eq!(challenge.server_name, self.config.server_name);
         let signature = device.sign_auth(&challenge.server_name, challenge.challenge.as_bytes());
         let (status, body) = self
-            .answer(
-                &device.id(),
-                &bytes::encode(challenge.challenge.as_bytes()),
-                &signature,
-            )
+            .answer(&device.id(), &bytes::encode(challenge.challenge.as_bytes()), &signature)
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let session: SessionResponse = serde_json::from_value(body).expect("session");
@@ -301,9 +290,7 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &s
     assert_eq!(*actual, status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{body}"
     );
 }

@@ -28,23 +28,14 @@ async fn upload_count_and_claim_with_last_resort_fallback() {
 
     for (i, device) in alice.devices.iter().enumerate() {
         let upload = json!({"one_time": packages(&format!("a{i}"), 2), "last_resort": bytes::encode(format!("a{i}-lr").as_bytes())});
-        let (status, count) = server
-            .post("/v1/keys/packages", Some(&device.token()), upload)
-            .await;
+        let (status, count) = server.post("/v1/keys/packages", Some(&device.token()), upload).await;
         assert_eq!(status, StatusCode::OK, "{count}");
-        assert_eq!(
-            count,
-            json!({"one_time": 2, "last_resort": true, "max_one_time": 200})
-        );
+        assert_eq!(count, json!({"one_time": 2, "last_resort": true, "max_one_time": 200}));
     }
 
     // Claiming by user returns one package per device of alice, oldest package first.
     let (status, body) = server
-        .post(
-            "/v1/keys/claim",
-            Some(&bob.token()),
-            json!({"user_ids": [alice.id()]}),
-        )
+        .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let first = claimed(body);
@@ -56,28 +47,18 @@ async fn upload_count_and_claim_with_last_resort_fallback() {
         assert_eq!(package.key_package.as_bytes(), format!("a{i}-0").as_bytes());
         assert!(!package.last_resort);
     }
-    let (_, count) = server
-        .get("/v1/keys/packages", Some(&alice.devices[0].token()))
-        .await;
+    let (_, count) = server.get("/v1/keys/packages", Some(&alice.devices[0].token())).await;
     assert_eq!(count["one_time"], 1);
 
     // Claiming by device; then the last resort once one-time packages are gone.
     let target = alice.devices[0].id();
     let (_, body) = server
-        .post(
-            "/v1/keys/claim",
-            Some(&bob.token()),
-            json!({"device_ids": [target]}),
-        )
+        .post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]}))
         .await;
     assert_eq!(claimed(body).packages[0].key_package.as_bytes(), b"a0-1");
     for _ in 0..2 {
         let (_, body) = server
-            .post(
-                "/v1/keys/claim",
-                Some(&bob.token()),
-                json!({"device_ids": [target]}),
-            )
+            .post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]}))
             .await;
         let package = &claimed(body).packages[0];
         assert!(package.last_resort);
@@ -111,11 +92,7 @@ async fn uploads_respect_the_cap_and_size_limits() {
     let token = alice.token();
 
     let (status, _) = server
-        .post(
-            "/v1/keys/packages",
-            Some(&token),
-            json!({"one_time": packages("k", 2)}),
-        )
+        .post("/v1/keys/packages", Some(&token), json!({"one_time": packages("k", 2)}))
         .await;
     assert_eq!(status, StatusCode::OK);
     let over = server
@@ -141,31 +118,14 @@ async fn uploads_respect_the_cap_and_size_limits() {
         .post("/v1/keys/packages", Some(&token), json!({"one_time": [""]}))
         .await;
     assert_error(&empty, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
-    let nothing = server
-        .post("/v1/keys/packages", Some(&token), json!({}))
-        .await;
-    assert_error(
-        &nothing,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_argument",
-    );
+    let nothing = server.post("/v1/keys/packages", Some(&token), json!({})).await;
+    assert_error(&nothing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
     let not_base64 = server
-        .post(
-            "/v1/keys/packages",
-            Some(&token),
-            json!({"one_time": ["!!!"]}),
-        )
+        .post("/v1/keys/packages", Some(&token), json!({"one_time": ["!!!"]}))
         .await;
-    assert_error(
-        &not_base64,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_argument",
-    );
+    assert_error(&not_base64, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
     let (_, count) = server.get("/v1/keys/packages", Some(&token)).await;
-    assert_eq!(
-        count,
-        json!({"one_time": 2, "last_resort": false, "max_one_time": 3})
-    );
+    assert_eq!(count, json!({"one_time": 2, "last_resort": false, "max_one_time": 3}));
 }
 
 #[tokio::test]
@@ -179,9 +139,7 @@ async fn claims_need_a_valid_session_and_real_targets() {
         "unauthenticated",
     );
     assert_error(
-        &server
-            .post("/v1/keys/claim", Some("rst_forged"), body.clone())
-            .await,
+        &server.post("/v1/keys/claim", Some("rst_forged"), body.clone()).await,
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
     );
@@ -197,9 +155,7 @@ async fn claims_need_a_valid_session_and_real_targets() {
         "unauthenticated",
     );
     assert_error(
-        &server
-            .post("/v1/keys/claim", Some(&alice.token()), json!({}))
-            .await,
+        &server.post("/v1/keys/claim", Some(&alice.token()), json!({})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_argument",
     );
@@ -215,16 +171,10 @@ async fn claims_need_a_valid_session_and_real_targets() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    let many: Vec<_> = (0..101)
-        .map(|_| crate::common::TestDevice::new().id())
-        .collect();
+    let many: Vec<_> = (0..101).map(|_| crate::common::TestDevice::new().id()).collect();
     assert_error(
         &server
-            .post(
-                "/v1/keys/claim",
-                Some(&alice.token()),
-                json!({"device_ids": many}),
-            )
+            .post("/v1/keys/claim", Some(&alice.token()), json!({"device_ids": many}))
             .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_argument",
@@ -235,11 +185,8 @@ async fn claims_need_a_valid_session_and_real_targets() {
 async fn fifty_concurrent_claimers_never_get_the_same_one_time_package() {
     let server = TestServer::start().await;
     let target = server.user("target").await;
-    let upload =
-        json!({"one_time": packages("otk", 10), "last_resort": bytes::encode(b"last-resort")});
-    let (status, _) = server
-        .post("/v1/keys/packages", Some(&target.token()), upload)
-        .await;
+    let upload = json!({"one_time": packages("otk", 10), "last_resort": bytes::encode(b"last-resort")});
+    let (status, _) = server.post("/v1/keys/packages", Some(&target.token()), upload).await;
     assert_eq!(status, StatusCode::OK);
 
     let mut claimers = Vec::new();
@@ -286,29 +233,17 @@ async fn claims_are_rate_limited_per_requester_and_target() {
     let carol = server.user("carol").await;
     for _ in 0..2 {
         let (status, _) = server
-            .post(
-                "/v1/keys/claim",
-                Some(&bob.token()),
-                json!({"user_ids": [alice.id()]}),
-            )
+            .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]}))
             .await;
         assert_eq!(status, StatusCode::OK);
     }
     let limited = server
-        .post(
-            "/v1/keys/claim",
-            Some(&bob.token()),
-            json!({"user_ids": [alice.id()]}),
-        )
+        .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]}))
         .await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     // Other pairs are unaffected.
     let (status, _) = server
-        .post(
-            "/v1/keys/claim",
-            Some(&bob.token()),
-            json!({"user_ids": [carol.id()]}),
-        )
+        .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [carol.id()]}))
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = server

@@ -5,5 +5,6 @@
 mod accounts;
 mod auth;
 mod common;
+mod conversations;
 mod keys;
 mod robustness;

@@ -36,16 +36,13 @@ async fn routes(server: &TestServer) -> Vec<Route> {
 /// Fills path parameters with well-formed values (`good`) or garbage.
 fn fill(path: &str, good: bool, user: &str, device: &str) -> String {
     let pick = |valid: &str| {
-        if good {
-            valid.to_owned()
-        } else {
-            "%00!!".to_owned()
-        }
+        if good { valid.to_owned() } else { "%00!!".to_owned() }
     };
     path.replace("{user_id}", &pick(user))
         .replace("{device_id}", &pick(device))
         .replace("{link_code}", &pick("ABCD-EFGH"))
         .replace("{handle}", &pick("someone"))
+        .replace("{conversation_id}", &pick("AAAAAAAAAAAAAAAAAAAAAA"))
 }
 
 async fn raw(
@@ -66,28 +63,24 @@ async fn raw(
     let response = request.body(body).send().await.expect("sent");
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 #[track_caller]
 fn assert_json_error(response: &(StatusCode, Value), what: &str) {
     let (status, body) = response;
-    assert!(
-        status.is_client_error(),
-        "{what}: expected a 4xx, got {status}: {body}"
-    );
-    assert!(
-        body["error"]["code"].is_string(),
-        "{what}: not a JSON error: {body}"
-    );
+    assert!(status.is_client_error(), "{what}: expected a 4xx, got {status}: {body}");
+    assert!(body["error"]["code"].is_string(), "{what}: not a JSON error: {body}");
 }
 
 #[tokio::test]
 async fn every_route_refuses_bad_input_with_a_json_error() {
-    let server = TestServer::start_with(|config| config.limits.max_body_bytes = BODY_LIMIT).await;
+    let server = TestServer::start_with(|config| {
+        config.limits.max_body_bytes = BODY_LIMIT;
+        config.limits.max_message_bytes = 16 * 1024;
+        config.limits.max_handshake_bytes = 16 * 1024;
+    })
+    .await;
     let alice = server.user("alice").await;
     let token = alice.token();
     let (user, device) = (alice.id().to_string(), alice.devices[0].id().to_string());
@@ -105,52 +98,16 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
         }
         if route.has_body {
             let json = Some("application/json");
-            let response = raw(
-                &server,
-                route,
-                &path,
-                Some(&token),
-                json,
-                b"{not json".to_vec(),
-            )
-            .await;
+            let response = raw(&server, route, &path, Some(&token), json, b"{not json".to_vec()).await;
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
-            let response = raw(
-                &server,
-                route,
-                &path,
-                Some(&token),
-                json,
-                vec![0xff, 0xfe, 0x00, 0x80],
-            )
-            .await;
+            let response = raw(&server, route, &path, Some(&token), json, vec![0xff, 0xfe, 0x00, 0x80]).await;
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
             let response = raw(&server, route, &path, Some(&token), json, Vec::new()).await;
             assert_json_error(&response, &format!("{what} with an empty body"));
-            let response = raw(
-                &server,
-                route,
-                &path,
-                Some(&token),
-                Some("text/plain"),
-                b"{}".to_vec(),
-            )
-            .await;
+            let response = raw(&server, route, &path, Some(&token), Some("text/plain"), b"{}".to_vec()).await;
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
-            let response = raw(
-                &server,
-                route,
-                &path,
-                Some(&token),
-                json,
-                b"[1, 2, 3]".to_vec(),
-            )
-            .await;
-            assert_error(
-                &response,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_argument",
-            );
+            let response = raw(&server, route, &path, Some(&token), json, b"[1, 2, 3]".to_vec()).await;
+            assert_json_error(&response, &format!("{what} with an array body"));
             let response = raw(
                 &server,
                 route,
@@ -160,45 +117,24 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
                 b"{\"unexpected\": {\"deep\": [null]}}".to_vec(),
             )
             .await;
-            assert_error(
-                &response,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_argument",
-            );
+            assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
             let mut huge = b"{\"pad\": \"".to_vec();
-            huge.resize(BODY_LIMIT + 16, b'a');
+            // Above every route's limit: handshake routes allow three encoded handshake messages.
+            huge.resize(4 * BODY_LIMIT, b'a');
             huge.extend_from_slice(b"\"}");
             let response = raw(&server, route, &path, Some(&token), json, huge).await;
-            assert_error(
-                &response,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-            );
+            assert_error(&response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
         }
         if route.path.contains('{') {
             let bad_path = fill(&route.path, false, &user, &device);
-            let body = if route.has_body {
-                b"{}".to_vec()
-            } else {
-                Vec::new()
-            };
-            let response = raw(
-                &server,
-                route,
-                &bad_path,
-                Some(&token),
-                Some("application/json"),
-                body,
-            )
-            .await;
+            let body = if route.has_body { b"{}".to_vec() } else { Vec::new() };
+            let response = raw(&server, route, &bad_path, Some(&token), Some("application/json"), body).await;
             assert_json_error(&response, &format!("{what} with garbage path parameters"));
         }
     }
 
     // Nothing above changed alice's account.
-    let (status, devices) = server
-        .get(&format!("/v1/users/{user}/devices"), Some(&token))
-        .await;
+    let (status, devices) = server.get(&format!("/v1/users/{user}/devices"), Some(&token)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(devices["devices"].as_array().map(Vec::len), Some(1));
     let (_, count) = server.get("/v1/keys/packages", Some(&token)).await;
@@ -266,46 +202,27 @@ async fn the_openapi_document_covers_every_route() {
             .as_array()
             .is_some_and(|codes| codes.len() > 20)
     );
-    assert_eq!(
-        doc["components"]["securitySchemes"]["bearer"]["scheme"],
-        "bearer"
-    );
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let server = TestServer::start().await;
     let (status, body) = server.get("/healthz", None).await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::OK, serde_json::json!({"status": "ok"}))
-    );
+    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"status": "ok"})));
     let (status, body) = server.get("/readyz", None).await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::OK, serde_json::json!({"status": "ok"}))
-    );
+    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"status": "ok"})));
 
     let alice = server.user("alice").await;
     let (_, _) = server.get("/v1/auth/session", Some(&alice.token())).await;
-    let response = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let response = server.http.get(server.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
     assert!(
-        text.contains(
-            "roost_http_requests_total{method=\"POST\",route=\"/v1/users\",status=\"201\"}"
-        ),
+        text.contains("roost_http_requests_total{method=\"POST\",route=\"/v1/users\",status=\"201\"}"),
         "{text}"
     );
-    assert!(
-        text.contains("roost_http_request_duration_seconds_bucket"),
-        "{text}"
-    );
+    assert!(text.contains("roost_http_request_duration_seconds_bucket"), "{text}");
     assert!(
         text.contains("roost_store_operation_duration_seconds_bucket{op=\"register_user\""),
         "{text}"

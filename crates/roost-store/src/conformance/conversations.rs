@@ -8,8 +8,7 @@ use roost_proto::conversation::{ConversationKind, EntryKind, QueueKind, Retentio
 
 use super::{NOW, device, new_device, user};
 use crate::{
-    CommitWrite, MemberRef, MessageWrite, NewConversation, QueueWrite, Store, StoreError,
-    SyncCursor, SyncPage,
+    CommitWrite, MemberRef, MessageWrite, NewConversation, QueueWrite, Store, StoreError, SyncCursor, SyncPage,
 };
 
 fn member(user_n: u8, device_n: u8) -> MemberRef {
@@ -33,13 +32,7 @@ async fn people<S: Store>(store: &S) {
 }
 
 /// Creates conversation `n` by device 10 with the given other devices, at epoch 1.
-async fn create<S: Store>(
-    store: &S,
-    n: u8,
-    kind: ConversationKind,
-    members: &[(u8, u8)],
-    retention: RetentionPolicy,
-) {
+async fn create<S: Store>(store: &S, n: u8, kind: ConversationKind, members: &[(u8, u8)], retention: RetentionPolicy) {
     store
         .create_conversation(NewConversation {
             id: conversation(n),
@@ -122,10 +115,7 @@ pub async fn conversation_entries_are_sequenced_once_for_every_device<S: Store>(
         .unwrap_err();
     assert!(matches!(err, StoreError::ConversationExists), "{err:?}");
 
-    for (i, sender) in [member(1, 10), member(2, 20), member(1, 11)]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, sender) in [member(1, 10), member(2, 20), member(1, 11)].into_iter().enumerate() {
         let appended = store
             .append_message(message(1, sender, &format!("m{i}"), 1, NOW + i as i64))
             .await
@@ -146,10 +136,7 @@ pub async fn conversation_entries_are_sequenced_once_for_every_device<S: Store>(
     assert!(reference.queue.is_empty(), "the creator gets no Welcome");
     for d in [11, 20, 21] {
         let page = everything(store, d).await;
-        assert_eq!(
-            page.entries, reference.entries,
-            "device {d} sees the same log"
-        );
+        assert_eq!(page.entries, reference.entries, "device {d} sees the same log");
         assert_eq!(page.queue.len(), 1);
         let welcome = &page.queue[0];
         assert_eq!(
@@ -173,10 +160,7 @@ pub async fn conversation_entries_are_sequenced_once_for_every_device<S: Store>(
     );
 
     // Paging with a cursor returns the same entries in smaller pieces.
-    let first = store
-        .sync(&device(20), SyncCursor::default(), 2)
-        .await
-        .unwrap();
+    let first = store.sync(&device(20), SyncCursor::default(), 2).await.unwrap();
     assert_eq!(seqs(&first), vec![1, 2]);
     let after = SyncCursor {
         queue_after: first.queue[0].id,
@@ -202,11 +186,7 @@ pub async fn concurrent_sends_get_gap_free_sequence_numbers<S: Store>(store: &S)
         .map(|i| {
             message(
                 1,
-                if i % 2 == 0 {
-                    member(1, 10)
-                } else {
-                    member(2, 20)
-                },
+                if i % 2 == 0 { member(1, 10) } else { member(2, 20) },
                 &format!("c{i}"),
                 1,
                 NOW,
@@ -270,18 +250,12 @@ pub async fn commits_check_the_epoch_and_change_membership_atomically<S: Store>(
     .await;
 
     let err = store.commit(commit(1, member(1, 10), 0)).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::StaleEpoch { current: 1 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::StaleEpoch { current: 1 }), "{err:?}");
     let err = store
         .append_message(message(1, member(1, 10), "old", 0, NOW))
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, StoreError::StaleEpoch { current: 1 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::StaleEpoch { current: 1 }), "{err:?}");
     let err = store.commit(commit(1, member(3, 30), 1)).await.unwrap_err();
     assert!(matches!(err, StoreError::NotAMember), "{err:?}");
     let err = store
@@ -325,27 +299,15 @@ pub async fn commits_check_the_epoch_and_change_membership_atomically<S: Store>(
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        (joined.joined_seq, joined.acked_seq, joined.removed_seq),
-        (1, 1, None)
-    );
-    assert!(
-        store
-            .is_member_user(&conversation(1), &user(3))
-            .await
-            .unwrap()
-    );
+    assert_eq!((joined.joined_seq, joined.acked_seq, joined.removed_seq), (1, 1, None));
+    assert!(store.is_member_user(&conversation(1), &user(3)).await.unwrap());
     let page = everything(store, 30).await;
     assert!(
         page.entries.is_empty(),
         "an added device starts after the commit that added it"
     );
     assert_eq!(
-        (
-            page.queue[0].kind,
-            page.queue[0].seq,
-            page.queue[0].payload.as_slice()
-        ),
+        (page.queue[0].kind, page.queue[0].seq, page.queue[0].payload.as_slice()),
         (QueueKind::Welcome, Some(1), b"welcome-2".as_slice())
     );
     assert_eq!(
@@ -362,14 +324,7 @@ pub async fn commits_check_the_epoch_and_change_membership_atomically<S: Store>(
     absent.remove = vec![device(21)];
     let err = store.commit(absent).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidMembership(_)), "{err:?}");
-    assert_eq!(
-        store
-            .active_member_devices(&conversation(1))
-            .await
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(store.active_member_devices(&conversation(1)).await.unwrap().len(), 4);
 }
 
 /// A removed device receives the commit that removed it and nothing after.
@@ -402,12 +357,7 @@ pub async fn removed_devices_get_entries_up_to_their_removal_only<S: Store>(stor
             .iter()
             .any(|q| q.kind == QueueKind::Removed && q.seq == Some(removal.seq))
     );
-    assert!(
-        !store
-            .is_member_user(&conversation(1), &user(3))
-            .await
-            .unwrap()
-    );
+    assert!(!store.is_member_user(&conversation(1), &user(3)).await.unwrap());
     let err = store
         .append_message(message(1, member(3, 30), "x", 2, NOW))
         .await
@@ -415,10 +365,7 @@ pub async fn removed_devices_get_entries_up_to_their_removal_only<S: Store>(stor
     assert!(matches!(err, StoreError::NotAMember), "{err:?}");
 
     // Once it has acknowledged its removal it is gone for good.
-    store
-        .ack(&device(30), &[(conversation(1), 99)], None)
-        .await
-        .unwrap();
+    store.ack(&device(30), &[(conversation(1), 99)], None).await.unwrap();
     assert!(
         store
             .member_device(&conversation(1), &device(30))
@@ -460,10 +407,7 @@ pub async fn external_joins_are_for_devices_of_member_users<S: Store>(store: &S)
         "an existing member device cannot external-join: {err:?}"
     );
     let err = store.commit(external(member(2, 21), 0)).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::StaleEpoch { current: 1 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::StaleEpoch { current: 1 }), "{err:?}");
 
     let joined = store.commit(external(member(2, 21), 1)).await.unwrap();
     assert_eq!((joined.seq, joined.epoch), (2, 2));
@@ -510,28 +454,16 @@ pub async fn acks_are_cumulative_and_only_move_the_own_position<S: Store>(store:
             .await
             .unwrap();
     }
-    store
-        .ack(&device(20), &[(conversation(1), 3)], None)
-        .await
-        .unwrap();
+    store.ack(&device(20), &[(conversation(1), 3)], None).await.unwrap();
     assert_eq!(seqs(&everything(store, 20).await), vec![4, 5]);
-    store
-        .ack(&device(20), &[(conversation(1), 2)], None)
-        .await
-        .unwrap();
-    store
-        .ack(&device(20), &[(conversation(1), 3)], None)
-        .await
-        .unwrap();
+    store.ack(&device(20), &[(conversation(1), 2)], None).await.unwrap();
+    store.ack(&device(20), &[(conversation(1), 3)], None).await.unwrap();
     assert_eq!(
         seqs(&everything(store, 20).await),
         vec![4, 5],
         "older and repeated acks change nothing"
     );
-    store
-        .ack(&device(20), &[(conversation(1), 1000)], None)
-        .await
-        .unwrap();
+    store.ack(&device(20), &[(conversation(1), 1000)], None).await.unwrap();
     assert_eq!(
         store
             .member_device(&conversation(1), &device(20))
@@ -549,11 +481,7 @@ pub async fn acks_are_cumulative_and_only_move_the_own_position<S: Store>(store:
 
     // Acking a conversation the device is not in fails the whole call and changes nothing.
     let err = store
-        .ack(
-            &device(20),
-            &[(conversation(1), 5), (conversation(2), 1)],
-            None,
-        )
+        .ack(&device(20), &[(conversation(1), 5), (conversation(2), 1)], None)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotAMember), "{err:?}");
@@ -613,40 +541,17 @@ pub async fn burn_on_read_deletes_when_the_last_member_device_acks<S: Store>(sto
         .append_message(message(1, member(1, 10), "secret", 1, NOW))
         .await
         .unwrap();
-    store
-        .ack(&device(10), &[(conversation(1), 1)], None)
-        .await
-        .unwrap();
-    store
-        .ack(&device(11), &[(conversation(1), 1)], None)
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .history(&conversation(1), 0, u64::MAX, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    store.ack(&device(10), &[(conversation(1), 1)], None).await.unwrap();
+    store.ack(&device(11), &[(conversation(1), 1)], None).await.unwrap();
+    assert_eq!(store.history(&conversation(1), 0, u64::MAX, 10).await.unwrap().len(), 1);
 
     // A device added later does not pin what was written before it joined.
     let mut adding = commit(1, member(1, 10), 1);
     adding.add = vec![member(2, 21)];
     store.commit(adding).await.unwrap();
-    assert_eq!(
-        store
-            .history(&conversation(1), 0, u64::MAX, 10)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(store.history(&conversation(1), 0, u64::MAX, 10).await.unwrap().len(), 2);
 
-    store
-        .ack(&device(20), &[(conversation(1), 1)], None)
-        .await
-        .unwrap();
+    store.ack(&device(20), &[(conversation(1), 1)], None).await.unwrap();
     let left: Vec<u64> = store
         .history(&conversation(1), 0, u64::MAX, 10)
         .await
@@ -654,11 +559,7 @@ pub async fn burn_on_read_deletes_when_the_last_member_device_acks<S: Store>(sto
         .iter()
         .map(|e| e.seq)
         .collect();
-    assert_eq!(
-        left,
-        vec![2],
-        "the message burned when the last member device acked it"
-    );
+    assert_eq!(left, vec![2], "the message burned when the last member device acked it");
 }
 
 /// TTL and the server's maximum age prune entries, acknowledged or not.
@@ -701,18 +602,12 @@ pub async fn ttl_and_maximum_age_prune_entries<S: Store>(store: &S) {
         "permanent entries stay without a maximum age"
     );
 
-    store
-        .prune_retention(NOW + 100_000, Some(90_000))
-        .await
-        .unwrap();
+    store.prune_retention(NOW + 100_000, Some(90_000)).await.unwrap();
     assert!(
         everything(store, 21).await.entries.is_empty(),
         "the maximum age bounds every policy"
     );
-    assert!(
-        everything(store, 21).await.queue.is_empty(),
-        "and queue entries"
-    );
+    assert!(everything(store, 21).await.queue.is_empty(), "and queue entries");
     // The sequence keeps counting after pruning: no number is reused.
     let next = store
         .append_message(message(1, member(1, 10), "later", 1, NOW + 100_000))
@@ -794,51 +689,32 @@ pub async fn conversation_views_count_unread_and_read_markers_are_monotonic<S: S
         .await
         .unwrap();
 
-    let views = store
-        .conversations_of(&device(10), &user(1), None, 10)
-        .await
-        .unwrap();
+    let views = store.conversations_of(&device(10), &user(1), None, 10).await.unwrap();
     assert_eq!(
         views.iter().map(|v| v.record.id).collect::<Vec<_>>(),
         vec![conversation(1), conversation(2)]
     );
     assert_eq!((views[0].unread, views[0].record.last_seq), (3, 4));
     assert_eq!(
-        views[0]
-            .members
-            .iter()
-            .map(|m| m.user_id)
-            .collect::<Vec<_>>(),
+        views[0].members.iter().map(|m| m.user_id).collect::<Vec<_>>(),
         vec![user(1), user(2)]
     );
 
     assert_eq!(
-        store
-            .advance_read_marker(&conversation(1), &user(1), 2)
-            .await
-            .unwrap(),
+        store.advance_read_marker(&conversation(1), &user(1), 2).await.unwrap(),
         Some(2)
     );
     assert_eq!(
-        store
-            .advance_read_marker(&conversation(1), &user(1), 1)
-            .await
-            .unwrap(),
+        store.advance_read_marker(&conversation(1), &user(1), 1).await.unwrap(),
         None,
         "never backwards"
     );
     assert_eq!(
-        store
-            .advance_read_marker(&conversation(1), &user(1), 99)
-            .await
-            .unwrap(),
+        store.advance_read_marker(&conversation(1), &user(1), 99).await.unwrap(),
         Some(4),
         "capped at the last entry"
     );
-    let views = store
-        .conversations_of(&device(10), &user(1), None, 1)
-        .await
-        .unwrap();
+    let views = store.conversations_of(&device(10), &user(1), None, 1).await.unwrap();
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].unread, 0);
     let paged = store
@@ -873,21 +749,11 @@ pub async fn leaving_removes_all_devices_of_the_user<S: Store>(store: &S) {
     assert!(matches!(err, StoreError::NotAMember), "{err:?}");
 
     let seq = store
-        .leave(
-            &conversation(1),
-            member(2, 20),
-            b"self-remove".to_vec(),
-            NOW,
-        )
+        .leave(&conversation(1), member(2, 20), b"self-remove".to_vec(), NOW)
         .await
         .unwrap();
     assert_eq!(seq, 1);
-    assert!(
-        !store
-            .is_member_user(&conversation(1), &user(2))
-            .await
-            .unwrap()
-    );
+    assert!(!store.is_member_user(&conversation(1), &user(2)).await.unwrap());
     let remaining: BTreeSet<_> = store
         .active_member_devices(&conversation(1))
         .await
@@ -924,10 +790,7 @@ pub async fn revoking_a_device_drops_its_queue_and_positions<S: Store>(store: &S
     )
     .await;
     assert_eq!(everything(store, 21).await.queue.len(), 1);
-    store
-        .revoke_device(&user(2), &device(21), NOW)
-        .await
-        .unwrap();
+    store.revoke_device(&user(2), &device(21), NOW).await.unwrap();
     assert!(everything(store, 21).await.queue.is_empty());
     assert!(
         store
@@ -937,20 +800,9 @@ pub async fn revoking_a_device_drops_its_queue_and_positions<S: Store>(store: &S
             .is_none()
     );
     assert!(
-        store
-            .is_member_user(&conversation(1), &user(2))
-            .await
-            .unwrap(),
+        store.is_member_user(&conversation(1), &user(2)).await.unwrap(),
         "the user stays through device 20"
     );
-    store
-        .revoke_device(&user(2), &device(20), NOW)
-        .await
-        .unwrap();
-    assert!(
-        !store
-            .is_member_user(&conversation(1), &user(2))
-            .await
-            .unwrap()
-    );
+    store.revoke_device(&user(2), &device(20), NOW).await.unwrap();
+    assert!(!store.is_member_user(&conversation(1), &user(2)).await.unwrap());
 }

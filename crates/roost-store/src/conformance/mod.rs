@@ -95,15 +95,9 @@ pub async fn registration_and_devices<S: Store>(store: &S) {
     assert!(store.user_exists(&user(1)).await.unwrap());
     assert!(!store.user_exists(&user(2)).await.unwrap());
 
-    let err = store
-        .register_user(new_device(1, 11), None)
-        .await
-        .unwrap_err();
+    let err = store.register_user(new_device(1, 11), None).await.unwrap_err();
     assert!(matches!(err, StoreError::UserExists), "{err:?}");
-    let err = store
-        .register_user(new_device(2, 10), None)
-        .await
-        .unwrap_err();
+    let err = store.register_user(new_device(2, 10), None).await.unwrap_err();
     assert!(matches!(err, StoreError::DeviceExists), "{err:?}");
     assert!(
         !store.user_exists(&user(2)).await.unwrap(),
@@ -130,30 +124,15 @@ pub async fn registration_and_devices<S: Store>(store: &S) {
 
 /// An invite admits exactly one registration; a bad invite changes nothing.
 pub async fn invites_admit_one_registration<S: Store>(store: &S) {
-    let err = store
-        .register_user(new_device(1, 10), Some([5; 32]))
-        .await
-        .unwrap_err();
+    let err = store.register_user(new_device(1, 10), Some([5; 32])).await.unwrap_err();
     assert!(matches!(err, StoreError::InviteInvalid), "{err:?}");
     assert!(!store.user_exists(&user(1)).await.unwrap());
 
-    store
-        .create_invites(&[[5; 32], [6; 32]], NOW)
-        .await
-        .unwrap();
-    store
-        .register_user(new_device(1, 10), Some([5; 32]))
-        .await
-        .unwrap();
-    let err = store
-        .register_user(new_device(2, 20), Some([5; 32]))
-        .await
-        .unwrap_err();
+    store.create_invites(&[[5; 32], [6; 32]], NOW).await.unwrap();
+    store.register_user(new_device(1, 10), Some([5; 32])).await.unwrap();
+    let err = store.register_user(new_device(2, 20), Some([5; 32])).await.unwrap_err();
     assert!(matches!(err, StoreError::InviteInvalid), "{err:?}");
-    store
-        .register_user(new_device(2, 20), Some([6; 32]))
-        .await
-        .unwrap();
+    store.register_user(new_device(2, 20), Some([6; 32])).await.unwrap();
 }
 
 /// Revocation is scoped to the owner and takes sessions and KeyPackages with it.
@@ -161,40 +140,23 @@ pub async fn revocation_removes_sessions_and_key_packages<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
     store.add_device(new_device(1, 11), 10).await.unwrap();
     store.register_user(new_device(2, 20), None).await.unwrap();
-    store
-        .create_session(session(1, 11, 1, NOW + 1000))
-        .await
-        .unwrap();
-    store
-        .create_session(session(2, 10, 1, NOW + 1000))
-        .await
-        .unwrap();
+    store.create_session(session(1, 11, 1, NOW + 1000)).await.unwrap();
+    store.create_session(session(2, 10, 1, NOW + 1000)).await.unwrap();
     store
         .add_key_packages(&device(11), vec![vec![1], vec![2]], Some(vec![3]), 10, NOW)
         .await
         .unwrap();
 
-    let err = store
-        .revoke_device(&user(2), &device(11), NOW)
-        .await
-        .unwrap_err();
+    let err = store.revoke_device(&user(2), &device(11), NOW).await.unwrap_err();
     assert!(
         matches!(err, StoreError::NotFound),
         "another user cannot revoke: {err:?}"
     );
     assert!(store.session(&[1; 32]).await.unwrap().is_some());
 
+    assert!(store.revoke_device(&user(1), &device(11), NOW).await.unwrap());
     assert!(
-        store
-            .revoke_device(&user(1), &device(11), NOW)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .revoke_device(&user(1), &device(11), NOW)
-            .await
-            .unwrap(),
+        !store.revoke_device(&user(1), &device(11), NOW).await.unwrap(),
         "idempotent"
     );
     assert!(store.session(&[1; 32]).await.unwrap().is_none());
@@ -204,10 +166,7 @@ pub async fn revocation_removes_sessions_and_key_packages<S: Store>(store: &S) {
     );
     let stock = store.key_package_stock(&device(11)).await.unwrap();
     assert_eq!((stock.one_time, stock.last_resort), (0, false));
-    assert_eq!(
-        store.device(&device(11)).await.unwrap().unwrap().revoked_at,
-        Some(NOW)
-    );
+    assert_eq!(store.device(&device(11)).await.unwrap().unwrap().revoked_at, Some(NOW));
     let active: Vec<_> = store
         .active_devices(&user(1))
         .await
@@ -233,23 +192,13 @@ pub async fn link_requests<S: Store>(store: &S) {
         expires_at: NOW + 600,
     };
     store.create_link_request(link.clone(), NOW).await.unwrap();
-    let err = store
-        .create_link_request(link.clone(), NOW)
-        .await
-        .unwrap_err();
+    let err = store.create_link_request(link.clone(), NOW).await.unwrap_err();
     assert!(matches!(err, StoreError::LinkPending), "{err:?}");
 
     let pending = store.link_request("AAAA-BBBB", NOW).await.unwrap().unwrap();
-    assert_eq!(
-        (pending.device_id, pending.approved.clone()),
-        (device(11), None)
-    );
+    assert_eq!((pending.device_id, pending.approved.clone()), (device(11), None));
     assert!(
-        store
-            .link_request("AAAA-BBBB", NOW + 600)
-            .await
-            .unwrap()
-            .is_none(),
+        store.link_request("AAAA-BBBB", NOW + 600).await.unwrap().is_none(),
         "lapsed"
     );
 
@@ -276,10 +225,7 @@ pub async fn link_requests<S: Store>(store: &S) {
         device_id: device(10),
         expires_at: NOW + 600,
     };
-    let err = store
-        .create_link_request(registered, NOW)
-        .await
-        .unwrap_err();
+    let err = store.create_link_request(registered, NOW).await.unwrap_err();
     assert!(matches!(err, StoreError::DeviceExists), "{err:?}");
 
     // A lapsed request can be replaced by a new one with the same code.
@@ -350,11 +296,7 @@ pub async fn challenges_are_consumed_once<S: Store>(store: &S) {
     assert!(store.challenge(b"other").await.unwrap().is_none());
 
     let results = join_all((0..10).map(|_| store.consume_challenge(b"challenge-1", NOW))).await;
-    let winners = results
-        .into_iter()
-        .map(Result::unwrap)
-        .filter(|won| *won)
-        .count();
+    let winners = results.into_iter().map(Result::unwrap).filter(|won| *won).count();
     assert_eq!(winners, 1);
     assert!(store.challenge(b"challenge-1").await.unwrap().unwrap().used);
     assert!(!store.consume_challenge(b"unknown", NOW).await.unwrap());
@@ -363,10 +305,7 @@ pub async fn challenges_are_consumed_once<S: Store>(store: &S) {
 /// Sessions are stored by token hash and deleted on logout.
 pub async fn sessions<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
-    store
-        .create_session(session(7, 10, 1, NOW + 5))
-        .await
-        .unwrap();
+    store.create_session(session(7, 10, 1, NOW + 5)).await.unwrap();
     let found = store.session(&[7; 32]).await.unwrap().unwrap();
     assert_eq!(
         (found.device_id, found.user_id, found.expires_at),
@@ -381,13 +320,7 @@ pub async fn sessions<S: Store>(store: &S) {
 /// The cap refuses a whole upload; claims go oldest first, then fall back to the last resort.
 pub async fn key_packages_cap_and_fallback<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
-    assert!(
-        store
-            .claim_key_package(&device(10))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.claim_key_package(&device(10)).await.unwrap().is_none());
 
     let stock = store
         .add_key_packages(&device(10), vec![vec![1], vec![2]], None, 3, NOW)
@@ -467,22 +400,10 @@ pub async fn concurrent_claims_never_hand_out_a_package_twice<S: Store>(store: &
 /// Pruning deletes expired challenges, sessions and link requests and keeps live ones.
 pub async fn pruning_removes_only_expired_rows<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
-    store
-        .insert_challenge(b"old", &device(10), NOW - 10)
-        .await
-        .unwrap();
-    store
-        .insert_challenge(b"new", &device(10), NOW + 10)
-        .await
-        .unwrap();
-    store
-        .create_session(session(1, 10, 1, NOW - 1))
-        .await
-        .unwrap();
-    store
-        .create_session(session(2, 10, 1, NOW + 1))
-        .await
-        .unwrap();
+    store.insert_challenge(b"old", &device(10), NOW - 10).await.unwrap();
+    store.insert_challenge(b"new", &device(10), NOW + 10).await.unwrap();
+    store.create_session(session(1, 10, 1, NOW - 1)).await.unwrap();
+    store.create_session(session(2, 10, 1, NOW + 1)).await.unwrap();
     let link = |code: &str, n: u8, expires_at| NewLinkRequest {
         code: code.into(),
         device_id: device(n),
@@ -503,19 +424,10 @@ pub async fn pruning_removes_only_expired_rows<S: Store>(store: &S) {
     assert!(store.challenge(b"new").await.unwrap().is_some());
     assert!(store.session(&[1; 32]).await.unwrap().is_none());
     assert!(store.session(&[2; 32]).await.unwrap().is_some());
-    assert!(
-        store
-            .link_request("NEW0-0000", NOW)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.link_request("NEW0-0000", NOW).await.unwrap().is_some());
 
     // With a grace period, recently expired challenges stay so replays are still recognised.
-    store
-        .insert_challenge(b"recent", &device(10), NOW - 10)
-        .await
-        .unwrap();
+    store.insert_challenge(b"recent", &device(10), NOW - 10).await.unwrap();
     store.prune_expired(NOW, 60_000).await.unwrap();
     assert!(store.challenge(b"recent").await.unwrap().is_some());
 }

@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use roost_proto::api::{
-    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest,
-    LinkStartRequest, RegisterRequest, RegisterResponse, RevokeDeviceRequest,
+    Device, DeviceList, HandleRecord, HandleRequest, LinkApproveRequest, LinkRequest, LinkStartRequest,
+    RegisterRequest, RegisterResponse, RevokeDeviceRequest,
 };
 use roost_proto::{DeviceId, ErrorBody, Handle, UserId};
 
@@ -51,9 +51,7 @@ pub async fn list_devices(
     Authenticated(caller): Authenticated,
     Path(user_id): Path<UserId>,
 ) -> Result<Json<DeviceList>> {
-    Ok(Json(
-        state.services.accounts.devices(&caller, &user_id).await?,
-    ))
+    Ok(Json(state.services.accounts.devices(&caller, &user_id).await?))
 }
 
 /// Revoke one of the caller's user's devices.
@@ -100,11 +98,7 @@ pub async fn start_link(
     ClientIp(source): ClientIp,
     Json(request): Json<LinkStartRequest>,
 ) -> Result<(StatusCode, Json<LinkRequest>)> {
-    let link = state
-        .services
-        .accounts
-        .start_link(request.device_id, source)
-        .await?;
+    let link = state.services.accounts.start_link(request.device_id, source).await?;
     Ok((StatusCode::CREATED, Json(link)))
 }
 
@@ -145,11 +139,7 @@ pub async fn approve_link(
     Path(code): Path<String>,
     Json(request): Json<LinkApproveRequest>,
 ) -> Result<(StatusCode, Json<Device>)> {
-    let device = state
-        .services
-        .accounts
-        .approve_link(&caller, &code, request)
-        .await?;
+    let device = state.services.accounts.approve_link(&caller, &code, request).await?;
     Ok((StatusCode::CREATED, Json(device)))
 }
 
@@ -188,11 +178,7 @@ pub async fn claim_handle(
     Json(request): Json<HandleRequest>,
 ) -> Result<Json<HandleRecord>> {
     Ok(Json(
-        state
-            .services
-            .accounts
-            .claim_handle(&caller, handle, &request)
-            .await?,
+        state.services.accounts.claim_handle(&caller, handle, &request).await?,
     ))
 }
 

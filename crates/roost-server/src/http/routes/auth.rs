@@ -3,9 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use roost_proto::ErrorBody;
-use roost_proto::api::{
-    ChallengeRequest, ChallengeResponse, SessionRequest, SessionResponse, WhoAmI,
-};
+use roost_proto::api::{ChallengeRequest, ChallengeResponse, SessionRequest, SessionResponse, WhoAmI};
 
 use crate::error::Result;
 use crate::http::AppState;
@@ -23,13 +21,7 @@ pub async fn challenge(
     ClientIp(source): ClientIp,
     Json(request): Json<ChallengeRequest>,
 ) -> Result<Json<ChallengeResponse>> {
-    Ok(Json(
-        state
-            .services
-            .auth
-            .challenge(request.device_id, source)
-            .await?,
-    ))
+    Ok(Json(state.services.auth.challenge(request.device_id, source).await?))
 }
 
 /// Answer a challenge and get a session token.
@@ -59,10 +51,7 @@ pub async fn open_session(
         (status = 200, description = "The caller", body = WhoAmI),
         (status = 401, description = "unauthenticated / session_expired", body = ErrorBody),
     ))]
-pub async fn whoami(
-    State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-) -> Result<Json<WhoAmI>> {
+pub async fn whoami(State(state): State<AppState>, Authenticated(caller): Authenticated) -> Result<Json<WhoAmI>> {
     Ok(Json(state.services.auth.whoami(&caller).await?))
 }
 

@@ -2,5 +2,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod conversations;
+pub mod delivery;
 pub mod keys;
 pub mod ops;
