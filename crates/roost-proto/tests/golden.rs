@@ -282,3 +282,134 @@ fn malformed_ids_and_bytes_are_refused() {
     assert!(serde_json::from_value::<RevokeDeviceRequest>(json!({"signature": "a+b/"})).is_err());
     assert!(serde_json::from_value::<ChallengeRequest>(json!({"device_id": DEVICE, "extra": 1})).is_err());
 }
+
+mod conversations {
+    use roost_proto::conversation::*;
+    use roost_proto::{Base64Bytes, ConversationId};
+    use serde_json::json;
+
+    use super::{DEVICE, USER, device, golden, user};
+
+    const CONVERSATION: &str = "BwcHBwcHBwcHBwcHBwcHBw";
+
+    fn conversation() -> ConversationId {
+        ConversationId::from_bytes([7; 16])
+    }
+
+    #[test]
+    fn conversation_ids_are_16_bytes() {
+        assert_eq!(conversation().to_string(), CONVERSATION);
+        assert!("BwcHBwcHBwcHBwcHBwcH".parse::<ConversationId>().is_err());
+    }
+
+    #[test]
+    fn create_commit_join_send() {
+        golden(
+            &CreateConversationRequest {
+                conversation_id: conversation(),
+                kind: ConversationKind::Direct,
+                epoch: 1,
+                group_info: Base64Bytes(vec![1]),
+                members: vec![device()],
+                welcome: Some(Base64Bytes(vec![2])),
+                retention: Some(RetentionPolicy::Ttl { ttl_secs: 60 }),
+            },
+            json!({"conversation_id": CONVERSATION, "kind": "direct", "epoch": 1, "group_info": "AQ",
+                   "members": [DEVICE], "welcome": "Ag", "retention": {"policy": "ttl", "ttl_secs": 60}}),
+        );
+        golden(
+            &CommitRequest {
+                epoch: 4,
+                commit: Base64Bytes(vec![3]),
+                group_info: Base64Bytes(vec![4]),
+                add: vec![device()],
+                welcome: Some(Base64Bytes(vec![5])),
+                remove: vec![],
+            },
+            json!({"epoch": 4, "commit": "Aw", "group_info": "BA", "add": [DEVICE], "welcome": "BQ", "remove": []}),
+        );
+        golden(&CommitAccepted { seq: 9, epoch: 5 }, json!({"seq": 9, "epoch": 5}));
+        golden(
+            &ExternalJoinRequest { epoch: 5, commit: Base64Bytes(vec![6]), group_info: Base64Bytes(vec![7]) },
+            json!({"epoch": 5, "commit": "Bg", "group_info": "Bw"}),
+        );
+        golden(
+            &SendRequest { client_message_id: "m-1".into(), epoch: 5, ciphertext: Base64Bytes(vec![8]), ephemeral: false },
+            json!({"client_message_id": "m-1", "epoch": 5, "ciphertext": "CA", "ephemeral": false}),
+        );
+        golden(&SendAccepted { seq: Some(10), created_at: 99, duplicate: true }, json!({"seq": 10, "created_at": 99, "duplicate": true}));
+        golden(&SendAccepted { seq: None, created_at: 99, duplicate: false }, json!({"created_at": 99, "duplicate": false}));
+        golden(&RetentionPolicy::BurnOnRead, json!({"policy": "burn_on_read"}));
+        golden(&RetentionPolicy::Permanent, json!({"policy": "permanent"}));
+    }
+
+    #[test]
+    fn sync_and_ack() {
+        golden(
+            &SyncResponse {
+                entries: vec![Entry {
+                    conversation_id: conversation(),
+                    seq: 3,
+                    kind: EntryKind::Message,
+                    sender_user: user(),
+                    sender_device: device(),
+                    epoch: 2,
+                    payload: Base64Bytes(vec![9]),
+                    created_at: 77,
+                }],
+                queue: vec![QueueEntry {
+                    id: 12,
+                    kind: QueueKind::Welcome,
+                    conversation_id: Some(conversation()),
+                    seq: Some(0),
+                    sender_device: Some(device()),
+                    payload: Base64Bytes(vec![10]),
+                    created_at: 76,
+                }],
+                cursor: Some("abc".into()),
+            },
+            json!({
+                "entries": [{"conversation_id": CONVERSATION, "seq": 3, "kind": "message", "sender_user": USER,
+                             "sender_device": DEVICE, "epoch": 2, "payload": "CQ", "created_at": 77}],
+                "queue": [{"id": 12, "kind": "welcome", "conversation_id": CONVERSATION, "seq": 0,
+                           "sender_device": DEVICE, "payload": "Cg", "created_at": 76}],
+                "cursor": "abc"
+            }),
+        );
+        golden(
+            &AckRequest { conversations: vec![ConversationAck { conversation_id: conversation(), seq: 3 }], queue_up_to: Some(12) },
+            json!({"conversations": [{"conversation_id": CONVERSATION, "seq": 3}], "queue_up_to": 12}),
+        );
+    }
+
+    #[test]
+    fn conversation_list() {
+        golden(
+            &ConversationList {
+                conversations: vec![ConversationSummary {
+                    conversation_id: conversation(),
+                    kind: ConversationKind::Group,
+                    epoch: 2,
+                    members: vec![Member { user_id: user(), read_seq: Some(1) }],
+                    last_seq: 3,
+                    read_seq: 1,
+                    unread: 2,
+                    retention: RetentionPolicy::BurnOnRead,
+                    joined_seq: 0,
+                }],
+                cursor: None,
+            },
+            json!({"conversations": [{"conversation_id": CONVERSATION, "kind": "group", "epoch": 2,
+                "members": [{"user_id": USER, "read_seq": 1}], "last_seq": 3, "read_seq": 1, "unread": 2,
+                "retention": {"policy": "burn_on_read"}, "joined_seq": 0}]}),
+        );
+        golden(&Settings { read_receipts: false }, json!({"read_receipts": false}));
+    }
+
+    #[test]
+    fn stale_epoch_errors_carry_the_current_epoch() {
+        let mut body = roost_proto::ErrorBody::new(roost_proto::ErrorCode::StaleEpoch, "catch up");
+        body.error.current_epoch = Some(6);
+        golden(&body, json!({"error": {"code": "stale_epoch", "message": "catch up", "current_epoch": 6}}));
+    }
+}
