@@ -456,6 +456,9 @@ impl Conversations {
 
     /// Wakes the member devices (except `except`) so connected ones fetch what was stored.
     async fn notify(&self, id: &ConversationId, except: Option<DeviceId>) {
+        if self.hub.is_idle() {
+            return;
+        }
         match self.ctx.store.active_member_devices(id).await {
             Ok(devices) => {
                 let targets = devices
