@@ -330,15 +330,38 @@ mod conversations {
         );
         golden(&CommitAccepted { seq: 9, epoch: 5 }, json!({"seq": 9, "epoch": 5}));
         golden(
-            &ExternalJoinRequest { epoch: 5, commit: Base64Bytes(vec![6]), group_info: Base64Bytes(vec![7]) },
+            &ExternalJoinRequest {
+                epoch: 5,
+                commit: Base64Bytes(vec![6]),
+                group_info: Base64Bytes(vec![7]),
+            },
             json!({"epoch": 5, "commit": "Bg", "group_info": "Bw"}),
         );
         golden(
-            &SendRequest { client_message_id: "m-1".into(), epoch: 5, ciphertext: Base64Bytes(vec![8]), ephemeral: false },
+            &SendRequest {
+                client_message_id: "m-1".into(),
+                epoch: 5,
+                ciphertext: Base64Bytes(vec![8]),
+                ephemeral: false,
+            },
             json!({"client_message_id": "m-1", "epoch": 5, "ciphertext": "CA", "ephemeral": false}),
         );
-        golden(&SendAccepted { seq: Some(10), created_at: 99, duplicate: true }, json!({"seq": 10, "created_at": 99, "duplicate": true}));
-        golden(&SendAccepted { seq: None, created_at: 99, duplicate: false }, json!({"created_at": 99, "duplicate": false}));
+        golden(
+            &SendAccepted {
+                seq: Some(10),
+                created_at: 99,
+                duplicate: true,
+            },
+            json!({"seq": 10, "created_at": 99, "duplicate": true}),
+        );
+        golden(
+            &SendAccepted {
+                seq: None,
+                created_at: 99,
+                duplicate: false,
+            },
+            json!({"created_at": 99, "duplicate": false}),
+        );
         golden(&RetentionPolicy::BurnOnRead, json!({"policy": "burn_on_read"}));
         golden(&RetentionPolicy::Permanent, json!({"policy": "permanent"}));
     }
@@ -377,7 +400,13 @@ mod conversations {
             }),
         );
         golden(
-            &AckRequest { conversations: vec![ConversationAck { conversation_id: conversation(), seq: 3 }], queue_up_to: Some(12) },
+            &AckRequest {
+                conversations: vec![ConversationAck {
+                    conversation_id: conversation(),
+                    seq: 3,
+                }],
+                queue_up_to: Some(12),
+            },
             json!({"conversations": [{"conversation_id": CONVERSATION, "seq": 3}], "queue_up_to": 12}),
         );
     }
@@ -390,7 +419,10 @@ mod conversations {
                     conversation_id: conversation(),
                     kind: ConversationKind::Group,
                     epoch: 2,
-                    members: vec![Member { user_id: user(), read_seq: Some(1) }],
+                    members: vec![Member {
+                        user_id: user(),
+                        read_seq: Some(1),
+                    }],
                     last_seq: 3,
                     read_seq: 1,
                     unread: 2,
@@ -410,6 +442,9 @@ mod conversations {
     fn stale_epoch_errors_carry_the_current_epoch() {
         let mut body = roost_proto::ErrorBody::new(roost_proto::ErrorCode::StaleEpoch, "catch up");
         body.error.current_epoch = Some(6);
-        golden(&body, json!({"error": {"code": "stale_epoch", "message": "catch up", "current_epoch": 6}}));
+        golden(
+            &body,
+            json!({"error": {"code": "stale_epoch", "message": "catch up", "current_epoch": 6}}),
+        );
     }
 }

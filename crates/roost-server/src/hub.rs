@@ -68,7 +68,9 @@ impl Hub {
 
     /// Whether any device is subscribed (lets callers skip looking up recipients).
     pub fn is_idle(&self) -> bool {
-        self.subscribers.lock().map_or(true, |subscribers| subscribers.is_empty())
+        self.subscribers
+            .lock()
+            .map_or(true, |subscribers| subscribers.is_empty())
     }
 
     /// Offers `event` to each listed device that is subscribed. Returns how many took it.
