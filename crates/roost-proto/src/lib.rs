@@ -12,6 +12,7 @@ pub mod conversation;
 pub mod error;
 pub mod ids;
 pub mod signing;
+pub mod socket;
 
 pub use bytes::Base64Bytes;
 pub use conversation::ConversationId;

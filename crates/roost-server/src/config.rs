@@ -52,6 +52,42 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// How long conversation entries may be kept.
     pub retention: RetentionConfig,
+    /// The WebSocket gateway.
+    pub gateway: GatewayConfig,
+}
+
+/// WebSocket gateway settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Seconds a new socket has to send its `auth` frame.
+    pub auth_timeout_secs: u64,
+    /// Seconds between pings to each connected device.
+    pub heartbeat_interval_secs: u64,
+    /// Seconds without any frame (pongs included) after which a connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections one user may hold at once (one per device).
+    pub max_connections_per_user: u32,
+    /// Events buffered for one connection before it is cut off as a slow consumer.
+    pub outgoing_buffer: usize,
+    /// Seconds one frame may take to be written before the connection is dropped.
+    pub send_timeout_secs: u64,
+    /// Largest frame a client may send, in bytes.
+    pub max_client_frame_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout_secs: 10,
+            heartbeat_interval_secs: 30,
+            idle_timeout_secs: 75,
+            max_connections_per_user: 5,
+            outgoing_buffer: 256,
+            send_timeout_secs: 10,
+            max_client_frame_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// Size, count and lifetime limits.
@@ -137,6 +173,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             retention: RetentionConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -276,6 +313,17 @@ impl Config {
                 "retention.prune_interval_secs and limits.max_page_size must be at least 1".into(),
             ));
         }
+        let gateway = &self.gateway;
+        if gateway.heartbeat_interval_secs == 0 || gateway.idle_timeout_secs <= gateway.heartbeat_interval_secs {
+            return Err(ConfigError(
+                "gateway.idle_timeout_secs must exceed heartbeat_interval_secs (at least 1)".into(),
+            ));
+        }
+        if gateway.auth_timeout_secs == 0 || gateway.send_timeout_secs == 0 || gateway.outgoing_buffer == 0 {
+            return Err(ConfigError(
+                "gateway timeouts and outgoing_buffer must be at least 1".into(),
+            ));
+        }
         if self.limits.max_devices_per_user == 0 || self.limits.max_claim_targets == 0 {
             return Err(ConfigError("device and claim limits must be at least 1".into()));
         }
@@ -316,6 +364,7 @@ impl fmt::Debug for Config {
             .field("limits", &shown.limits)
             .field("rate_limits", &shown.rate_limits)
             .field("retention", &shown.retention)
+            .field("gateway", &shown.gateway)
             .finish_non_exhaustive()
     }
 }

@@ -1,100 +1,238 @@
 //! In-process fan-out of live events to connected devices.
 //!
 //! Durable delivery never depends on this: everything stored is also returned by sync. The hub
-//! carries what is live only (ephemeral sends, read receipts) and, for the real-time gateway,
-//! wake-ups for stored entries. Nobody listening is normal; a subscriber whose buffer is full
-//! misses live events and catches up through sync.
+//! carries what is only live (ephemeral sends, typing, read receipts, presence) and pushes stored
+//! entries to connected devices as they are committed. Nobody listening is normal. A subscriber
+//! whose buffer is full is cut off as a slow consumer; it reconnects and catches up from the
+//! store, so memory per connection stays bounded.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use roost_proto::{ConversationId, DeviceId, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Something a connected device should learn now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LiveEvent {
-    /// An ephemeral send (typing, call signalling): delivered to online devices, never stored.
-    Ephemeral {
+    /// A conversation entry was committed. `frame` is its socket frame, encoded once for every
+    /// recipient.
+    Entry {
         /// The conversation.
         conversation_id: ConversationId,
-        /// The sending user.
-        sender_user: UserId,
-        /// The sending device.
-        sender_device: DeviceId,
-        /// The epoch it was encrypted in.
-        epoch: u64,
-        /// The ciphertext.
-        payload: Vec<u8>,
-    },
-    /// Another member read up to `seq`.
-    ReadReceipt {
-        /// The conversation.
-        conversation_id: ConversationId,
-        /// The reader.
-        user_id: UserId,
-        /// Their read position.
+        /// The entry's sequence number.
         seq: u64,
+        /// The encoded `entry` frame.
+        frame: Arc<str>,
     },
-    /// New entries or queue items are stored for the device; fetch them.
-    Stored,
+    /// Something was added to the device's queue; fetch it.
+    Queued,
+    /// Any other server frame, encoded once (ephemeral, typing, read receipt, presence, device
+    /// list changes).
+    Frame(Arc<str>),
 }
 
-/// Subscribers by device. A std mutex is enough: it is held only to look up or swap a sender,
-/// never across an await.
+/// Why the hub ended a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A newer connection of the same device subscribed.
+    Replaced,
+    /// The subscriber's buffer was full.
+    SlowConsumer,
+    /// The device was revoked.
+    Revoked,
+}
+
+/// Refused: the user already has the maximum number of connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many connections for this user")]
+pub struct TooManyConnections;
+
+struct Subscriber {
+    id: u64,
+    user: UserId,
+    sender: mpsc::Sender<LiveEvent>,
+    closed: Arc<OnceLock<CloseReason>>,
+}
+
 #[derive(Default)]
+struct State {
+    devices: HashMap<DeviceId, Subscriber>,
+    per_user: HashMap<UserId, u32>,
+}
+
+/// Subscribers by device. A std mutex is enough: it is held only to look up or swap senders,
+/// never across an await.
 pub struct Hub {
-    subscribers: Mutex<HashMap<DeviceId, mpsc::Sender<Arc<LiveEvent>>>>,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            shutdown: watch::Sender::new(false),
+        }
+    }
+}
+
+/// A device's live subscription; dropping it unsubscribes (unless a newer one replaced it).
+pub struct Subscription {
+    hub: Arc<Hub>,
+    device: DeviceId,
+    id: u64,
+    /// Events for the device, at most the subscription's capacity at a time.
+    pub events: mpsc::Receiver<LiveEvent>,
+    closed: Arc<OnceLock<CloseReason>>,
+}
+
+impl Subscription {
+    /// Why the hub ended this subscription, once `events` has run dry.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed.get().copied()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(&self.device, Some(self.id), None);
+    }
 }
 
 impl Hub {
-    /// Subscribes a device, replacing any earlier subscription of the same device (one consumer
-    /// per device). The receiver holds at most `capacity` undelivered events.
-    pub fn subscribe(&self, device: DeviceId, capacity: usize) -> mpsc::Receiver<Arc<LiveEvent>> {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
-        if let Ok(mut subscribers) = self.subscribers.lock() {
-            subscribers.insert(device, sender);
-        }
-        receiver
-    }
-
-    /// Drops a device's subscription.
-    pub fn unsubscribe(&self, device: &DeviceId) {
-        if let Ok(mut subscribers) = self.subscribers.lock() {
-            subscribers.remove(device);
-        }
-    }
-
-    /// Whether any device is subscribed (lets callers skip looking up recipients).
-    pub fn is_idle(&self) -> bool {
-        self.subscribers
-            .lock()
-            .map_or(true, |subscribers| subscribers.is_empty())
-    }
-
-    /// Offers `event` to each listed device that is subscribed. Returns how many took it.
-    pub fn publish(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent) -> usize {
-        let event = Arc::new(event);
-        let Ok(mut subscribers) = self.subscribers.lock() else {
-            return 0;
-        };
-        let mut delivered = 0;
-        for device in devices {
-            let Some(sender) = subscribers.get(&device) else {
-                continue;
-            };
-            match sender.try_send(event.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics::counter!("roost_live_events_dropped_total").increment(1);
+    /// Subscribes a device of `user`. A second subscription of the same device replaces the
+    /// first (one consumer per device); otherwise the user may hold at most `max_per_user`.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        user: UserId,
+        device: DeviceId,
+        capacity: usize,
+        max_per_user: u32,
+    ) -> Result<Subscription, TooManyConnections> {
+        let (sender, events) = mpsc::channel(capacity.max(1));
+        let closed = Arc::new(OnceLock::new());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.lock();
+        match state.devices.remove(&device) {
+            Some(previous) => {
+                let _ = previous.closed.set(CloseReason::Replaced);
+            }
+            None => {
+                let count = state.per_user.entry(user).or_insert(0);
+                if *count >= max_per_user {
+                    return Err(TooManyConnections);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    subscribers.remove(&device);
+                *count += 1;
+            }
+        }
+        state.devices.insert(
+            device,
+            Subscriber {
+                id,
+                user,
+                sender,
+                closed: closed.clone(),
+            },
+        );
+        metrics::gauge!("roost_gateway_subscriptions").set(state.devices.len() as f64);
+        Ok(Subscription {
+            hub: self.clone(),
+            device,
+            id,
+            events,
+            closed,
+        })
+    }
+
+    /// Tells every connection the server is shutting down.
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Completes (`changed()`) when the server starts shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Ends a device's subscription (for example because it was revoked).
+    pub fn kick(&self, device: &DeviceId, reason: CloseReason) {
+        self.remove(device, None, Some(reason));
+    }
+
+    /// Whether no device is subscribed (lets callers skip looking up recipients).
+    pub fn is_idle(&self) -> bool {
+        self.lock().devices.is_empty()
+    }
+
+    /// Whether a device is subscribed.
+    pub fn is_online(&self, device: &DeviceId) -> bool {
+        self.lock().devices.contains_key(device)
+    }
+
+    /// How many devices of the user are subscribed.
+    pub fn connections_of(&self, user: &UserId) -> u32 {
+        self.lock().per_user.get(user).copied().unwrap_or(0)
+    }
+
+    /// Offers `event` to each listed device that is subscribed. A subscriber whose buffer is full
+    /// is cut off as a slow consumer. Returns how many took the event.
+    pub fn publish(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent) -> usize {
+        let mut slow = Vec::new();
+        let mut delivered = 0;
+        {
+            let state = self.lock();
+            for device in devices {
+                let Some(subscriber) = state.devices.get(&device) else {
+                    continue;
+                };
+                match subscriber.sender.try_send(event.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(device),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         }
+        for device in slow {
+            metrics::counter!("roost_gateway_slow_consumers_total").increment(1);
+            self.remove(&device, None, Some(CloseReason::SlowConsumer));
+        }
         delivered
+    }
+
+    /// Removes a subscriber: only the one with `id` when given (a replaced connection must not
+    /// remove its successor), recording `reason` for its connection to report.
+    fn remove(&self, device: &DeviceId, id: Option<u64>, reason: Option<CloseReason>) {
+        let mut state = self.lock();
+        let matches = state
+            .devices
+            .get(device)
+            .is_some_and(|s| id.is_none_or(|id| s.id == id));
+        if !matches {
+            return;
+        }
+        if let Some(subscriber) = state.devices.remove(device) {
+            if let Some(reason) = reason {
+                let _ = subscriber.closed.set(reason);
+            }
+            if let Some(count) = state.per_user.get_mut(&subscriber.user) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    state.per_user.remove(&subscriber.user);
+                }
+            }
+        }
+        metrics::gauge!("roost_gateway_subscriptions").set(state.devices.len() as f64);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way that
+        // matters more than losing live delivery, so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -106,20 +244,58 @@ mod tests {
         DeviceId::from_bytes([n; 32])
     }
 
-    #[tokio::test]
-    async fn events_reach_subscribers_only_and_full_buffers_drop() {
-        let hub = Hub::default();
-        let mut one = hub.subscribe(device(1), 1);
-        assert_eq!(hub.publish([device(1), device(2)], LiveEvent::Stored), 1);
-        assert_eq!(hub.publish([device(1)], LiveEvent::Stored), 0, "buffer of one is full");
-        assert_eq!(*one.recv().await.unwrap(), LiveEvent::Stored);
+    fn user(n: u8) -> UserId {
+        UserId::from_bytes([n; 32])
+    }
 
-        // A second subscription replaces the first.
-        let mut two = hub.subscribe(device(1), 4);
-        assert!(one.recv().await.is_none());
-        assert_eq!(hub.publish([device(1)], LiveEvent::Stored), 1);
-        assert_eq!(*two.recv().await.unwrap(), LiveEvent::Stored);
-        hub.unsubscribe(&device(1));
-        assert_eq!(hub.publish([device(1)], LiveEvent::Stored), 0);
+    #[tokio::test]
+    async fn one_consumer_per_device_and_a_cap_per_user() {
+        let hub = Arc::new(Hub::default());
+        let mut first = hub.subscribe(user(1), device(1), 4, 2).unwrap();
+        let _second_device = hub.subscribe(user(1), device(2), 4, 2).unwrap();
+        assert!(
+            hub.subscribe(user(1), device(3), 4, 2).is_err(),
+            "the cap counts devices"
+        );
+        assert_eq!(hub.connections_of(&user(1)), 2);
+
+        let mut replacement = hub.subscribe(user(1), device(1), 4, 2).unwrap();
+        assert!(first.events.recv().await.is_none());
+        assert_eq!(first.close_reason(), Some(CloseReason::Replaced));
+        drop(first);
+        assert!(
+            hub.is_online(&device(1)),
+            "dropping the replaced subscription keeps the new one"
+        );
+        assert_eq!(hub.publish([device(1)], LiveEvent::Queued), 1);
+        assert_eq!(replacement.events.recv().await, Some(LiveEvent::Queued));
+        drop(replacement);
+        assert_eq!(hub.connections_of(&user(1)), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_cuts_the_subscriber_off() {
+        let hub = Arc::new(Hub::default());
+        let mut slow = hub.subscribe(user(1), device(1), 1, 5).unwrap();
+        assert_eq!(hub.publish([device(1), device(2)], LiveEvent::Queued), 1);
+        assert_eq!(hub.publish([device(1)], LiveEvent::Queued), 0);
+        assert!(!hub.is_online(&device(1)));
+        assert_eq!(
+            slow.events.recv().await,
+            Some(LiveEvent::Queued),
+            "what was buffered still arrives"
+        );
+        assert!(slow.events.recv().await.is_none());
+        assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn revoked_devices_are_kicked() {
+        let hub = Arc::new(Hub::default());
+        let mut subscription = hub.subscribe(user(1), device(1), 1, 5).unwrap();
+        hub.kick(&device(1), CloseReason::Revoked);
+        assert!(subscription.events.recv().await.is_none());
+        assert_eq!(subscription.close_reason(), Some(CloseReason::Revoked));
+        assert!(hub.is_idle());
     }
 }

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -29,6 +30,8 @@ use crate::services::{Context, Services};
 
 /// How often expired challenges, sessions and link requests are pruned.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long shutdown waits for WebSockets to close.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let services = self.services;
+        let hub = services.hub.clone();
         let state = AppState {
             services: services.clone(),
             metrics: crate::metrics::prometheus(),
@@ -102,9 +106,20 @@ impl Server {
         let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
         let app = http::router(state);
         tracing::info!(address = %listener.local_addr()?, "roostd listening");
+        // WebSockets outlive the HTTP server's graceful shutdown, so they are told separately and
+        // given a moment to send their close frames.
+        let signal_sockets = hub.clone();
+        let shutdown = async move {
+            shutdown.await;
+            signal_sockets.shut_down();
+        };
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await;
+        let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_GRACE;
+        while !hub.is_idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         housekeeping.abort();
         served.map_err(ServeError::Io)
     }

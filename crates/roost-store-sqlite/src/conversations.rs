@@ -340,20 +340,61 @@ impl ConversationStore for SqliteStore {
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
                 .await?;
-            let queue = sqlx::query(
-                "SELECT q.id, q.kind, q.conversation_id, q.seq, q.sender_device, q.payload, b.payload AS blob, q.created_at \
-                 FROM device_queue q LEFT JOIN queue_blobs b ON b.id = q.blob_id \
-                 WHERE q.device_id = $1 AND q.id > $2 ORDER BY q.id LIMIT $3",
-            )
-            .bind(device.as_bytes().as_slice())
-            .bind(to_i64(cursor.queue_after))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
+            let mut conn = self.reader.acquire().await?;
+            let queue = queue_in(&mut conn, device, cursor.queue_after, limit).await?;
             Ok(SyncPage {
                 entries: entries.iter().map(entry_row).collect::<StoreResult<_>>()?,
-                queue: queue.iter().map(queue_row).collect::<StoreResult<_>>()?,
+                queue,
             })
+        })
+        .await
+    }
+
+    async fn entries_for_device(
+        &self,
+        device: &DeviceId,
+        id: &ConversationId,
+        after_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        timed("entries_for_device", async {
+            let sql = format!(
+                "SELECT {columns} FROM conversation_devices d JOIN entries e ON e.conversation_id = d.conversation_id \
+                 WHERE d.device_id = $1 AND d.conversation_id = $2 AND e.seq > d.acked_seq AND e.seq > $3 \
+                 AND (d.removed_seq IS NULL OR e.seq <= d.removed_seq) ORDER BY e.seq LIMIT $4",
+                columns = prefixed_entry_columns("e")
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(device.as_bytes().as_slice())
+                .bind(id.as_bytes().as_slice())
+                .bind(to_i64(after_seq))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+            rows.iter().map(entry_row).collect()
+        })
+        .await
+    }
+
+    async fn queue_for_device(&self, device: &DeviceId, after_id: u64, limit: u32) -> StoreResult<Vec<QueueRecord>> {
+        timed("queue_for_device", async {
+            let mut conn = self.reader.acquire().await?;
+            queue_in(&mut conn, device, after_id, limit).await
+        })
+        .await
+    }
+
+    async fn contact_devices(&self, user: &UserId) -> StoreResult<Vec<DeviceId>> {
+        timed("contact_devices", async {
+            let rows = sqlx::query(
+                "SELECT DISTINCT d.device_id FROM conversation_users cu \
+                 JOIN conversation_devices d ON d.conversation_id = cu.conversation_id \
+                 WHERE cu.user_id = $1 AND d.removed_seq IS NULL",
+            )
+            .bind(user.as_bytes().as_slice())
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter().map(|row| device_id_at(row, "device_id")).collect()
         })
         .await
     }
@@ -598,6 +639,25 @@ impl ConversationStore for SqliteStore {
         })
         .await
     }
+}
+
+async fn queue_in(
+    conn: &mut SqliteConnection,
+    device: &DeviceId,
+    after_id: u64,
+    limit: u32,
+) -> StoreResult<Vec<QueueRecord>> {
+    let rows = sqlx::query(
+        "SELECT q.id, q.kind, q.conversation_id, q.seq, q.sender_device, q.payload, b.payload AS blob, q.created_at \
+         FROM device_queue q LEFT JOIN queue_blobs b ON b.id = q.blob_id \
+         WHERE q.device_id = $1 AND q.id > $2 ORDER BY q.id LIMIT $3",
+    )
+    .bind(device.as_bytes().as_slice())
+    .bind(to_i64(after_id))
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(queue_row).collect()
 }
 
 async fn conversation_in(conn: &mut SqliteConnection, id: &ConversationId) -> StoreResult<Option<ConversationRecord>> {

@@ -283,6 +283,23 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// A page of what the device has not acknowledged.
     async fn sync(&self, device: &DeviceId, cursor: SyncCursor, limit: u32) -> StoreResult<SyncPage>;
 
+    /// The device's unacknowledged entries of one conversation after `after_seq`, in order (what
+    /// a live connection fetches when it missed a push).
+    async fn entries_for_device(
+        &self,
+        device: &DeviceId,
+        id: &ConversationId,
+        after_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<EntryRecord>>;
+
+    /// The device's queue entries with ids above `after_id`, oldest first.
+    async fn queue_for_device(&self, device: &DeviceId, after_id: u64, limit: u32) -> StoreResult<Vec<QueueRecord>>;
+
+    /// The current member devices of every conversation the user is in (the user's own
+    /// included): who hears about the user's presence and device list.
+    async fn contact_devices(&self, user: &UserId) -> StoreResult<Vec<DeviceId>>;
+
     /// Moves the device's positions forward (never back, never past the last entry) and deletes
     /// its queue entries up to `queue_up_to`. Burn-on-read entries every member device has
     /// acknowledged are deleted in the same transaction. Errors: `NotAMember` (nothing changes).

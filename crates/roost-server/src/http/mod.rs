@@ -122,6 +122,7 @@ fn api_router(limits: &BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::settings, conversations::set_settings))
         .routes(routes!(delivery::sync))
         .routes(routes!(delivery::ack))
+        .routes(routes!(crate::gateway::upgrade))
         .layer(DefaultBodyLimit::max(limits.default));
     everything_else.merge(handshakes).merge(messages)
 }

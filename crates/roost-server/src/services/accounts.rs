@@ -12,9 +12,10 @@ use roost_proto::{Base64Bytes, DeviceId, ErrorCode, Handle, UserId};
 use roost_store::{DeviceRecord, NewDevice, NewLinkRequest, StoreError};
 use sha2::{Digest, Sha256};
 
-use super::{Caller, Context, secs_to_ms, signatures};
+use super::{Caller, Context, encode_frame, secs_to_ms, signatures};
 use crate::config::RegistrationPolicy;
 use crate::error::{Error, Result};
+use crate::hub::{CloseReason, Hub, LiveEvent};
 
 const MAX_DEVICE_NAME_CHARS: usize = 64;
 
@@ -22,11 +23,12 @@ const MAX_DEVICE_NAME_CHARS: usize = 64;
 #[derive(Clone)]
 pub struct Accounts {
     ctx: Arc<Context>,
+    hub: Arc<Hub>,
 }
 
 impl Accounts {
-    pub(crate) fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx }
+    pub(crate) fn new(ctx: Arc<Context>, hub: Arc<Hub>) -> Self {
+        Self { ctx, hub }
     }
 
     /// Registers a user with its first device, after verifying the device certificate.
@@ -108,7 +110,34 @@ impl Accounts {
             .store
             .revoke_device(&caller.user_id, device_id, self.ctx.now())
             .await?;
+        self.hub.kick(device_id, CloseReason::Revoked);
+        self.announce_device_list(&caller.user_id).await;
         Ok(())
+    }
+
+    /// Tells the user's own connected devices and those of everyone sharing a conversation with
+    /// the user that its device list changed. Best effort: clients also fetch device lists.
+    async fn announce_device_list(&self, user: &UserId) {
+        if self.hub.is_idle() {
+            return;
+        }
+        let own = self
+            .ctx
+            .store
+            .active_devices(user)
+            .await
+            .map(|d| d.into_iter().map(|d| d.id).collect::<Vec<_>>());
+        let contacts = self.ctx.store.contact_devices(user).await;
+        match (own, contacts) {
+            (Ok(mut devices), Ok(contacts)) => {
+                devices.extend(contacts);
+                devices.sort();
+                devices.dedup();
+                let frame = encode_frame(&roost_proto::socket::ServerFrame::DevicesChanged { user_id: *user });
+                self.hub.publish(devices, LiveEvent::Frame(frame));
+            }
+            (Err(err), _) | (_, Err(err)) => tracing::warn!(error = %err, "could not announce a device list change"),
+        }
     }
 
     /// A new device asks to be linked; it gets the short code to show its user.
@@ -188,6 +217,7 @@ impl Accounts {
             .store
             .approve_link_request(&code, device.clone(), self.ctx.config.limits.max_devices_per_user, now)
             .await?;
+        self.announce_device_list(&caller.user_id).await;
         Ok(device_view(&to_record(device), true))
     }
 

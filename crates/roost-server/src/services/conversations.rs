@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use roost_proto::conversation::{
     CommitAccepted, CommitRequest, ConversationKind, ConversationList, ConversationSummary, CreateConversationRequest,
-    ExternalJoinRequest, GroupInfoResponse, HistoryResponse, LeaveRequest, Member, QueueKind, RetentionPolicy,
-    SendAccepted, SendRequest, Settings,
+    Entry, EntryKind, ExternalJoinRequest, GroupInfoResponse, HistoryResponse, LeaveRequest, Member, QueueKind,
+    RetentionPolicy, SendAccepted, SendRequest, Settings,
 };
+use roost_proto::socket::ServerFrame;
 use roost_proto::{Base64Bytes, ConversationId, DeviceId};
 use roost_store::{CommitWrite, ConversationView, MemberDevice, MemberRef, MessageWrite, NewConversation, QueueWrite};
 
 use super::delivery::entry_view;
-use super::{Caller, Context};
+use super::{Caller, Context, encode_frame};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, LiveEvent};
 
@@ -52,6 +53,7 @@ impl Conversations {
         }
         require_welcome(!devices.is_empty(), request.welcome.is_some())?;
         let members = self.active_devices(&devices).await?;
+        let welcomed: Vec<DeviceId> = members.iter().map(|m| m.device_id).collect();
         let users: BTreeSet<_> = members.iter().map(|m| m.user_id).chain([caller.user_id]).collect();
         let users_allowed = match request.kind {
             ConversationKind::Direct => users.len() == 2,
@@ -78,7 +80,7 @@ impl Conversations {
                 created_at: self.ctx.now(),
             })
             .await?;
-        self.notify(&request.conversation_id, Some(caller.device_id)).await;
+        self.hub.publish(welcomed, LiveEvent::Queued);
         self.summary(caller, &request.conversation_id).await
     }
 
@@ -141,28 +143,20 @@ impl Conversations {
             .await?
             .ok_or_else(|| Error::not_found("no such conversation"))?;
         let added = self.active_devices(&add).await?;
-        let outcome = self
-            .ctx
-            .store
-            .commit(CommitWrite {
-                conversation_id: *id,
-                epoch: request.epoch,
-                sender: member_of(caller),
-                external: false,
-                commit: request.commit.into_vec(),
-                group_info: request.group_info.into_vec(),
-                add: added,
-                welcome: request.welcome.map(Base64Bytes::into_vec),
-                remove: remove.into_iter().collect(),
-                max_users: self.max_users(conversation.kind),
-                now: self.ctx.now(),
-            })
-            .await?;
-        self.notify(id, Some(caller.device_id)).await;
-        Ok(CommitAccepted {
-            seq: outcome.seq,
-            epoch: outcome.epoch,
-        })
+        let write = CommitWrite {
+            conversation_id: *id,
+            epoch: request.epoch,
+            sender: member_of(caller),
+            external: false,
+            commit: request.commit.into_vec(),
+            group_info: request.group_info.into_vec(),
+            add: added,
+            welcome: request.welcome.map(Base64Bytes::into_vec),
+            remove: remove.into_iter().collect(),
+            max_users: self.max_users(conversation.kind),
+            now: self.ctx.now(),
+        };
+        self.apply_commit(write).await
     }
 
     /// A new device of a member user joins by an MLS external commit.
@@ -181,24 +175,48 @@ impl Conversations {
             .conversation(id)
             .await?
             .ok_or_else(|| Error::not_found("no such conversation"))?;
-        let outcome = self
-            .ctx
-            .store
-            .commit(CommitWrite {
-                conversation_id: *id,
-                epoch: request.epoch,
-                sender: member_of(caller),
-                external: true,
-                commit: request.commit.into_vec(),
-                group_info: request.group_info.into_vec(),
-                add: Vec::new(),
-                welcome: None,
-                remove: Vec::new(),
-                max_users: self.max_users(conversation.kind),
-                now: self.ctx.now(),
-            })
-            .await?;
-        self.notify(id, Some(caller.device_id)).await;
+        let write = CommitWrite {
+            conversation_id: *id,
+            epoch: request.epoch,
+            sender: member_of(caller),
+            external: true,
+            commit: request.commit.into_vec(),
+            group_info: request.group_info.into_vec(),
+            add: Vec::new(),
+            welcome: None,
+            remove: Vec::new(),
+            max_users: self.max_users(conversation.kind),
+            now: self.ctx.now(),
+        };
+        self.apply_commit(write).await
+    }
+
+    /// Stores a commit, then pushes it to connected member devices (the removed ones included:
+    /// they learn of their removal from it) and wakes the devices that got queue entries.
+    async fn apply_commit(&self, write: CommitWrite) -> Result<CommitAccepted> {
+        // The pushed frame needs the commit bytes the store consumes; copy them only when some
+        // device is connected to receive them.
+        let pushed = (!self.hub.is_idle()).then(|| write.clone());
+        let outcome = self.ctx.store.commit(write).await?;
+        if let Some(write) = pushed {
+            let entry = Entry {
+                conversation_id: write.conversation_id,
+                seq: outcome.seq,
+                kind: EntryKind::Commit,
+                sender_user: write.sender.user_id,
+                sender_device: write.sender.device_id,
+                epoch: write.epoch,
+                payload: write.commit.into(),
+                created_at: write.now,
+            };
+            self.push_entry(entry, &write.remove).await;
+            let queued = write
+                .add
+                .iter()
+                .map(|m| m.device_id)
+                .chain(write.remove.iter().copied());
+            self.hub.publish(queued, LiveEvent::Queued);
+        }
         Ok(CommitAccepted {
             seq: outcome.seq,
             epoch: outcome.epoch,
@@ -245,21 +263,30 @@ impl Conversations {
         if request.ephemeral {
             return self.send_ephemeral(caller, id, request, now).await;
         }
-        let appended = self
-            .ctx
-            .store
-            .append_message(MessageWrite {
+        let write = MessageWrite {
+            conversation_id: *id,
+            sender: member_of(caller),
+            client_message_id: request.client_message_id,
+            epoch: request.epoch,
+            payload: request.ciphertext.into_vec(),
+            now,
+        };
+        // The pushed frame needs the ciphertext the store consumes; copy it only when some device
+        // is connected to receive it.
+        let payload = (!self.hub.is_idle()).then(|| write.payload.clone());
+        let appended = self.ctx.store.append_message(write).await?;
+        if let Some(payload) = payload.filter(|_| !appended.duplicate) {
+            let entry = Entry {
                 conversation_id: *id,
-                sender: member_of(caller),
-                client_message_id: request.client_message_id,
+                seq: appended.seq,
+                kind: EntryKind::Message,
+                sender_user: caller.user_id,
+                sender_device: caller.device_id,
                 epoch: request.epoch,
-                payload: request.ciphertext.into_vec(),
-                now,
-            })
-            .await
-            .map_err(Error::from)?;
-        if !appended.duplicate {
-            self.notify(id, Some(caller.device_id)).await;
+                payload: payload.into(),
+                created_at: appended.created_at,
+            };
+            self.push_entry(entry, &[]).await;
         }
         Ok(SendAccepted {
             seq: Some(appended.seq),
@@ -295,16 +322,14 @@ impl Conversations {
             .iter()
             .map(|m| m.member.device_id)
             .filter(|d| *d != caller.device_id);
-        self.hub.publish(
-            others,
-            LiveEvent::Ephemeral {
-                conversation_id: *id,
-                sender_user: caller.user_id,
-                sender_device: caller.device_id,
-                epoch: request.epoch,
-                payload: request.ciphertext.into_vec(),
-            },
-        );
+        let frame = ServerFrame::Ephemeral {
+            conversation_id: *id,
+            sender_user: caller.user_id,
+            sender_device: caller.device_id,
+            epoch: request.epoch,
+            payload: request.ciphertext,
+        };
+        self.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
         Ok(SendAccepted {
             seq: None,
             created_at: now,
@@ -316,12 +341,25 @@ impl Conversations {
     pub async fn leave(&self, caller: &Caller, id: &ConversationId, request: LeaveRequest) -> Result<u64> {
         let payload = request.payload.map(Base64Bytes::into_vec).unwrap_or_default();
         check_size("payload", &payload, self.ctx.config.limits.max_handshake_bytes)?;
-        let seq = self
-            .ctx
-            .store
-            .leave(id, member_of(caller), payload, self.ctx.now())
-            .await?;
-        self.notify(id, Some(caller.device_id)).await;
+        let now = self.ctx.now();
+        // The leaving user's devices get the leave entry too: look the recipients up first.
+        let recipients = self.live_recipients(id).await;
+        let pushed = (!recipients.is_empty()).then(|| payload.clone());
+        let seq = self.ctx.store.leave(id, member_of(caller), payload, now).await?;
+        if let Some(payload) = pushed {
+            let conversation = self.ctx.store.conversation(id).await?;
+            let entry = Entry {
+                conversation_id: *id,
+                seq,
+                kind: EntryKind::Leave,
+                sender_user: caller.user_id,
+                sender_device: caller.device_id,
+                epoch: conversation.map_or(0, |c| c.epoch),
+                payload: payload.into(),
+                created_at: now,
+            };
+            self.publish_entry(entry, recipients);
+        }
         Ok(seq)
     }
 
@@ -389,17 +427,41 @@ impl Conversations {
         if !sync_to_own.is_empty() {
             store.enqueue(sync_to_own, self.ctx.now()).await?;
             self.hub
-                .publish(own.iter().map(|m| m.member.device_id), LiveEvent::Stored);
+                .publish(own.iter().map(|m| m.member.device_id), LiveEvent::Queued);
         }
         if store.read_receipts(&caller.user_id).await? {
-            let receipt = LiveEvent::ReadReceipt {
+            let receipt = ServerFrame::ReadReceipt {
                 conversation_id: *id,
                 user_id: caller.user_id,
                 seq: read_seq,
             };
-            self.hub.publish(others.iter().map(|m| m.member.device_id), receipt);
+            self.hub.publish(
+                others.iter().map(|m| m.member.device_id),
+                LiveEvent::Frame(encode_frame(&receipt)),
+            );
         }
         Ok(read_seq)
+    }
+
+    /// Tells the other connected member devices that the caller is typing (or stopped). Never
+    /// stored.
+    pub async fn typing(&self, caller: &Caller, id: &ConversationId, active: bool) -> Result<()> {
+        let members = self.ctx.store.active_member_devices(id).await?;
+        if !members.iter().any(|m| m.member.device_id == caller.device_id) {
+            return Err(self.absent_or_forbidden(id).await);
+        }
+        let frame = ServerFrame::Typing {
+            conversation_id: *id,
+            user_id: caller.user_id,
+            device_id: caller.device_id,
+            active,
+        };
+        let others = members
+            .into_iter()
+            .map(|m| m.member.device_id)
+            .filter(|d| *d != caller.device_id);
+        self.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
+        Ok(())
     }
 
     /// Deletes entries past their conversation's TTL or the server's maximum age, and expired
@@ -454,21 +516,39 @@ impl Conversations {
         Ok(members)
     }
 
-    /// Wakes the member devices (except `except`) so connected ones fetch what was stored.
-    async fn notify(&self, id: &ConversationId, except: Option<DeviceId>) {
+    /// Pushes a stored entry to every connected member device and to `also` (removed devices,
+    /// which still receive the entry that removed them). The frame is encoded once.
+    async fn push_entry(&self, entry: Entry, also: &[DeviceId]) {
+        let mut recipients = self.live_recipients(&entry.conversation_id).await;
+        recipients.extend_from_slice(also);
+        self.publish_entry(entry, recipients);
+    }
+
+    fn publish_entry(&self, entry: Entry, recipients: Vec<DeviceId>) {
+        let (conversation_id, seq) = (entry.conversation_id, entry.seq);
+        let frame = encode_frame(&ServerFrame::Entry(entry));
+        self.hub.publish(
+            recipients,
+            LiveEvent::Entry {
+                conversation_id,
+                seq,
+                frame,
+            },
+        );
+    }
+
+    /// The current member devices, when any device at all is connected (a lost push only delays
+    /// delivery: the next sync or reconnect returns the entry).
+    async fn live_recipients(&self, id: &ConversationId) -> Vec<DeviceId> {
         if self.hub.is_idle() {
-            return;
+            return Vec::new();
         }
         match self.ctx.store.active_member_devices(id).await {
-            Ok(devices) => {
-                let targets = devices
-                    .into_iter()
-                    .map(|m| m.member.device_id)
-                    .filter(|d| Some(*d) != except);
-                self.hub.publish(targets, LiveEvent::Stored);
+            Ok(devices) => devices.into_iter().map(|m| m.member.device_id).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not list members to push to");
+                Vec::new()
             }
-            // A lost wake-up only delays delivery: the next sync returns the entry.
-            Err(err) => tracing::warn!(error = %err, "could not list members to notify"),
         }
     }
 

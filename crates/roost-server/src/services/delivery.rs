@@ -107,7 +107,7 @@ impl Delivery {
             payload,
         };
         let ids = self.ctx.store.enqueue(vec![entry], self.ctx.now()).await?;
-        self.hub.publish([*target], LiveEvent::Stored);
+        self.hub.publish([*target], LiveEvent::Queued);
         ids.first()
             .copied()
             .ok_or_else(|| Error::new(roost_proto::ErrorCode::Internal, "queue entry not created"))

@@ -129,7 +129,7 @@ impl Keys {
             payload,
         };
         self.ctx.store.enqueue(vec![warning], self.ctx.now()).await?;
-        self.hub.publish([*device], LiveEvent::Stored);
+        self.hub.publish([*device], LiveEvent::Queued);
         Ok(())
     }
 

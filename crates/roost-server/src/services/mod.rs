@@ -4,7 +4,7 @@
 mod accounts;
 mod auth;
 mod conversations;
-mod delivery;
+pub(crate) mod delivery;
 mod keys;
 mod signatures;
 
@@ -76,7 +76,7 @@ impl Services {
         let ctx = Arc::new(ctx);
         let hub = Arc::new(Hub::default());
         Self {
-            accounts: Accounts::new(ctx.clone()),
+            accounts: Accounts::new(ctx.clone(), hub.clone()),
             auth: Auth::new(ctx.clone()),
             keys: Keys::new(ctx.clone(), hub.clone()),
             conversations: Conversations::new(ctx.clone(), hub.clone()),
@@ -85,6 +85,12 @@ impl Services {
             ctx,
         }
     }
+}
+
+/// Encodes a socket frame once, to be shared by every recipient.
+pub(crate) fn encode_frame(frame: &roost_proto::socket::ServerFrame) -> Arc<str> {
+    // Serializing these plain data types cannot fail; an empty frame would only be ignored.
+    serde_json::to_string(frame).unwrap_or_default().into()
 }
 
 fn secs_to_ms(secs: u64) -> i64 {

@@ -708,7 +708,8 @@ async fn ephemeral_sends_reach_online_devices_and_are_never_stored() {
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let id = create(&server, &alice.token(), "direct", &devices(&bob), None).await;
-    let mut online = server.services.hub.subscribe(bob.devices[0].id(), 8);
+    let mut online = crate::gateway::Socket::connect(&server, &bob.token()).await;
+    online.drain().await;
 
     let typing = json!({"client_message_id": "typing-1", "epoch": 1, "ciphertext": b64("typing…"), "ephemeral": true});
     let (status, accepted) = server
@@ -720,17 +721,10 @@ async fn ephemeral_sends_reach_online_devices_and_are_never_stored() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{accepted}");
     assert!(accepted.get("seq").is_none(), "{accepted}");
-    match online.try_recv().as_deref() {
-        Ok(roost_server::hub::LiveEvent::Ephemeral {
-            payload, sender_device, ..
-        }) => {
-            assert_eq!(
-                (payload.as_slice(), *sender_device),
-                ("typing…".as_bytes(), alice.devices[0].id())
-            );
-        }
-        other => panic!("expected the ephemeral event, got {other:?}"),
-    }
+    let frame = online.next_frame().await;
+    assert_eq!(frame["type"], "ephemeral");
+    assert_eq!(frame["payload"], b64("typing…"));
+    assert_eq!(frame["sender_device"], alice.devices[0].id().to_string());
     assert!(sync_all(&server, &bob.token()).await.entries.is_empty());
     assert!(history_seqs(&server, &alice.token(), &id).await.is_empty());
     assert_eq!(summary(&server, &alice.token(), &id).await.last_seq, 0);

@@ -6,5 +6,6 @@ mod accounts;
 mod auth;
 mod common;
 mod conversations;
+mod gateway;
 mod keys;
 mod robustness;

@@ -159,6 +159,35 @@ pub async fn conversation_entries_are_sequenced_once_for_every_device<S: Store>(
         "non-members see nothing"
     );
 
+    // A live connection's targeted fetches agree with sync.
+    let tail = store
+        .entries_for_device(&device(20), &conversation(1), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(
+        store
+            .entries_for_device(&device(30), &conversation(1), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let queue = store.queue_for_device(&device(20), 0, 10).await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert!(
+        store
+            .queue_for_device(&device(20), queue[0].id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let contacts: BTreeSet<_> = store.contact_devices(&user(2)).await.unwrap().into_iter().collect();
+    assert_eq!(
+        contacts,
+        BTreeSet::from([device(10), device(11), device(20), device(21)])
+    );
+    assert!(store.contact_devices(&user(3)).await.unwrap().is_empty());
+
     // Paging with a cursor returns the same entries in smaller pieces.
     let first = store.sync(&device(20), SyncCursor::default(), 2).await.unwrap();
     assert_eq!(seqs(&first), vec![1, 2]);

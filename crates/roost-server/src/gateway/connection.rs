@@ -1,0 +1,350 @@
+//! One device's connection: authenticate, drain what is stored, then push live.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use roost_proto::socket::{ClientFrame, ServerFrame, close};
+use roost_proto::{ConversationId, ErrorCode};
+use roost_store::SyncCursor;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use crate::hub::{CloseReason, LiveEvent, Subscription};
+use crate::services::delivery::{entry_view, queue_view};
+use crate::services::{Caller, Services, encode_frame};
+
+/// Entries or queue items fetched from the store per round trip.
+const PAGE: u32 = 200;
+
+/// How a connection ended.
+enum Exit {
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// The peer went away or the socket failed; nothing more can be sent.
+    Gone,
+}
+
+/// Runs one WebSocket connection to completion.
+pub(super) async fn run(mut socket: WebSocket, services: Services) {
+    let gateway = services.ctx.config.gateway.clone();
+    let caller = match authenticate(&mut socket, &services, Duration::from_secs(gateway.auth_timeout_secs)).await {
+        Ok(caller) => caller,
+        Err(exit) => return finish(socket, exit).await,
+    };
+    let subscription = match services.hub.subscribe(
+        caller.user_id,
+        caller.device_id,
+        gateway.outgoing_buffer,
+        gateway.max_connections_per_user,
+    ) {
+        Ok(subscription) => subscription,
+        Err(_) => {
+            let exit = Exit::Close(
+                close::TOO_MANY_CONNECTIONS,
+                "this user has the maximum number of connections",
+            );
+            return finish(socket, exit).await;
+        }
+    };
+    metrics::counter!("roost_gateway_connections_total").increment(1);
+    let mut connection = Connection {
+        socket,
+        services,
+        caller,
+        send_timeout: Duration::from_secs(gateway.send_timeout_secs),
+        pushed: HashMap::new(),
+        queue_pushed: 0,
+        visible: false,
+    };
+    let exit = connection.serve(subscription, &gateway).await;
+    if connection.visible {
+        // The subscription is gone by now, so every counted connection is another one.
+        let user = connection.caller.user_id;
+        announce_presence(
+            &connection.services,
+            user,
+            false,
+            connection.services.hub.connections_of(&user),
+        )
+        .await;
+    }
+    finish(connection.socket, exit).await;
+}
+
+/// Tells the connected devices of users sharing a conversation with `user` that it came online
+/// or went offline. Going offline is only announced once the user's last connection is gone.
+/// `others_online` counts the user's connections other than the announcing one.
+async fn announce_presence(services: &Services, user: roost_proto::UserId, online: bool, others_online: u32) {
+    if !online && others_online > 0 {
+        return;
+    }
+    let store = &services.ctx.store;
+    match (store.contact_devices(&user).await, store.active_devices(&user).await) {
+        (Ok(devices), Ok(own)) => {
+            let others = devices.into_iter().filter(|d| !own.iter().any(|o| o.id == *d));
+            let frame = ServerFrame::Presence {
+                user_id: user,
+                online,
+                last_seen: services.ctx.clock.now_ms(),
+            };
+            services.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
+        }
+        (Err(err), _) | (_, Err(err)) => tracing::warn!(error = %err, "could not announce presence"),
+    }
+}
+
+/// Waits for the `auth` frame and checks its token.
+async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Duration) -> Result<Caller, Exit> {
+    let refused = Exit::Close(
+        close::UNAUTHENTICATED,
+        "the first frame must be auth with a valid session token",
+    );
+    let first = match timeout(limit, socket.recv()).await {
+        Err(_) => return Err(Exit::Close(close::UNAUTHENTICATED, "no auth frame in time")),
+        Ok(None | Some(Err(_))) => return Err(Exit::Gone),
+        Ok(Some(Ok(message))) => message,
+    };
+    let Message::Text(text) = first else {
+        return Err(refused);
+    };
+    let Ok(ClientFrame::Auth { token }) = serde_json::from_str::<ClientFrame>(&text) else {
+        return Err(refused);
+    };
+    services.auth.authenticate(&token).await.map_err(|_| refused)
+}
+
+async fn finish(mut socket: WebSocket, exit: Exit) {
+    if let Exit::Close(code, reason) = exit {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+struct Connection {
+    socket: WebSocket,
+    services: Services,
+    caller: Caller,
+    send_timeout: Duration,
+    /// The last sequence number pushed per conversation on this connection.
+    pushed: HashMap<ConversationId, u64>,
+    /// The last queue id pushed.
+    queue_pushed: u64,
+    /// Whether the device opted in to presence on this connection.
+    visible: bool,
+}
+
+impl Connection {
+    async fn serve(&mut self, mut subscription: Subscription, gateway: &crate::config::GatewayConfig) -> Exit {
+        if let Err(exit) = self.drain().await {
+            return exit;
+        }
+        let idle_limit = Duration::from_secs(gateway.idle_timeout_secs);
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(gateway.heartbeat_interval_secs));
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeat.reset();
+        let mut shutdown = self.services.hub.shutdown_signal();
+        let mut last_heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                event = subscription.events.recv() => match event {
+                    Some(event) => self.deliver(event).await,
+                    None => Err(match subscription.close_reason() {
+                        Some(CloseReason::Replaced) => Exit::Close(close::REPLACED, "a newer connection of this device took over"),
+                        Some(CloseReason::SlowConsumer) => Exit::Close(close::SLOW_CONSUMER, "too slow to keep up; reconnect to catch up"),
+                        Some(CloseReason::Revoked) => Exit::Close(close::REVOKED, "this device has been revoked"),
+                        None => Exit::Close(close::GOING_AWAY, "the server is shutting down"),
+                    }),
+                },
+                message = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    match message {
+                        Some(Ok(message)) => self.receive(message).await,
+                        _ => Err(Exit::Gone),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= idle_limit {
+                        Err(Exit::Close(close::IDLE, "no frame or pong within the idle timeout"))
+                    } else {
+                        self.send(Message::Ping(Default::default())).await
+                    }
+                }
+                _ = shutdown.changed() => Err(Exit::Close(close::GOING_AWAY, "the server is shutting down")),
+            };
+            if let Err(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    /// Sends everything stored for the device, then `queue_empty`.
+    async fn drain(&mut self) -> Result<(), Exit> {
+        self.send_frame(&ServerFrame::Ready {
+            user_id: self.caller.user_id,
+            device_id: self.caller.device_id,
+        })
+        .await?;
+        let mut cursor = SyncCursor::default();
+        loop {
+            let page = self
+                .services
+                .ctx
+                .store
+                .sync(&self.caller.device_id, cursor, PAGE)
+                .await
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "initial drain failed");
+                    Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+                })?;
+            let more = page.entries.len() == PAGE as usize || page.queue.len() == PAGE as usize;
+            if let Some(last) = page.queue.last() {
+                cursor.queue_after = last.id;
+            }
+            if let Some(last) = page.entries.last() {
+                cursor.entries_after = Some((last.conversation_id, last.seq));
+            }
+            for entry in page.entries {
+                self.pushed.insert(entry.conversation_id, entry.seq);
+                self.send_frame(&ServerFrame::Entry(entry_view(entry))).await?;
+            }
+            for item in page.queue {
+                self.queue_pushed = item.id;
+                self.send_frame(&ServerFrame::Queue(queue_view(item))).await?;
+            }
+            if !more {
+                return self.send_frame(&ServerFrame::QueueEmpty).await;
+            }
+        }
+    }
+
+    /// Pushes one live event, fetching from the store whatever this connection missed so each
+    /// conversation's entries arrive in order and exactly once per connection.
+    async fn deliver(&mut self, event: LiveEvent) -> Result<(), Exit> {
+        match event {
+            LiveEvent::Entry {
+                conversation_id,
+                seq,
+                frame,
+            } => match self.pushed.get(&conversation_id).copied() {
+                Some(last) if seq <= last => Ok(()),
+                Some(last) if seq == last + 1 => {
+                    self.pushed.insert(conversation_id, seq);
+                    self.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await
+                }
+                last => self.catch_up(conversation_id, last.unwrap_or(0)).await,
+            },
+            LiveEvent::Queued => self.catch_up_queue().await,
+            LiveEvent::Frame(frame) => self.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await,
+        }
+    }
+
+    async fn catch_up(&mut self, conversation_id: ConversationId, after: u64) -> Result<(), Exit> {
+        let mut after = after;
+        loop {
+            let store = &self.services.ctx.store;
+            let entries = store
+                .entries_for_device(&self.caller.device_id, &conversation_id, after, PAGE)
+                .await
+                .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
+            let full = entries.len() == PAGE as usize;
+            for entry in entries {
+                after = entry.seq;
+                self.pushed.insert(conversation_id, entry.seq);
+                self.send_frame(&ServerFrame::Entry(entry_view(entry))).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn catch_up_queue(&mut self) -> Result<(), Exit> {
+        loop {
+            let store = &self.services.ctx.store;
+            let items = store
+                .queue_for_device(&self.caller.device_id, self.queue_pushed, PAGE)
+                .await
+                .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
+            let full = items.len() == PAGE as usize;
+            for item in items {
+                self.queue_pushed = item.id;
+                self.send_frame(&ServerFrame::Queue(queue_view(item))).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles one frame from the client. Bad frames get an `error` frame, not a disconnect.
+    async fn receive(&mut self, message: Message) -> Result<(), Exit> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => return Err(Exit::Gone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Binary(_) => return self.refuse(ErrorCode::MalformedRequest, "frames are JSON text").await,
+        };
+        let frame = match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(frame) => frame,
+            Err(err) => {
+                return self
+                    .refuse(ErrorCode::MalformedRequest, &format!("unreadable frame: {err}"))
+                    .await;
+            }
+        };
+        let caller = self.caller;
+        let outcome = match frame {
+            ClientFrame::Auth { .. } => return self.refuse(ErrorCode::InvalidArgument, "already authenticated").await,
+            ClientFrame::Ack(request) => self.services.delivery.ack(&caller, &request).await,
+            ClientFrame::Typing {
+                conversation_id,
+                active,
+            } => {
+                self.services
+                    .conversations
+                    .typing(&caller, &conversation_id, active)
+                    .await
+            }
+            ClientFrame::Presence { visible } => {
+                if visible != self.visible {
+                    self.visible = visible;
+                    let others = self.services.hub.connections_of(&caller.user_id).saturating_sub(1);
+                    announce_presence(&self.services, caller.user_id, visible, others).await;
+                }
+                Ok(())
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(err) => self.refuse(err.code, &err.message).await,
+        }
+    }
+
+    async fn refuse(&mut self, code: ErrorCode, message: &str) -> Result<(), Exit> {
+        self.send_frame(&ServerFrame::Error {
+            code,
+            message: message.to_owned(),
+        })
+        .await
+    }
+
+    async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), Exit> {
+        let text = encode_frame(frame);
+        self.send(Message::Text(Utf8Bytes::from(text.as_ref()))).await
+    }
+
+    /// Writes one frame, giving up on a peer that does not take it in time.
+    async fn send(&mut self, message: Message) -> Result<(), Exit> {
+        match timeout(self.send_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::Gone),
+            Err(_) => {
+                metrics::counter!("roost_gateway_send_timeouts_total").increment(1);
+                Err(Exit::Gone)
+            }
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The WebSocket gateway over real sockets with an independent client (tokio-tungstenite).
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use roost_proto::{ConversationId, bytes};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::common::{TestServer, TestUser, assert_error};
+
+/// How long any single expected frame may take; generous, since only its arrival is asserted.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct Socket {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Socket {
+    /// Opens a socket without authenticating.
+    pub async fn open(server: &TestServer) -> Self {
+        let url = format!("{}/v1/ws", server.base.replace("http://", "ws://"));
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket handshake");
+        Self { ws }
+    }
+
+    /// Opens a socket and authenticates it; returns it after the `ready` frame.
+    pub async fn connect(server: &TestServer, token: &str) -> Self {
+        let mut socket = Self::open(server).await;
+        socket.send(json!({"type": "auth", "token": token})).await;
+        let ready = socket.next_frame().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        socket
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next JSON frame; fails on a close or after `PATIENCE`.
+    pub async fn next_frame(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time");
+            match message {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).expect("JSON frame"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Frames up to (not including) `queue_empty`.
+    pub async fn drain(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next_frame().await;
+            if frame["type"] == "queue_empty" {
+                return frames;
+            }
+            frames.push(frame);
+        }
+    }
+
+    /// Waits for the server to close the socket; returns the close code (None if the connection
+    /// just dropped). Frames before the close are skipped.
+    pub async fn closed(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("closed in time");
+            match message {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+fn b64(text: &str) -> String {
+    bytes::encode(text.as_bytes())
+}
+
+async fn direct(server: &TestServer, creator: &TestUser, others: &[&TestUser]) -> ConversationId {
+    let id = ConversationId::from_bytes(rand::random());
+    let creator_device = creator.devices[0].id();
+    let mut members: Vec<_> = creator
+        .devices
+        .iter()
+        .map(|d| d.id())
+        .filter(|d| *d != creator_device)
+        .collect();
+    for user in others {
+        members.extend(user.devices.iter().map(|d| d.id()));
+    }
+    let kind = if others.len() == 1 { "direct" } else { "group" };
+    let body = json!({"conversation_id": id, "kind": kind, "epoch": 1, "group_info": b64("gi"), "members": members, "welcome": b64("w")});
+    let (status, created) = server.post("/v1/conversations", Some(&creator.token()), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    id
+}
+
+async fn send(server: &TestServer, token: &str, id: &ConversationId, client_id: &str) -> u64 {
+    let body = json!({"client_message_id": client_id, "epoch": 1, "ciphertext": b64(client_id)});
+    let (status, sent) = server
+        .post(&format!("/v1/conversations/{id}/messages"), Some(token), body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    sent["seq"].as_u64().unwrap()
+}
+
+/// Polls a condition for up to `PATIENCE`.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+#[tokio::test]
+async fn entries_reach_every_device_of_the_recipient_and_the_senders_other_devices_live() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    server.link_device(&mut alice).await;
+    let mut bob = server.user("bob").await;
+    server.link_device(&mut bob).await;
+    let id = direct(&server, &alice, &[&bob]).await;
+
+    let mut sockets = Vec::new();
+    for device in alice.devices.iter().chain(bob.devices.iter()).skip(1) {
+        let mut socket = Socket::connect(&server, &device.token()).await;
+        let drained = socket.drain().await;
+        assert!(
+            drained.iter().all(|f| f["type"] == "queue" && f["kind"] == "welcome"),
+            "{drained:?}"
+        );
+        sockets.push(socket);
+    }
+    for (i, token) in [alice.token(), bob.token(), alice.token()].iter().enumerate() {
+        let seq = send(&server, token, &id, &format!("live{i}")).await;
+        for socket in &mut sockets {
+            let frame = socket.next_frame().await;
+            assert_eq!(
+                (frame["type"].as_str(), frame["seq"].as_u64()),
+                (Some("entry"), Some(seq)),
+                "{frame}"
+            );
+            assert_eq!(frame["conversation_id"], id.to_string());
+            assert_eq!(frame["payload"], b64(&format!("live{i}")));
+        }
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_entries_are_delivered_again_after_a_reconnect() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    for i in 0..3 {
+        send(&server, &alice.token(), &id, &format!("m{i}")).await;
+    }
+    let mut socket = Socket::connect(&server, &bob.token()).await;
+    let first = socket.drain().await;
+    let seqs = |frames: &[Value]| {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "entry")
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seqs(&first), vec![1, 2, 3]);
+    let welcome_id = first.iter().find(|f| f["type"] == "queue").unwrap()["id"].clone();
+    drop(socket);
+
+    let mut socket = Socket::connect(&server, &bob.token()).await;
+    assert_eq!(seqs(&socket.drain().await), vec![1, 2, 3], "nothing was acknowledged");
+    // Ack over the socket: cumulative, like HTTP.
+    socket
+        .send(json!({"type": "ack", "conversations": [{"conversation_id": id, "seq": 2}], "queue_up_to": welcome_id}))
+        .await;
+    send(&server, &alice.token(), &id, "m3").await;
+    assert_eq!(socket.next_frame().await["seq"], 4);
+    drop(socket);
+
+    let mut socket = Socket::connect(&server, &bob.token()).await;
+    let again = socket.drain().await;
+    assert_eq!(seqs(&again), vec![3, 4]);
+    assert!(
+        again.iter().all(|f| f["type"] != "queue"),
+        "the acknowledged Welcome is gone"
+    );
+    // Acks over the socket have the HTTP semantics, refusals included.
+    let stranger_conversation = ConversationId::from_bytes([9; 16]);
+    socket
+        .send(json!({"type": "ack", "conversations": [{"conversation_id": stranger_conversation, "seq": 1}]}))
+        .await;
+    let refused = socket.next_frame().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("not_a_member"))
+    );
+}
+
+#[tokio::test]
+async fn a_devices_newer_connection_replaces_the_older_one() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let mut first = Socket::connect(&server, &alice.token()).await;
+    first.drain().await;
+    let mut second = Socket::connect(&server, &alice.token()).await;
+    second.drain().await;
+    assert_eq!(first.closed().await, Some(roost_proto::socket::close::REPLACED));
+    // The newer connection is the one that receives.
+    let bob = server.user("bob").await;
+    let id = direct(&server, &bob, &[&alice]).await;
+    assert_eq!(second.next_frame().await["kind"], "welcome");
+    send(&server, &bob.token(), &id, "hello").await;
+    assert_eq!(second.next_frame().await["type"], "entry");
+}
+
+#[tokio::test]
+async fn a_user_may_hold_only_so_many_connections() {
+    let server = TestServer::start_with(|config| config.gateway.max_connections_per_user = 2).await;
+    let mut alice = server.user("alice").await;
+    server.link_device(&mut alice).await;
+    server.link_device(&mut alice).await;
+    let mut kept = Vec::new();
+    for device in &alice.devices[..2] {
+        let mut socket = Socket::connect(&server, &device.token()).await;
+        socket.drain().await;
+        kept.push(socket);
+    }
+    let mut third = Socket::open(&server).await;
+    third
+        .send(json!({"type": "auth", "token": alice.devices[2].token()}))
+        .await;
+    assert_eq!(
+        third.closed().await,
+        Some(roost_proto::socket::close::TOO_MANY_CONNECTIONS)
+    );
+    // Another user is unaffected.
+    let bob = server.user("bob").await;
+    Socket::connect(&server, &bob.token()).await.drain().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_online_members_only_and_is_never_stored() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let outsider = server.user("outsider").await;
+    let id = direct(&server, &alice, &[&bob, &carol]).await;
+    let mut bobs = Socket::connect(&server, &bob.token()).await;
+    bobs.drain().await;
+    let mut outsiders = Socket::connect(&server, &outsider.token()).await;
+    outsiders.drain().await;
+    let mut alices = Socket::connect(&server, &alice.token()).await;
+    alices.drain().await;
+
+    alices
+        .send(json!({"type": "typing", "conversation_id": id, "active": true}))
+        .await;
+    let typing = bobs.next_frame().await;
+    assert_eq!(
+        (typing["type"].as_str(), typing["active"].as_bool()),
+        (Some("typing"), Some(true))
+    );
+    assert_eq!(typing["user_id"], alice.id().to_string());
+
+    // An outsider can neither see nor send typing for the conversation.
+    outsiders
+        .send(json!({"type": "typing", "conversation_id": id, "active": true}))
+        .await;
+    let refused = outsiders.next_frame().await;
+    assert_eq!(refused["code"], "not_a_member");
+    // Carol was offline: nothing waits for her, and nothing was stored.
+    let (_, sync) = server.get("/v1/sync", Some(&carol.token())).await;
+    assert_eq!(sync["entries"], json!([]));
+    let (_, summary) = server
+        .get(&format!("/v1/conversations/{id}"), Some(&alice.token()))
+        .await;
+    assert_eq!(summary["last_seq"], 0);
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_bounded_and_cut_off() {
+    let server = TestServer::start_with(|config| {
+        config.gateway.outgoing_buffer = 4;
+        config.gateway.send_timeout_secs = 1;
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let mut slow = Socket::connect(&server, &bob.token()).await;
+    slow.drain().await;
+    assert!(server.services.hub.is_online(&bob.devices[0].id()));
+
+    // Bob stops reading; alice keeps sending large messages until the server gives up on him.
+    let big = "x".repeat(256 * 1024);
+    for i in 0..200 {
+        let body = json!({"client_message_id": format!("big{i}"), "epoch": 1, "ciphertext": b64(&big)});
+        let (status, _) = server
+            .post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "sending never fails because of a slow reader"
+        );
+        if !server.services.hub.is_online(&bob.devices[0].id()) {
+            break;
+        }
+    }
+    let hub = server.services.hub.clone();
+    let device = bob.devices[0].id();
+    assert!(
+        eventually(|| !hub.is_online(&device)).await,
+        "the slow reader was disconnected"
+    );
+    // Nothing is lost: the messages wait in the store for the next connection.
+    let (_, sync) = server.get("/v1/sync?limit=1", Some(&bob.token())).await;
+    assert_eq!(sync["entries"][0]["seq"], 1);
+}
+
+#[tokio::test]
+async fn unauthenticated_sockets_are_closed() {
+    let server = TestServer::start_with(|config| config.gateway.auth_timeout_secs = 1).await;
+    let unauthenticated = roost_proto::socket::close::UNAUTHENTICATED;
+    let mut silent = Socket::open(&server).await;
+    assert_eq!(silent.closed().await, Some(unauthenticated), "closed after the timeout");
+    let mut forged = Socket::open(&server).await;
+    forged.send(json!({"type": "auth", "token": "rst_forged"})).await;
+    assert_eq!(forged.closed().await, Some(unauthenticated));
+    let mut wrong_first = Socket::open(&server).await;
+    wrong_first.send(json!({"type": "presence", "visible": true})).await;
+    assert_eq!(wrong_first.closed().await, Some(unauthenticated));
+    let mut garbage = Socket::open(&server).await;
+    garbage.ws.send(Message::Binary(vec![0xff, 0x00].into())).await.unwrap();
+    assert_eq!(garbage.closed().await, Some(unauthenticated));
+    // A plain HTTP request to the socket route gets a JSON error.
+    assert_error(
+        &server.get("/v1/ws", None).await,
+        StatusCode::BAD_REQUEST,
+        "malformed_request",
+    );
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused() {
+    let server = TestServer::start_with(|config| config.gateway.max_client_frame_bytes = 1024).await;
+    let alice = server.user("alice").await;
+    let mut socket = Socket::connect(&server, &alice.token()).await;
+    socket.drain().await;
+    socket.ws.send(Message::Text("x".repeat(4096).into())).await.unwrap();
+    let code = socket.closed().await;
+    assert!(code.is_none() || code == Some(u16::from(CloseCode::Size)), "{code:?}");
+    let hub = server.services.hub.clone();
+    let device = alice.devices[0].id();
+    assert!(eventually(|| !hub.is_online(&device)).await);
+    // Malformed but small frames only get an error frame.
+    let mut socket = Socket::connect(&server, &alice.token()).await;
+    socket.drain().await;
+    socket.ws.send(Message::Text("{not json".into())).await.unwrap();
+    assert_eq!(socket.next_frame().await["code"], "malformed_request");
+    socket.send(json!({"type": "auth", "token": alice.token()})).await;
+    assert_eq!(socket.next_frame().await["code"], "invalid_argument");
+}
+
+#[tokio::test]
+async fn heartbeats_detect_a_dead_peer() {
+    let server = TestServer::start_with(|config| {
+        config.gateway.heartbeat_interval_secs = 1;
+        config.gateway.idle_timeout_secs = 2;
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let mut socket = Socket::connect(&server, &alice.token()).await;
+    socket.drain().await;
+    // The client stops polling its socket, so it answers no ping: to the server it is dead.
+    let hub = server.services.hub.clone();
+    let device = alice.devices[0].id();
+    assert!(
+        eventually(|| !hub.is_online(&device)).await,
+        "the silent peer was dropped"
+    );
+    drop(socket);
+
+    // A live peer (one that keeps reading, and so answers pings) stays connected past the timeout.
+    let mut live = Socket::connect(&server, &alice.token()).await;
+    live.drain().await;
+    let quiet = tokio::time::timeout(Duration::from_secs(3), live.ws.next()).await;
+    assert!(
+        quiet.is_err() || matches!(quiet, Ok(Some(Ok(Message::Ping(_))))),
+        "{quiet:?}"
+    );
+    assert!(hub.is_online(&device));
+}
+
+#[tokio::test]
+async fn receipts_keys_low_presence_and_device_list_events_travel_live() {
+    let server = TestServer::start_with(|config| config.limits.key_packages_low_threshold = 1).await;
+    let alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let outsider = server.user("outsider").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let seq = send(&server, &bob.token(), &id, "read me").await;
+    let mut bobs = Socket::connect(&server, &bob.token()).await;
+    bobs.drain().await;
+    let mut outsiders = Socket::connect(&server, &outsider.token()).await;
+    outsiders.drain().await;
+
+    // Presence is opt-in and visible to users sharing a conversation only.
+    let mut alices = Socket::connect(&server, &alice.token()).await;
+    alices.drain().await;
+    alices.send(json!({"type": "presence", "visible": true})).await;
+    let online = bobs.next_frame().await;
+    assert_eq!(
+        (online["type"].as_str(), online["online"].as_bool()),
+        (Some("presence"), Some(true))
+    );
+    assert_eq!(online["user_id"], alice.id().to_string());
+
+    // A read receipt.
+    let (status, _) = server
+        .post(
+            &format!("/v1/conversations/{id}/read"),
+            Some(&alice.token()),
+            json!({"seq": seq}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let receipt = bobs.next_frame().await;
+    assert_eq!(
+        (receipt["type"].as_str(), receipt["seq"].as_u64()),
+        (Some("read_receipt"), Some(seq))
+    );
+
+    // keys_low as a queue frame.
+    let upload = json!({"one_time": [b64("k1")], "last_resort": b64("lr")});
+    server.post("/v1/keys/packages", Some(&bob.token()), upload).await;
+    server
+        .post("/v1/keys/claim", Some(&alice.token()), json!({"user_ids": [bob.id()]}))
+        .await;
+    let low = bobs.next_frame().await;
+    assert_eq!(
+        (low["type"].as_str(), low["kind"].as_str()),
+        (Some("queue"), Some("keys_low"))
+    );
+
+    // A linked device is announced to the user's contacts; a revoked one is disconnected.
+    let new = server.link_device(&mut bob).await;
+    let changed = alices.next_frame().await;
+    assert_eq!(
+        (changed["type"].as_str(), changed["user_id"].as_str()),
+        (Some("devices_changed"), Some(bob.id().to_string().as_str()))
+    );
+    let mut doomed = Socket::connect(&server, &bob.devices[new].token()).await;
+    doomed.drain().await;
+    let target = bob.devices[new].id();
+    let revoke = json!({"signature": bob.sign(&roost_proto::signing::revoke_device_message(&bob.id(), &target))});
+    let (status, _) = server
+        .post(&format!("/v1/devices/{target}/revoke"), Some(&bob.token()), revoke)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(doomed.closed().await, Some(roost_proto::socket::close::REVOKED));
+
+    // Going offline is announced too; the outsider heard none of it.
+    drop(alices);
+    loop {
+        let frame = bobs.next_frame().await;
+        if frame["type"] == "presence" {
+            assert_eq!(frame["online"], false);
+            break;
+        }
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(300), outsiders.ws.next()).await;
+    assert!(nothing.is_err(), "the outsider got {nothing:?}");
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_a_reason() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let mut socket = Socket::connect(&server, &alice.token()).await;
+    socket.drain().await;
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(socket.closed().await, Some(roost_proto::socket::close::GOING_AWAY));
+    stopping.await.unwrap();
+}
