@@ -58,8 +58,6 @@ impl Serialize for Base64Bytes {
 impl<'de> Deserialize<'de> for Base64Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        decode(&text)
-            .map(Self)
-            .map_err(|_| serde::de::Error::custom("expected unpadded base64url"))
+        decode(&text).map(Self).map_err(|_| serde::de::Error::custom("expected unpadded base64url"))
     }
 }

@@ -28,9 +28,7 @@ impl ConversationId {
 
     /// Parses raw bytes (as stored in a database column).
     pub fn from_slice(raw: &[u8]) -> Result<Self, IdParseError> {
-        <[u8; 16]>::try_from(raw)
-            .map(Self)
-            .map_err(|_| IdParseError::Conversation)
+        <[u8; 16]>::try_from(raw).map(Self).map_err(|_| IdParseError::Conversation)
     }
 }
 

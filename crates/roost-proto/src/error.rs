@@ -135,12 +135,6 @@ pub struct ErrorDetail {
 impl ErrorBody {
     /// Builds an error body.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            error: ErrorDetail {
-                code,
-                message: message.into(),
-                current_epoch: None,
-            },
-        }
+        Self { error: ErrorDetail { code, message: message.into(), current_epoch: None } }
     }
 }

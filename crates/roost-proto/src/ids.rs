@@ -173,22 +173,9 @@ mod tests {
 
     #[test]
     fn handles_follow_the_rules() {
-        assert_eq!(
-            "@alice".parse::<Handle>().map(|h| h.to_string()),
-            Ok("alice".to_owned())
-        );
+        assert_eq!("@alice".parse::<Handle>().map(|h| h.to_string()), Ok("alice".to_owned()));
         assert!("a.b_9".parse::<Handle>().is_ok());
-        for bad in [
-            "al",
-            "Alice",
-            "9lives",
-            "a-b",
-            "",
-            "@",
-            &"a".repeat(33),
-            "ali ce",
-            "é.abc",
-        ] {
+        for bad in ["al", "Alice", "9lives", "a-b", "", "@", &"a".repeat(33), "ali ce", "é.abc"] {
             assert_eq!(bad.parse::<Handle>(), Err(IdParseError::Handle), "{bad}");
         }
     }

@@ -81,10 +81,7 @@ pub fn handle_message(action: HandleAction, user: &UserId, handle: &Handle, time
 /// server hands out and so notices if the server swapped the key.
 pub fn link_code(device: &DeviceId) -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let digest = Sha256::new()
-        .chain_update(LINK_CODE_LABEL)
-        .chain_update(device.as_bytes())
-        .finalize();
+    let digest = Sha256::new().chain_update(LINK_CODE_LABEL).chain_update(device.as_bytes()).finalize();
     let bits = digest.iter().take(5).fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
     let mut code = String::with_capacity(9);
     for i in 0..8 {
@@ -121,9 +118,6 @@ mod tests {
     fn labels_separate_domains() {
         let user = UserId::from_bytes([1; 32]);
         let device = DeviceId::from_bytes([2; 32]);
-        assert_ne!(
-            device_certificate_message(&user, &device),
-            revoke_device_message(&user, &device)
-        );
+        assert_ne!(device_certificate_message(&user, &device), revoke_device_message(&user, &device));
     }
 }

@@ -116,10 +116,7 @@ fn links() {
         json!({"link_code": "ABCD-EFGH", "device_id": DEVICE, "state": "approved", "user_id": USER, "certificate": "AQID", "expires_at": 5}),
     );
     golden(
-        &LinkApproveRequest {
-            device_certificate: Base64Bytes(vec![1, 2, 3]),
-            device_name: None,
-        },
+        &LinkApproveRequest { device_certificate: Base64Bytes(vec![1, 2, 3]), device_name: None },
         json!({"device_certificate": "AQID", "device_name": null}),
     );
 }
@@ -144,54 +141,27 @@ fn authentication() {
         json!({"device_id": DEVICE, "challenge": "AAAA", "signature": "__8"}),
     );
     golden(
-        &SessionResponse {
-            token: "rst_abc".into(),
-            user_id: user(),
-            device_id: device(),
-            expires_at: 9,
-        },
+        &SessionResponse { token: "rst_abc".into(), user_id: user(), device_id: device(), expires_at: 9 },
         json!({"token": "rst_abc", "user_id": USER, "device_id": DEVICE, "expires_at": 9}),
     );
     golden(
-        &WhoAmI {
-            user_id: user(),
-            device_id: device(),
-            handle: Some("alice".parse().unwrap()),
-            expires_at: 9,
-        },
+        &WhoAmI { user_id: user(), device_id: device(), handle: Some("alice".parse().unwrap()), expires_at: 9 },
         json!({"user_id": USER, "device_id": DEVICE, "handle": "alice", "expires_at": 9}),
     );
 }
 
 #[test]
 fn devices_and_handles() {
+    golden(&RevokeDeviceRequest { signature: Base64Bytes(vec![7]) }, json!({"signature": "Bw"}));
     golden(
-        &RevokeDeviceRequest {
-            signature: Base64Bytes(vec![7]),
-        },
-        json!({"signature": "Bw"}),
-    );
-    golden(
-        &HandleRequest {
-            timestamp: 42,
-            signature: Base64Bytes(vec![7]),
-        },
+        &HandleRequest { timestamp: 42, signature: Base64Bytes(vec![7]) },
         json!({"timestamp": 42, "signature": "Bw"}),
     );
     golden(
-        &HandleRecord {
-            handle: "alice".parse().unwrap(),
-            user_id: user(),
-        },
+        &HandleRecord { handle: "alice".parse().unwrap(), user_id: user() },
         json!({"handle": "alice", "user_id": USER}),
     );
-    golden(
-        &DeviceList {
-            user_id: user(),
-            devices: vec![],
-        },
-        json!({"user_id": USER, "devices": []}),
-    );
+    golden(&DeviceList { user_id: user(), devices: vec![] }, json!({"user_id": USER, "devices": []}));
 }
 
 #[test]
@@ -204,18 +174,11 @@ fn key_directory() {
         json!({"one_time": ["AQ", "Ag"], "last_resort": "Aw"}),
     );
     golden(
-        &KeyPackageCount {
-            one_time: 3,
-            last_resort: true,
-            max_one_time: 200,
-        },
+        &KeyPackageCount { one_time: 3, last_resort: true, max_one_time: 200 },
         json!({"one_time": 3, "last_resort": true, "max_one_time": 200}),
     );
     golden(
-        &KeyClaimRequest {
-            user_ids: vec![user()],
-            device_ids: vec![],
-        },
+        &KeyClaimRequest { user_ids: vec![user()], device_ids: vec![] },
         json!({"user_ids": [USER], "device_ids": []}),
     );
     golden(
@@ -246,11 +209,7 @@ fn signed_statements_have_fixed_layouts() {
     );
     assert_eq!(
         hex(signing::auth_message("roost.example", &device(), &[0xaa, 0xbb])),
-        format!(
-            "{}000d{}{twos}aabb",
-            hex(b"roost/v1/auth\0".to_vec()),
-            hex(b"roost.example".to_vec())
-        )
+        format!("{}000d{}{twos}aabb", hex(b"roost/v1/auth\0".to_vec()), hex(b"roost.example".to_vec()))
     );
     assert_eq!(
         hex(signing::revoke_device_message(&user(), &device())),
@@ -272,11 +231,7 @@ fn signed_statements_have_fixed_layouts() {
 
 #[test]
 fn malformed_ids_and_bytes_are_refused() {
-    for bad in [
-        json!({"device_id": "AQ"}),
-        json!({"device_id": format!("{DEVICE}=")}),
-        json!({"device_id": 7}),
-    ] {
+    for bad in [json!({"device_id": "AQ"}), json!({"device_id": format!("{DEVICE}=")}), json!({"device_id": 7})] {
         assert!(serde_json::from_value::<ChallengeRequest>(bad).is_err());
     }
     assert!(serde_json::from_value::<RevokeDeviceRequest>(json!({"signature": "a+b/"})).is_err());
@@ -330,11 +285,7 @@ mod conversations {
         );
         golden(&CommitAccepted { seq: 9, epoch: 5 }, json!({"seq": 9, "epoch": 5}));
         golden(
-            &ExternalJoinRequest {
-                epoch: 5,
-                commit: Base64Bytes(vec![6]),
-                group_info: Base64Bytes(vec![7]),
-            },
+            &ExternalJoinRequest { epoch: 5, commit: Base64Bytes(vec![6]), group_info: Base64Bytes(vec![7]) },
             json!({"epoch": 5, "commit": "Bg", "group_info": "Bw"}),
         );
         golden(
@@ -347,19 +298,11 @@ mod conversations {
             json!({"client_message_id": "m-1", "epoch": 5, "ciphertext": "CA", "ephemeral": false}),
         );
         golden(
-            &SendAccepted {
-                seq: Some(10),
-                created_at: 99,
-                duplicate: true,
-            },
+            &SendAccepted { seq: Some(10), created_at: 99, duplicate: true },
             json!({"seq": 10, "created_at": 99, "duplicate": true}),
         );
         golden(
-            &SendAccepted {
-                seq: None,
-                created_at: 99,
-                duplicate: false,
-            },
+            &SendAccepted { seq: None, created_at: 99, duplicate: false },
             json!({"created_at": 99, "duplicate": false}),
         );
         golden(&RetentionPolicy::BurnOnRead, json!({"policy": "burn_on_read"}));
@@ -401,10 +344,7 @@ mod conversations {
         );
         golden(
             &AckRequest {
-                conversations: vec![ConversationAck {
-                    conversation_id: conversation(),
-                    seq: 3,
-                }],
+                conversations: vec![ConversationAck { conversation_id: conversation(), seq: 3 }],
                 queue_up_to: Some(12),
             },
             json!({"conversations": [{"conversation_id": CONVERSATION, "seq": 3}], "queue_up_to": 12}),
@@ -419,10 +359,7 @@ mod conversations {
                     conversation_id: conversation(),
                     kind: ConversationKind::Group,
                     epoch: 2,
-                    members: vec![Member {
-                        user_id: user(),
-                        read_seq: Some(1),
-                    }],
+                    members: vec![Member { user_id: user(), read_seq: Some(1) }],
                     last_seq: 3,
                     read_seq: 1,
                     unread: 2,
@@ -442,9 +379,6 @@ mod conversations {
     fn stale_epoch_errors_carry_the_current_epoch() {
         let mut body = roost_proto::ErrorBody::new(roost_proto::ErrorCode::StaleEpoch, "catch up");
         body.error.current_epoch = Some(6);
-        golden(
-            &body,
-            json!({"error": {"code": "stale_epoch", "message": "catch up", "current_epoch": 6}}),
-        );
+        golden(&body, json!({"error": {"code": "stale_epoch", "message": "catch up", "current_epoch": 6}}));
     }
 }

@@ -137,11 +137,7 @@ pub struct RetentionConfig {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self {
-            max_age_secs: 30 * 24 * 3600,
-            allow_permanent: true,
-            prune_interval_secs: 60,
-        }
+        Self { max_age_secs: 30 * 24 * 3600, allow_permanent: true, prune_interval_secs: 60 }
     }
 }
 
@@ -270,24 +266,16 @@ impl Config {
             } else {
                 continue;
             };
-            let known = path
-                .first()
-                .is_some_and(|top| top == "database_url" || defaults.contains_key(top));
+            let known = path.first().is_some_and(|top| top == "database_url" || defaults.contains_key(top));
             if known {
                 insert_env_value(&mut from_env, &defaults, &path, &value);
             }
         }
-        figment = figment
-            .merge(Serialized::defaults(from_env))
-            .merge(Serialized::defaults(flags));
+        figment = figment.merge(Serialized::defaults(from_env)).merge(Serialized::defaults(flags));
         let config: Config = figment.extract().map_err(|err| {
             // figment's own message names its internal source; name the key instead.
             let key = err.path.join(".");
-            ConfigError(if key.is_empty() {
-                err.kind.to_string()
-            } else {
-                format!("{key}: {}", err.kind)
-            })
+            ConfigError(if key.is_empty() { err.kind.to_string() } else { format!("{key}: {}", err.kind) })
         })?;
         config.validate()?;
         Ok(config)
@@ -320,9 +308,7 @@ impl Config {
             ));
         }
         if gateway.auth_timeout_secs == 0 || gateway.send_timeout_secs == 0 || gateway.outgoing_buffer == 0 {
-            return Err(ConfigError(
-                "gateway timeouts and outgoing_buffer must be at least 1".into(),
-            ));
+            return Err(ConfigError("gateway timeouts and outgoing_buffer must be at least 1".into()));
         }
         if self.limits.max_devices_per_user == 0 || self.limits.max_claim_targets == 0 {
             return Err(ConfigError("device and claim limits must be at least 1".into()));
@@ -340,10 +326,7 @@ impl Config {
 
     /// A copy with passwords in URLs replaced by `***`, fit to print or log.
     pub fn redacted(&self) -> Self {
-        Self {
-            database_url: self.database_url.as_deref().map(redact_url),
-            ..self.clone()
-        }
+        Self { database_url: self.database_url.as_deref().map(redact_url), ..self.clone() }
     }
 
     /// The effective configuration as TOML, secrets redacted (what `roostd config` prints).
@@ -389,9 +372,7 @@ fn insert_env_value(table: &mut toml::Table, defaults: &toml::Table, path: &[Str
     let mut default = Some(defaults);
     for part in parents {
         default = default.and_then(|d| d.get(part)).and_then(toml::Value::as_table);
-        let entry = current
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let toml::Value::Table(next) = entry else {
             return;
         };
@@ -431,10 +412,7 @@ mod tests {
     fn defaults_need_no_configuration() {
         let config = Config::load_with_env(None, &FlagOverrides::default(), env(&[])).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            config.database_location(),
-            DatabaseLocation::SqliteFile(PathBuf::from("./roost-data/roost.db"))
-        );
+        assert_eq!(config.database_location(), DatabaseLocation::SqliteFile(PathBuf::from("./roost-data/roost.db")));
         assert_eq!(config.registration, RegistrationPolicy::Open);
     }
 
@@ -447,10 +425,7 @@ mod tests {
             "server_name = \"file.example\"\nlisten = \"127.0.0.1:9000\"\n[limits]\nmax_devices_per_user = 3\n",
         )
         .unwrap();
-        let flags = FlagOverrides {
-            listen: Some("127.0.0.1:9100".parse().unwrap()),
-            ..Default::default()
-        };
+        let flags = FlagOverrides { listen: Some("127.0.0.1:9100".parse().unwrap()), ..Default::default() };
         let vars = env(&[
             ("ROOST_SERVER_NAME", "2024"),
             ("ROOST_LISTEN", "127.0.0.1:9050"),
@@ -479,12 +454,7 @@ mod tests {
         let vars = env(&[("ROOST_LIMITS__MAX_DEVICES_PER_USR", "3")]);
         assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
         assert!(
-            Config::load_with_env(
-                Some(&dir.path().join("missing.toml")),
-                &FlagOverrides::default(),
-                env(&[])
-            )
-            .is_err()
+            Config::load_with_env(Some(&dir.path().join("missing.toml")), &FlagOverrides::default(), env(&[])).is_err()
         );
     }
 
@@ -497,10 +467,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let config = Config {
-            database_url: Some("postgres://roost:hunter2@db/roost".into()),
-            ..Config::default()
-        };
+        let config = Config { database_url: Some("postgres://roost:hunter2@db/roost".into()), ..Config::default() };
         let printed = config.to_redacted_toml();
         assert!(printed.contains("postgres://roost:***@db/roost"), "{printed}");
         assert!(!printed.contains("hunter2"));

@@ -26,20 +26,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after: None,
-            current_epoch: None,
-        }
+        Self { code, message: message.into(), retry_after: None, current_epoch: None }
     }
 
     /// A 429 that says when to retry.
     pub fn rate_limited(retry_after: Duration) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(ErrorCode::RateLimited, "too many requests; slow down")
-        }
+        Self { retry_after: Some(retry_after), ..Self::new(ErrorCode::RateLimited, "too many requests; slow down") }
     }
 
     /// 422 for a field that breaks a rule.
@@ -49,10 +41,7 @@ impl Error {
 
     /// 413 for one item in the body that is too large.
     pub fn too_large(what: &str, limit: usize) -> Self {
-        Self::new(
-            ErrorCode::PayloadTooLarge,
-            format!("{what} may be at most {limit} bytes"),
-        )
+        Self::new(ErrorCode::PayloadTooLarge, format!("{what} may be at most {limit} bytes"))
     }
 
     /// 403 for a caller whose device is not a member of the conversation.
@@ -70,35 +59,25 @@ impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         let (code, message) = match err {
             StoreError::NotFound => (ErrorCode::NotFound, "not found"),
-            StoreError::UserExists => (
-                ErrorCode::UserExists,
-                "a user with this identity key is already registered",
-            ),
-            StoreError::DeviceExists => (
-                ErrorCode::DeviceExists,
-                "this device key is already registered or was revoked",
-            ),
-            StoreError::DeviceLimitReached => (
-                ErrorCode::DeviceLimitReached,
-                "the user has the maximum number of devices",
-            ),
+            StoreError::UserExists => (ErrorCode::UserExists, "a user with this identity key is already registered"),
+            StoreError::DeviceExists => {
+                (ErrorCode::DeviceExists, "this device key is already registered or was revoked")
+            }
+            StoreError::DeviceLimitReached => {
+                (ErrorCode::DeviceLimitReached, "the user has the maximum number of devices")
+            }
             StoreError::InviteInvalid => (ErrorCode::InviteInvalid, "the invite code is unknown or already used"),
             StoreError::HandleTaken => (ErrorCode::HandleTaken, "the handle belongs to another user"),
-            StoreError::KeyPackageLimitReached => (
-                ErrorCode::KeyPackageLimitReached,
-                "the upload would exceed the one-time KeyPackage cap",
-            ),
-            StoreError::LinkPending => (
-                ErrorCode::LinkCodeInUse,
-                "a different device holds this link code; try again",
-            ),
+            StoreError::KeyPackageLimitReached => {
+                (ErrorCode::KeyPackageLimitReached, "the upload would exceed the one-time KeyPackage cap")
+            }
+            StoreError::LinkPending => (ErrorCode::LinkCodeInUse, "a different device holds this link code; try again"),
             StoreError::LinkAlreadyApproved => {
                 (ErrorCode::LinkAlreadyApproved, "the link request was already approved")
             }
-            StoreError::ConversationExists => (
-                ErrorCode::ConversationExists,
-                "a conversation with this id already exists",
-            ),
+            StoreError::ConversationExists => {
+                (ErrorCode::ConversationExists, "a conversation with this id already exists")
+            }
             StoreError::StaleEpoch { current } => {
                 return Self {
                     current_epoch: Some(current),
@@ -110,10 +89,9 @@ impl From<StoreError> for Error {
             }
             StoreError::NotAMember => return Self::not_a_member(),
             StoreError::InvalidMembership(detail) => return Self::invalid(detail),
-            StoreError::MemberLimitReached => (
-                ErrorCode::MemberLimitReached,
-                "the conversation would have more users than its kind allows",
-            ),
+            StoreError::MemberLimitReached => {
+                (ErrorCode::MemberLimitReached, "the conversation would have more users than its kind allows")
+            }
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "storage failure");
                 (ErrorCode::Unavailable, "storage is unavailable; try again later")

@@ -17,21 +17,25 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LiveEvent {
-    /// A conversation entry was committed. `frame` is its socket frame, encoded once for every
-    /// recipient.
-    Entry {
-        /// The conversation.
-        conversation_id: ConversationId,
-        /// The entry's sequence number.
-        seq: u64,
-        /// The encoded `entry` frame.
-        frame: Arc<str>,
-    },
+    /// A conversation entry was committed, encoded once for every recipient. (Behind an `Arc`
+    /// so every queued event stays two words: connection buffers are per device.)
+    Entry(Arc<PushedEntry>),
     /// Something was added to the device's queue; fetch it.
     Queued,
     /// Any other server frame, encoded once (ephemeral, typing, read receipt, presence, device
     /// list changes).
     Frame(Arc<str>),
+}
+
+/// A committed entry as pushed to connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedEntry {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The entry's sequence number.
+    pub seq: u64,
+    /// The encoded `entry` frame.
+    pub frame: Arc<str>,
 }
 
 /// Why the hub ended a subscription.
@@ -73,11 +77,7 @@ pub struct Hub {
 
 impl Default for Hub {
     fn default() -> Self {
-        Self {
-            state: Mutex::default(),
-            next_id: AtomicU64::new(0),
-            shutdown: watch::Sender::new(false),
-        }
+        Self { state: Mutex::default(), next_id: AtomicU64::new(0), shutdown: watch::Sender::new(false) }
     }
 }
 
@@ -130,23 +130,9 @@ impl Hub {
                 *count += 1;
             }
         }
-        state.devices.insert(
-            device,
-            Subscriber {
-                id,
-                user,
-                sender,
-                closed: closed.clone(),
-            },
-        );
+        state.devices.insert(device, Subscriber { id, user, sender, closed: closed.clone() });
         metrics::gauge!("roost_gateway_subscriptions").set(state.devices.len() as f64);
-        Ok(Subscription {
-            hub: self.clone(),
-            device,
-            id,
-            events,
-            closed,
-        })
+        Ok(Subscription { hub: self.clone(), device, id, events, closed })
     }
 
     /// Tells every connection the server is shutting down.
@@ -208,10 +194,7 @@ impl Hub {
     /// remove its successor), recording `reason` for its connection to report.
     fn remove(&self, device: &DeviceId, id: Option<u64>, reason: Option<CloseReason>) {
         let mut state = self.lock();
-        let matches = state
-            .devices
-            .get(device)
-            .is_some_and(|s| id.is_none_or(|id| s.id == id));
+        let matches = state.devices.get(device).is_some_and(|s| id.is_none_or(|id| s.id == id));
         if !matches {
             return;
         }
@@ -253,20 +236,14 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let mut first = hub.subscribe(user(1), device(1), 4, 2).unwrap();
         let _second_device = hub.subscribe(user(1), device(2), 4, 2).unwrap();
-        assert!(
-            hub.subscribe(user(1), device(3), 4, 2).is_err(),
-            "the cap counts devices"
-        );
+        assert!(hub.subscribe(user(1), device(3), 4, 2).is_err(), "the cap counts devices");
         assert_eq!(hub.connections_of(&user(1)), 2);
 
         let mut replacement = hub.subscribe(user(1), device(1), 4, 2).unwrap();
         assert!(first.events.recv().await.is_none());
         assert_eq!(first.close_reason(), Some(CloseReason::Replaced));
         drop(first);
-        assert!(
-            hub.is_online(&device(1)),
-            "dropping the replaced subscription keeps the new one"
-        );
+        assert!(hub.is_online(&device(1)), "dropping the replaced subscription keeps the new one");
         assert_eq!(hub.publish([device(1)], LiveEvent::Queued), 1);
         assert_eq!(replacement.events.recv().await, Some(LiveEvent::Queued));
         drop(replacement);
@@ -280,11 +257,7 @@ mod tests {
         assert_eq!(hub.publish([device(1), device(2)], LiveEvent::Queued), 1);
         assert_eq!(hub.publish([device(1)], LiveEvent::Queued), 0);
         assert!(!hub.is_online(&device(1)));
-        assert_eq!(
-            slow.events.recv().await,
-            Some(LiveEvent::Queued),
-            "what was buffered still arrives"
-        );
+        assert_eq!(slow.events.recv().await, Some(LiveEvent::Queued), "what was buffered still arrives");
         assert!(slow.events.recv().await.is_none());
         assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
     }

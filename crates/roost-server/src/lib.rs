@@ -53,9 +53,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     match config.database_location() {
         DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
         DatabaseLocation::Url(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(&url).await?)),
-        DatabaseLocation::Url(url) => Err(ServeError::UnsupportedDatabase(
-            config.redacted().database_url.unwrap_or(url),
-        )),
+        DatabaseLocation::Url(url) => {
+            Err(ServeError::UnsupportedDatabase(config.redacted().database_url.unwrap_or(url)))
+        }
     }
 }
 
@@ -67,9 +67,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
-    Server::new(config, store, Arc::new(SystemClock))
-        .serve(listener, shutdown)
-        .await
+    Server::new(config, store, Arc::new(SystemClock)).serve(listener, shutdown).await
 }
 
 /// A server assembled from its parts but not yet serving: tests keep its [`Services`] to drive
@@ -81,9 +79,7 @@ pub struct Server {
 impl Server {
     /// Assembles the services over a store and a clock.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            services: Services::new(Context::new(store, clock, config)),
-        }
+        Self { services: Services::new(Context::new(store, clock, config)) }
     }
 
     /// The services, shared with the running server.
@@ -99,10 +95,7 @@ impl Server {
     ) -> Result<(), ServeError> {
         let services = self.services;
         let hub = services.hub.clone();
-        let state = AppState {
-            services: services.clone(),
-            metrics: crate::metrics::prometheus(),
-        };
+        let state = AppState { services: services.clone(), metrics: crate::metrics::prometheus() };
         let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
         let app = http::router(state);
         tracing::info!(address = %listener.local_addr()?, "roostd listening");

@@ -19,9 +19,7 @@ pub struct KeyedLimit<K: Hash + Eq + Clone> {
 impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     fn per_minute(n: u32) -> Self {
         let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        Self {
-            limiter: RateLimiter::keyed(Quota::per_minute(n)),
-        }
+        Self { limiter: RateLimiter::keyed(Quota::per_minute(n)) }
     }
 
     /// Takes one token for `key`, or says how long to wait.

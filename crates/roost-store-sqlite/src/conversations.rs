@@ -101,9 +101,7 @@ impl ConversationStore for SqliteStore {
             let id = write.conversation_id;
             let conversation = conversation_in(&mut tx, &id).await?.ok_or(StoreError::NotFound)?;
             if conversation.epoch != write.epoch {
-                return Err(StoreError::StaleEpoch {
-                    current: conversation.epoch,
-                });
+                return Err(StoreError::StaleEpoch { current: conversation.epoch });
             }
             let sender = member_device_in(&mut tx, &id, &write.sender.device_id).await?;
             let sender_active = sender.is_some_and(|s| s.is_active());
@@ -145,9 +143,7 @@ impl ConversationStore for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
                 if removed.rows_affected() != 1 {
-                    return Err(StoreError::InvalidMembership(format!(
-                        "device {device} is not a member"
-                    )));
+                    return Err(StoreError::InvalidMembership(format!("device {device} is not a member")));
                 }
             }
             drop_users_without_devices(&mut tx, &id).await?;
@@ -160,17 +156,8 @@ impl ConversationStore for SqliteStore {
                 return Err(StoreError::MemberLimitReached);
             }
 
-            append_entry(
-                &mut tx,
-                &id,
-                seq,
-                EntryKind::Commit,
-                &write.sender,
-                write.epoch,
-                &write.commit,
-                write.now,
-            )
-            .await?;
+            append_entry(&mut tx, &id, seq, EntryKind::Commit, &write.sender, write.epoch, &write.commit, write.now)
+                .await?;
             let epoch = write.epoch + 1;
             sqlx::query("UPDATE conversations SET epoch = $1, last_seq = $2, group_info = $3 WHERE id = $4")
                 .bind(to_i64(epoch))
@@ -227,9 +214,7 @@ impl ConversationStore for SqliteStore {
                 });
             }
             if conversation.epoch != message.epoch {
-                return Err(StoreError::StaleEpoch {
-                    current: conversation.epoch,
-                });
+                return Err(StoreError::StaleEpoch { current: conversation.epoch });
             }
             let seq = conversation.last_seq + 1;
             append_entry(
@@ -260,11 +245,7 @@ impl ConversationStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Appended {
-                seq,
-                created_at: message.now,
-                duplicate: false,
-            })
+            Ok(Appended { seq, created_at: message.now, duplicate: false })
         })
         .await
     }
@@ -342,10 +323,7 @@ impl ConversationStore for SqliteStore {
                 .await?;
             let mut conn = self.reader.acquire().await?;
             let queue = queue_in(&mut conn, device, cursor.queue_after, limit).await?;
-            Ok(SyncPage {
-                entries: entries.iter().map(entry_row).collect::<StoreResult<_>>()?,
-                queue,
-            })
+            Ok(SyncPage { entries: entries.iter().map(entry_row).collect::<StoreResult<_>>()?, queue })
         })
         .await
     }
@@ -408,9 +386,7 @@ impl ConversationStore for SqliteStore {
         timed("ack", async {
             let mut tx = self.writer.begin().await?;
             for (id, seq) in positions {
-                let row = member_device_in(&mut tx, id, device)
-                    .await?
-                    .ok_or(StoreError::NotAMember)?;
+                let row = member_device_in(&mut tx, id, device).await?.ok_or(StoreError::NotAMember)?;
                 let conversation = conversation_in(&mut tx, id).await?.ok_or(StoreError::NotAMember)?;
                 let target = (*seq).min(conversation.last_seq);
                 if target <= row.acked_seq {
@@ -561,11 +537,7 @@ impl ConversationStore for SqliteStore {
                 .bind(id.as_bytes().as_slice())
                 .execute(&self.writer)
                 .await?;
-            if done.rows_affected() == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::NotFound)
-            }
+            if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::NotFound) }
         })
         .await
     }
@@ -705,12 +677,7 @@ async fn view_in(
     .fetch_one(conn)
     .await?
     .try_get("n")?;
-    Ok(ConversationView {
-        record,
-        members,
-        joined_seq,
-        unread: to_u64(unread),
-    })
+    Ok(ConversationView { record, members, joined_seq, unread: to_u64(unread) })
 }
 
 async fn member_users_in(conn: &mut SqliteConnection, id: &ConversationId) -> StoreResult<Vec<MemberUser>> {
@@ -852,11 +819,7 @@ async fn insert_queue(
     .bind(entry.conversation_id.map(|c| c.as_bytes().to_vec()))
     .bind(entry.seq.map(to_i64))
     .bind(entry.sender_device.map(|d| d.as_bytes().to_vec()))
-    .bind(if blob.is_some() {
-        None
-    } else {
-        Some(entry.payload.as_slice())
-    })
+    .bind(if blob.is_some() { None } else { Some(entry.payload.as_slice()) })
     .bind(blob)
     .bind(now)
     .fetch_one(conn)
@@ -886,11 +849,7 @@ async fn burn_acknowledged(conn: &mut SqliteConnection, id: &ConversationId, las
 }
 
 fn prefixed_entry_columns(alias: &str) -> String {
-    ENTRY_COLUMNS
-        .split(", ")
-        .map(|column| format!("{alias}.{column}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    ENTRY_COLUMNS.split(", ").map(|column| format!("{alias}.{column}")).collect::<Vec<_>>().join(", ")
 }
 
 fn conversation_row(row: &SqliteRow) -> StoreResult<ConversationRecord> {
@@ -899,9 +858,7 @@ fn conversation_row(row: &SqliteRow) -> StoreResult<ConversationRecord> {
     let ttl_ms: Option<i64> = row.try_get("retention_ttl_ms")?;
     Ok(ConversationRecord {
         id: conversation_id_at(row, "id")?,
-        kind: kind
-            .parse::<ConversationKind>()
-            .map_err(|_| corrupt("conversations.kind"))?,
+        kind: kind.parse::<ConversationKind>().map_err(|_| corrupt("conversations.kind"))?,
         epoch: to_u64(row.try_get("epoch")?),
         group_info: row.try_get("group_info")?,
         last_seq: to_u64(row.try_get("last_seq")?),
@@ -912,10 +869,7 @@ fn conversation_row(row: &SqliteRow) -> StoreResult<ConversationRecord> {
 
 fn member_device_row(row: &SqliteRow) -> StoreResult<MemberDevice> {
     Ok(MemberDevice {
-        member: MemberRef {
-            user_id: user_id_at(row, "user_id")?,
-            device_id: device_id_at(row, "device_id")?,
-        },
+        member: MemberRef { user_id: user_id_at(row, "user_id")?, device_id: device_id_at(row, "device_id")? },
         joined_seq: to_u64(row.try_get("joined_seq")?),
         acked_seq: to_u64(row.try_get("acked_seq")?),
         removed_seq: row.try_get::<Option<i64>, _>("removed_seq")?.map(to_u64),
@@ -928,10 +882,7 @@ fn entry_row(row: &SqliteRow) -> StoreResult<EntryRecord> {
         conversation_id: conversation_id_at(row, "conversation_id")?,
         seq: to_u64(row.try_get("seq")?),
         kind: kind.parse().map_err(|_| corrupt("entries.kind"))?,
-        sender: MemberRef {
-            user_id: user_id_at(row, "sender_user")?,
-            device_id: device_id_at(row, "sender_device")?,
-        },
+        sender: MemberRef { user_id: user_id_at(row, "sender_user")?, device_id: device_id_at(row, "sender_device")? },
         epoch: to_u64(row.try_get("epoch")?),
         payload: row.try_get("payload")?,
         created_at: row.try_get("created_at")?,
@@ -975,9 +926,7 @@ fn encode_retention(retention: RetentionPolicy) -> (&'static str, Option<i64>) {
 fn decode_retention(kind: &str, ttl_ms: Option<i64>) -> StoreResult<RetentionPolicy> {
     match (kind, ttl_ms) {
         ("burn_on_read", _) => Ok(RetentionPolicy::BurnOnRead),
-        ("ttl", Some(ms)) => Ok(RetentionPolicy::Ttl {
-            ttl_secs: to_u64(ms) / 1000,
-        }),
+        ("ttl", Some(ms)) => Ok(RetentionPolicy::Ttl { ttl_secs: to_u64(ms) / 1000 }),
         ("permanent", _) => Ok(RetentionPolicy::Permanent),
         _ => Err(corrupt("conversations.retention")),
     }

@@ -56,19 +56,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(options.clone())
-            .await?;
+        let writer =
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations")
             .run(&writer)
             .await
             .map_err(|err| StoreError::Backend(format!("migrating: {err}")))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options.read_only(true))
-            .await?;
+        let reader = SqlitePoolOptions::new().max_connections(8).connect_with(options.read_only(true)).await?;
         Ok(Self { writer, reader })
     }
 

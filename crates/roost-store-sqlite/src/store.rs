@@ -158,13 +158,7 @@ impl Store for SqliteStore {
     async fn create_link_request(&self, link: NewLinkRequest, now: i64) -> StoreResult<()> {
         timed("create_link_request", async {
             let mut tx = self.writer.begin().await?;
-            if exists(
-                &mut tx,
-                "SELECT 1 FROM devices WHERE id = $1",
-                link.device_id.as_bytes(),
-            )
-            .await?
-            {
+            if exists(&mut tx, "SELECT 1 FROM devices WHERE id = $1", link.device_id.as_bytes()).await? {
                 return Err(StoreError::DeviceExists);
             }
             let live = sqlx::query("SELECT 1 FROM link_requests WHERE code = $1 AND expires_at > $2")
@@ -175,10 +169,7 @@ impl Store for SqliteStore {
             if live.is_some() {
                 return Err(StoreError::LinkPending);
             }
-            sqlx::query("DELETE FROM link_requests WHERE code = $1")
-                .bind(&link.code)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM link_requests WHERE code = $1").bind(&link.code).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO link_requests (code, device_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
                 .bind(&link.code)
                 .bind(link.device_id.as_bytes().as_slice())
@@ -247,11 +238,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(row) = holder {
-                return if user_id_at(&row, "user_id")? == *user {
-                    Ok(())
-                } else {
-                    Err(StoreError::HandleTaken)
-                };
+                return if user_id_at(&row, "user_id")? == *user { Ok(()) } else { Err(StoreError::HandleTaken) };
             }
             sqlx::query("DELETE FROM handles WHERE user_id = $1")
                 .bind(user.as_bytes().as_slice())
@@ -462,10 +449,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.writer)
             .await?;
             if let Some(row) = taken {
-                return Ok(Some(ClaimedPackage {
-                    data: row.try_get("data")?,
-                    last_resort: false,
-                }));
+                return Ok(Some(ClaimedPackage { data: row.try_get("data")?, last_resort: false }));
             }
             let fallback = sqlx::query(
                 "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = TRUE ORDER BY id DESC LIMIT 1",
@@ -473,14 +457,7 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.writer)
             .await?;
-            fallback
-                .map(|row| {
-                    Ok(ClaimedPackage {
-                        data: row.try_get("data")?,
-                        last_resort: true,
-                    })
-                })
-                .transpose()
+            fallback.map(|row| Ok(ClaimedPackage { data: row.try_get("data")?, last_resort: true })).transpose()
         })
         .await
     }
@@ -512,11 +489,7 @@ impl Store for SqliteStore {
 }
 
 async fn exists(conn: &mut SqliteConnection, sql: &'static str, key: &[u8; 32]) -> StoreResult<bool> {
-    Ok(sqlx::query(sql)
-        .bind(key.as_slice())
-        .fetch_optional(conn)
-        .await?
-        .is_some())
+    Ok(sqlx::query(sql).bind(key.as_slice()).fetch_optional(conn).await?.is_some())
 }
 
 async fn insert_device(conn: &mut SqliteConnection, device: &NewDevice) -> StoreResult<()> {
@@ -560,10 +533,7 @@ async fn stock_in(conn: &mut SqliteConnection, device: &DeviceId) -> StoreResult
     .await?;
     let one_time: i64 = row.try_get("one_time")?;
     let last_resort: i64 = row.try_get("last_resort")?;
-    Ok(KeyPackageStock {
-        one_time: u32::try_from(one_time).unwrap_or(u32::MAX),
-        last_resort: last_resort > 0,
-    })
+    Ok(KeyPackageStock { one_time: u32::try_from(one_time).unwrap_or(u32::MAX), last_resort: last_resort > 0 })
 }
 
 fn device_record(row: &SqliteRow) -> StoreResult<DeviceRecord> {
@@ -581,10 +551,9 @@ fn link_record(row: &SqliteRow) -> StoreResult<LinkRecord> {
     let approver: Option<Vec<u8>> = row.try_get("user_id")?;
     let certificate: Option<Vec<u8>> = row.try_get("certificate")?;
     let approved = match (approver, certificate) {
-        (Some(user), Some(certificate)) => Some((
-            UserId::from_slice(&user).map_err(|_| corrupt("link_requests.user_id"))?,
-            certificate,
-        )),
+        (Some(user), Some(certificate)) => {
+            Some((UserId::from_slice(&user).map_err(|_| corrupt("link_requests.user_id"))?, certificate))
+        }
         _ => None,
     };
     Ok(LinkRecord {

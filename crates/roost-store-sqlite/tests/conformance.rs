@@ -5,9 +5,7 @@ use roost_store_sqlite::SqliteStore;
 
 async fn fresh_store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = SqliteStore::open(&dir.path().join("roost.db"))
-        .await
-        .expect("open store");
+    let store = SqliteStore::open(&dir.path().join("roost.db")).await.expect("open store");
     (store, dir)
 }
 

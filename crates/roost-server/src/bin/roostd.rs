@@ -105,9 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", roost_server::http::openapi_json());
             Ok(())
         }
-        Command::Admin {
-            command: AdminCommand::Invite { count },
-        } => {
+        Command::Admin { command: AdminCommand::Invite { count } } => {
             anyhow::ensure!((1..=1000).contains(&count), "--count must be between 1 and 1000");
             let store = roost_server::open_store(&config).await?;
             let services = Services::new(Context::new(store, Arc::new(SystemClock), config));
@@ -121,9 +119,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(config.log_format);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(config = ?config, "starting");
     roost_server::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");

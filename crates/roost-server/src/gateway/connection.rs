@@ -39,10 +39,7 @@ pub(super) async fn run(mut socket: WebSocket, services: Services) {
     ) {
         Ok(subscription) => subscription,
         Err(_) => {
-            let exit = Exit::Close(
-                close::TOO_MANY_CONNECTIONS,
-                "this user has the maximum number of connections",
-            );
+            let exit = Exit::Close(close::TOO_MANY_CONNECTIONS, "this user has the maximum number of connections");
             return finish(socket, exit).await;
         }
     };
@@ -60,13 +57,7 @@ pub(super) async fn run(mut socket: WebSocket, services: Services) {
     if connection.visible {
         // The subscription is gone by now, so every counted connection is another one.
         let user = connection.caller.user_id;
-        announce_presence(
-            &connection.services,
-            user,
-            false,
-            connection.services.hub.connections_of(&user),
-        )
-        .await;
+        announce_presence(&connection.services, user, false, connection.services.hub.connections_of(&user)).await;
     }
     finish(connection.socket, exit).await;
 }
@@ -82,11 +73,7 @@ async fn announce_presence(services: &Services, user: roost_proto::UserId, onlin
     match (store.contact_devices(&user).await, store.active_devices(&user).await) {
         (Ok(devices), Ok(own)) => {
             let others = devices.into_iter().filter(|d| !own.iter().any(|o| o.id == *d));
-            let frame = ServerFrame::Presence {
-                user_id: user,
-                online,
-                last_seen: services.ctx.clock.now_ms(),
-            };
+            let frame = ServerFrame::Presence { user_id: user, online, last_seen: services.ctx.clock.now_ms() };
             services.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
         }
         (Err(err), _) | (_, Err(err)) => tracing::warn!(error = %err, "could not announce presence"),
@@ -95,10 +82,7 @@ async fn announce_presence(services: &Services, user: roost_proto::UserId, onlin
 
 /// Waits for the `auth` frame and checks its token.
 async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Duration) -> Result<Caller, Exit> {
-    let refused = Exit::Close(
-        close::UNAUTHENTICATED,
-        "the first frame must be auth with a valid session token",
-    );
+    let refused = Exit::Close(close::UNAUTHENTICATED, "the first frame must be auth with a valid session token");
     let first = match timeout(limit, socket.recv()).await {
         Err(_) => return Err(Exit::Close(close::UNAUTHENTICATED, "no auth frame in time")),
         Ok(None | Some(Err(_))) => return Err(Exit::Gone),
@@ -115,10 +99,7 @@ async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Durati
 
 async fn finish(mut socket: WebSocket, exit: Exit) {
     if let Exit::Close(code, reason) = exit {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
+        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         let _ = timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
     }
 }
@@ -138,7 +119,9 @@ struct Connection {
 
 impl Connection {
     async fn serve(&mut self, mut subscription: Subscription, gateway: &crate::config::GatewayConfig) -> Exit {
-        if let Err(exit) = self.drain().await {
+        // The futures of the rarely taken paths (store reads, frame handling) are boxed so the
+        // long-lived state of an idle connection stays small; see docs/benchmarks.md.
+        if let Err(exit) = Box::pin(self.drain()).await {
             return exit;
         }
         let idle_limit = Duration::from_secs(gateway.idle_timeout_secs);
@@ -150,7 +133,7 @@ impl Connection {
         loop {
             let step = tokio::select! {
                 event = subscription.events.recv() => match event {
-                    Some(event) => self.deliver(event).await,
+                    Some(event) => Box::pin(self.deliver(event)).await,
                     None => Err(match subscription.close_reason() {
                         Some(CloseReason::Replaced) => Exit::Close(close::REPLACED, "a newer connection of this device took over"),
                         Some(CloseReason::SlowConsumer) => Exit::Close(close::SLOW_CONSUMER, "too slow to keep up; reconnect to catch up"),
@@ -161,7 +144,7 @@ impl Connection {
                 message = self.socket.recv() => {
                     last_heard = Instant::now();
                     match message {
-                        Some(Ok(message)) => self.receive(message).await,
+                        Some(Ok(message)) => Box::pin(self.receive(message)).await,
                         _ => Err(Exit::Gone),
                     }
                 }
@@ -169,7 +152,7 @@ impl Connection {
                     if last_heard.elapsed() >= idle_limit {
                         Err(Exit::Close(close::IDLE, "no frame or pong within the idle timeout"))
                     } else {
-                        self.send(Message::Ping(Default::default())).await
+                        Box::pin(self.send(Message::Ping(Default::default()))).await
                     }
                 }
                 _ = shutdown.changed() => Err(Exit::Close(close::GOING_AWAY, "the server is shutting down")),
@@ -182,23 +165,13 @@ impl Connection {
 
     /// Sends everything stored for the device, then `queue_empty`.
     async fn drain(&mut self) -> Result<(), Exit> {
-        self.send_frame(&ServerFrame::Ready {
-            user_id: self.caller.user_id,
-            device_id: self.caller.device_id,
-        })
-        .await?;
+        self.send_frame(&ServerFrame::Ready { user_id: self.caller.user_id, device_id: self.caller.device_id }).await?;
         let mut cursor = SyncCursor::default();
         loop {
-            let page = self
-                .services
-                .ctx
-                .store
-                .sync(&self.caller.device_id, cursor, PAGE)
-                .await
-                .map_err(|err| {
-                    tracing::warn!(error = %err, "initial drain failed");
-                    Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
-                })?;
+            let page = self.services.ctx.store.sync(&self.caller.device_id, cursor, PAGE).await.map_err(|err| {
+                tracing::warn!(error = %err, "initial drain failed");
+                Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+            })?;
             let more = page.entries.len() == PAGE as usize || page.queue.len() == PAGE as usize;
             if let Some(last) = page.queue.last() {
                 cursor.queue_after = last.id;
@@ -224,17 +197,13 @@ impl Connection {
     /// conversation's entries arrive in order and exactly once per connection.
     async fn deliver(&mut self, event: LiveEvent) -> Result<(), Exit> {
         match event {
-            LiveEvent::Entry {
-                conversation_id,
-                seq,
-                frame,
-            } => match self.pushed.get(&conversation_id).copied() {
-                Some(last) if seq <= last => Ok(()),
-                Some(last) if seq == last + 1 => {
-                    self.pushed.insert(conversation_id, seq);
-                    self.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await
+            LiveEvent::Entry(entry) => match self.pushed.get(&entry.conversation_id).copied() {
+                Some(last) if entry.seq <= last => Ok(()),
+                Some(last) if entry.seq == last + 1 => {
+                    self.pushed.insert(entry.conversation_id, entry.seq);
+                    self.send(Message::Text(Utf8Bytes::from(entry.frame.as_ref()))).await
                 }
-                last => self.catch_up(conversation_id, last.unwrap_or(0)).await,
+                last => self.catch_up(entry.conversation_id, last.unwrap_or(0)).await,
             },
             LiveEvent::Queued => self.catch_up_queue().await,
             LiveEvent::Frame(frame) => self.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await,
@@ -290,23 +259,15 @@ impl Connection {
         let frame = match serde_json::from_str::<ClientFrame>(&text) {
             Ok(frame) => frame,
             Err(err) => {
-                return self
-                    .refuse(ErrorCode::MalformedRequest, &format!("unreadable frame: {err}"))
-                    .await;
+                return self.refuse(ErrorCode::MalformedRequest, &format!("unreadable frame: {err}")).await;
             }
         };
         let caller = self.caller;
         let outcome = match frame {
             ClientFrame::Auth { .. } => return self.refuse(ErrorCode::InvalidArgument, "already authenticated").await,
             ClientFrame::Ack(request) => self.services.delivery.ack(&caller, &request).await,
-            ClientFrame::Typing {
-                conversation_id,
-                active,
-            } => {
-                self.services
-                    .conversations
-                    .typing(&caller, &conversation_id, active)
-                    .await
+            ClientFrame::Typing { conversation_id, active } => {
+                self.services.conversations.typing(&caller, &conversation_id, active).await
             }
             ClientFrame::Presence { visible } => {
                 if visible != self.visible {
@@ -324,11 +285,7 @@ impl Connection {
     }
 
     async fn refuse(&mut self, code: ErrorCode, message: &str) -> Result<(), Exit> {
-        self.send_frame(&ServerFrame::Error {
-            code,
-            message: message.to_owned(),
-        })
-        .await
+        self.send_frame(&ServerFrame::Error { code, message: message.to_owned() }).await
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), Exit> {

@@ -19,7 +19,7 @@ use crate::http::AppState;
 
 /// Initial capacity of a connection's read buffer. Client frames are small (auth, ack, typing);
 /// tungstenite's default of 128 KiB per connection would dominate idle memory.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Open the WebSocket. Frames are JSON text messages; see docs/protocol.md.
 #[utoipa::path(get, path = "/v1/ws", tag = "gateway",

@@ -44,14 +44,12 @@ fn json_rejection(rejection: JsonRejection) -> Error {
     match rejection {
         JsonRejection::JsonDataError(err) => Error::invalid(err.body_text()),
         JsonRejection::JsonSyntaxError(err) => Error::new(ErrorCode::MalformedRequest, err.body_text()),
-        JsonRejection::MissingJsonContentType(_) => Error::new(
-            ErrorCode::MalformedRequest,
-            "expected a JSON body with Content-Type: application/json",
-        ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::new(
-            ErrorCode::PayloadTooLarge,
-            "the request body is larger than this server accepts",
-        ),
+        JsonRejection::MissingJsonContentType(_) => {
+            Error::new(ErrorCode::MalformedRequest, "expected a JSON body with Content-Type: application/json")
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Error::new(ErrorCode::PayloadTooLarge, "the request body is larger than this server accepts")
+        }
         other => Error::new(ErrorCode::MalformedRequest, other.body_text()),
     }
 }
@@ -69,10 +67,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(PathRejection::FailedToDeserializePathParams(err)) => Err(Error::new(
-                ErrorCode::MalformedRequest,
-                format!("bad path parameter: {}", err.body_text()),
-            )),
+            Err(PathRejection::FailedToDeserializePathParams(err)) => {
+                Err(Error::new(ErrorCode::MalformedRequest, format!("bad path parameter: {}", err.body_text())))
+            }
             Err(other) => Err(Error::new(ErrorCode::MalformedRequest, other.body_text())),
         }
     }
@@ -93,10 +90,7 @@ where
             .await
             .map(|axum::extract::Query(value)| Self(value))
             .map_err(|rejection| {
-                Error::new(
-                    ErrorCode::MalformedRequest,
-                    format!("bad query: {}", rejection.body_text()),
-                )
+                Error::new(ErrorCode::MalformedRequest, format!("bad query: {}", rejection.body_text()))
             })
     }
 }
@@ -108,10 +102,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
         // Without connection info (a router driven in-process) every caller shares one bucket.
         Ok(Self(peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
     }
@@ -125,10 +116,7 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let missing = || Error::new(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>");
-        let value = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(missing)?;
+        let value = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(missing)?;
         let value = value.to_str().map_err(|_| missing())?;
         let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {

@@ -52,12 +52,7 @@ impl Modify for BearerScheme {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("rst_...")
-                    .build(),
-            ),
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("rst_...").build()),
         );
     }
 }
@@ -77,9 +72,7 @@ impl BodyLimits {
         Self {
             default: limits.max_body_bytes,
             messages: limits.max_body_bytes.max(encoded(limits.max_message_bytes)),
-            handshakes: limits
-                .max_body_bytes
-                .max(encoded(limits.max_handshake_bytes.saturating_mul(3))),
+            handshakes: limits.max_body_bytes.max(encoded(limits.max_handshake_bytes.saturating_mul(3))),
         }
     }
 }
@@ -129,9 +122,7 @@ fn api_router(limits: &BodyLimits) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every route, generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router(&BodyLimits::from(&crate::config::Limits::default()))
-        .split_for_parts()
-        .1
+    api_router(&BodyLimits::from(&crate::config::Limits::default())).split_for_parts().1
 }
 
 /// The OpenAPI document as pretty JSON, built once.

@@ -37,10 +37,7 @@ impl Accounts {
         let invite_hash = match (self.ctx.config.registration, request.invite_code.as_deref()) {
             (RegistrationPolicy::Open, _) => None,
             (RegistrationPolicy::InviteOnly, None) => {
-                return Err(Error::new(
-                    ErrorCode::InviteRequired,
-                    "registration on this server needs an invite code",
-                ));
+                return Err(Error::new(ErrorCode::InviteRequired, "registration on this server needs an invite code"));
             }
             (RegistrationPolicy::InviteOnly, Some(code)) => Some(invite_hash(code)),
         };
@@ -56,18 +53,14 @@ impl Accounts {
             created_at: self.ctx.now(),
         };
         self.ctx.store.register_user(device.clone(), invite_hash).await?;
-        Ok(RegisterResponse {
-            user_id,
-            device: device_view(&to_record(device), true),
-        })
+        Ok(RegisterResponse { user_id, device: device_view(&to_record(device), true) })
     }
 
     /// Creates invite codes (the `roostd admin invite` command). Each admits one registration;
     /// only their hashes are stored.
     pub async fn create_invites(&self, count: usize) -> Result<Vec<String>> {
-        let codes: Vec<String> = (0..count)
-            .map(|_| format!("inv_{}", roost_proto::bytes::encode(&rand::random::<[u8; 16]>())))
-            .collect();
+        let codes: Vec<String> =
+            (0..count).map(|_| format!("inv_{}", roost_proto::bytes::encode(&rand::random::<[u8; 16]>()))).collect();
         let hashes: Vec<[u8; 32]> = codes.iter().map(|code| invite_hash(code)).collect();
         self.ctx.store.create_invites(&hashes, self.ctx.now()).await?;
         Ok(codes)
@@ -80,21 +73,13 @@ impl Accounts {
         }
         let own = caller.user_id == *user_id;
         let devices = self.ctx.store.active_devices(user_id).await?;
-        Ok(DeviceList {
-            user_id: *user_id,
-            devices: devices.iter().map(|d| device_view(d, own)).collect(),
-        })
+        Ok(DeviceList { user_id: *user_id, devices: devices.iter().map(|d| device_view(d, own)).collect() })
     }
 
     /// Revokes one of the caller's user's devices. The identity key must have signed the
     /// revocation; the device's sessions and KeyPackages go with it.
     pub async fn revoke_device(&self, caller: &Caller, device_id: &DeviceId, signature: &Base64Bytes) -> Result<()> {
-        let device = self
-            .ctx
-            .store
-            .device(device_id)
-            .await?
-            .ok_or_else(|| Error::not_found("no such device"))?;
+        let device = self.ctx.store.device(device_id).await?.ok_or_else(|| Error::not_found("no such device"))?;
         if device.user_id != caller.user_id {
             return Err(Error::new(ErrorCode::Forbidden, "this device belongs to another user"));
         }
@@ -106,10 +91,7 @@ impl Accounts {
             signature.as_bytes(),
             ErrorCode::SignatureInvalid,
         )?;
-        self.ctx
-            .store
-            .revoke_device(&caller.user_id, device_id, self.ctx.now())
-            .await?;
+        self.ctx.store.revoke_device(&caller.user_id, device_id, self.ctx.now()).await?;
         self.hub.kick(device_id, CloseReason::Revoked);
         self.announce_device_list(&caller.user_id).await;
         Ok(())
@@ -121,12 +103,7 @@ impl Accounts {
         if self.hub.is_idle() {
             return;
         }
-        let own = self
-            .ctx
-            .store
-            .active_devices(user)
-            .await
-            .map(|d| d.into_iter().map(|d| d.id).collect::<Vec<_>>());
+        let own = self.ctx.store.active_devices(user).await.map(|d| d.into_iter().map(|d| d.id).collect::<Vec<_>>());
         let contacts = self.ctx.store.contact_devices(user).await;
         match (own, contacts) {
             (Ok(mut devices), Ok(contacts)) => {
@@ -147,30 +124,16 @@ impl Accounts {
         let code = signing::link_code(&device_id);
         let now = self.ctx.now();
         let expires_at = now.saturating_add(secs_to_ms(self.ctx.config.limits.link_ttl_secs));
-        let created = self
-            .ctx
-            .store
-            .create_link_request(
-                NewLinkRequest {
-                    code: code.clone(),
-                    device_id,
-                    expires_at,
-                },
-                now,
-            )
-            .await;
+        let created =
+            self.ctx.store.create_link_request(NewLinkRequest { code: code.clone(), device_id, expires_at }, now).await;
         match created {
             Ok(()) => {}
             // Asking again while the first request is pending is harmless: show the same one.
             Err(StoreError::LinkPending) => {}
             Err(err) => return Err(err.into()),
         }
-        let link = self
-            .ctx
-            .store
-            .link_request(&code, now)
-            .await?
-            .ok_or_else(|| Error::not_found("no such link request"))?;
+        let link =
+            self.ctx.store.link_request(&code, now).await?.ok_or_else(|| Error::not_found("no such link request"))?;
         if link.device_id != device_id {
             return Err(StoreError::LinkPending.into());
         }
@@ -224,14 +187,8 @@ impl Accounts {
     /// Claims a handle for the caller's user with a request signed by the identity key.
     pub async fn claim_handle(&self, caller: &Caller, handle: Handle, request: &HandleRequest) -> Result<HandleRecord> {
         self.verify_handle_request(caller, &handle, request, HandleAction::Claim)?;
-        self.ctx
-            .store
-            .claim_handle(&caller.user_id, &handle, self.ctx.now())
-            .await?;
-        Ok(HandleRecord {
-            handle,
-            user_id: caller.user_id,
-        })
+        self.ctx.store.claim_handle(&caller.user_id, &handle, self.ctx.now()).await?;
+        Ok(HandleRecord { handle, user_id: caller.user_id })
     }
 
     /// Releases the caller's user's handle with a request signed by the identity key.
@@ -246,12 +203,8 @@ impl Accounts {
 
     /// Resolves a handle to its user.
     pub async fn resolve_handle(&self, handle: Handle) -> Result<HandleRecord> {
-        let user_id = self
-            .ctx
-            .store
-            .resolve_handle(&handle)
-            .await?
-            .ok_or_else(|| Error::not_found("no such handle"))?;
+        let user_id =
+            self.ctx.store.resolve_handle(&handle).await?.ok_or_else(|| Error::not_found("no such handle"))?;
         Ok(HandleRecord { handle, user_id })
     }
 
@@ -282,20 +235,14 @@ impl Accounts {
 
 fn verify_certificate(user: &UserId, device: &DeviceId, certificate: &Base64Bytes) -> Result<()> {
     let message = signing::device_certificate_message(user, device);
-    signatures::verify(
-        user.as_bytes(),
-        "identity key",
-        &message,
-        certificate.as_bytes(),
-        ErrorCode::SignatureInvalid,
-    )
+    signatures::verify(user.as_bytes(), "identity key", &message, certificate.as_bytes(), ErrorCode::SignatureInvalid)
 }
 
 fn device_name(name: Option<String>) -> Result<Option<String>> {
     match name {
-        Some(name) if name.chars().count() > MAX_DEVICE_NAME_CHARS || name.chars().any(char::is_control) => Err(
-            Error::invalid("device_name is at most 64 characters without control characters"),
-        ),
+        Some(name) if name.chars().count() > MAX_DEVICE_NAME_CHARS || name.chars().any(char::is_control) => {
+            Err(Error::invalid("device_name is at most 64 characters without control characters"))
+        }
         Some(name) if name.trim().is_empty() => Ok(None),
         other => Ok(other),
     }
@@ -303,23 +250,13 @@ fn device_name(name: Option<String>) -> Result<Option<String>> {
 
 fn normalize_link_code(code: &str) -> Result<String> {
     let code = code.trim().to_ascii_uppercase();
-    let well_formed = code.len() == 9
-        && code
-            .char_indices()
-            .all(|(i, c)| if i == 4 { c == '-' } else { c.is_ascii_alphanumeric() });
-    if well_formed {
-        Ok(code)
-    } else {
-        Err(Error::invalid("a link code looks like ABCD-EFGH"))
-    }
+    let well_formed =
+        code.len() == 9 && code.char_indices().all(|(i, c)| if i == 4 { c == '-' } else { c.is_ascii_alphanumeric() });
+    if well_formed { Ok(code) } else { Err(Error::invalid("a link code looks like ABCD-EFGH")) }
 }
 
 fn invite_hash(code: &str) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(b"roost/v1/invite\0")
-        .chain_update(code.trim().as_bytes())
-        .finalize()
-        .into()
+    Sha256::new().chain_update(b"roost/v1/invite\0").chain_update(code.trim().as_bytes()).finalize().into()
 }
 
 fn to_record(device: NewDevice) -> DeviceRecord {
@@ -351,11 +288,7 @@ fn link_view(link: roost_store::LinkRecord) -> LinkRequest {
     LinkRequest {
         link_code: link.code,
         device_id: link.device_id,
-        state: if user_id.is_some() {
-            LinkState::Approved
-        } else {
-            LinkState::Pending
-        },
+        state: if user_id.is_some() { LinkState::Approved } else { LinkState::Pending },
         user_id,
         certificate,
         expires_at: link.expires_at,

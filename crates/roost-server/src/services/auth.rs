@@ -50,10 +50,7 @@ impl Auth {
         self.active_device(&device_id).await?;
         let challenge: [u8; 32] = rand::random();
         let expires_at = self.ctx.now() + CHALLENGE_TTL_MS;
-        self.ctx
-            .store
-            .insert_challenge(&challenge, &device_id, expires_at)
-            .await?;
+        self.ctx.store.insert_challenge(&challenge, &device_id, expires_at).await?;
         Ok(ChallengeResponse {
             challenge: Base64Bytes(challenge.to_vec()),
             server_name: self.ctx.config.server_name.clone(),
@@ -71,23 +68,14 @@ impl Auth {
             .await?
             .ok_or_else(|| Error::new(ErrorCode::ChallengeUnknown, "this challenge was never issued"))?;
         if record.device_id != request.device_id {
-            return Err(Error::new(
-                ErrorCode::ChallengeForeign,
-                "this challenge was issued to another device",
-            ));
+            return Err(Error::new(ErrorCode::ChallengeForeign, "this challenge was issued to another device"));
         }
         if record.used {
-            return Err(Error::new(
-                ErrorCode::ChallengeUsed,
-                "this challenge has already been used",
-            ));
+            return Err(Error::new(ErrorCode::ChallengeUsed, "this challenge has already been used"));
         }
         let now = self.ctx.now();
         if record.expires_at <= now {
-            return Err(Error::new(
-                ErrorCode::ChallengeExpired,
-                "this challenge has expired; request a new one",
-            ));
+            return Err(Error::new(ErrorCode::ChallengeExpired, "this challenge has expired; request a new one"));
         }
         let device = self.active_device(&request.device_id).await?;
         let message = signing::auth_message(&self.ctx.config.server_name, &request.device_id, challenge);
@@ -99,10 +87,7 @@ impl Auth {
             ErrorCode::AuthSignatureInvalid,
         )?;
         if !self.ctx.store.consume_challenge(challenge, now).await? {
-            return Err(Error::new(
-                ErrorCode::ChallengeUsed,
-                "this challenge has already been used",
-            ));
+            return Err(Error::new(ErrorCode::ChallengeUsed, "this challenge has already been used"));
         }
         let token = format!("{TOKEN_PREFIX}{}", bytes::encode(&rand::random::<[u8; 32]>()));
         let expires_at = now.saturating_add(secs_to_ms(self.ctx.config.limits.session_ttl_secs));
@@ -116,12 +101,7 @@ impl Auth {
                 expires_at,
             })
             .await?;
-        Ok(SessionResponse {
-            token,
-            user_id: device.user_id,
-            device_id: request.device_id,
-            expires_at,
-        })
+        Ok(SessionResponse { token, user_id: device.user_id, device_id: request.device_id, expires_at })
     }
 
     /// Resolves a bearer token to its caller.
@@ -132,27 +112,15 @@ impl Auth {
         }
         let session = self.ctx.store.session(&token_hash(token)).await?.ok_or_else(unknown)?;
         if session.expires_at <= self.ctx.now() {
-            return Err(Error::new(
-                ErrorCode::SessionExpired,
-                "the session has expired; authenticate again",
-            ));
+            return Err(Error::new(ErrorCode::SessionExpired, "the session has expired; authenticate again"));
         }
-        Ok(Caller {
-            user_id: session.user_id,
-            device_id: session.device_id,
-            expires_at: session.expires_at,
-        })
+        Ok(Caller { user_id: session.user_id, device_id: session.device_id, expires_at: session.expires_at })
     }
 
     /// Describes the caller.
     pub async fn whoami(&self, caller: &Caller) -> Result<WhoAmI> {
         let handle = self.ctx.store.handle_of(&caller.user_id).await?;
-        Ok(WhoAmI {
-            user_id: caller.user_id,
-            device_id: caller.device_id,
-            handle,
-            expires_at: caller.expires_at,
-        })
+        Ok(WhoAmI { user_id: caller.user_id, device_id: caller.device_id, handle, expires_at: caller.expires_at })
     }
 
     /// Ends the session of `token` (logout).
@@ -163,11 +131,7 @@ impl Auth {
 
     /// Deletes expired challenges, sessions and link requests.
     pub async fn prune(&self) -> Result<u64> {
-        Ok(self
-            .ctx
-            .store
-            .prune_expired(self.ctx.now(), CHALLENGE_MEMORY_MS)
-            .await?)
+        Ok(self.ctx.store.prune_expired(self.ctx.now(), CHALLENGE_MEMORY_MS).await?)
     }
 
     async fn active_device(&self, device_id: &DeviceId) -> Result<roost_store::DeviceRecord> {

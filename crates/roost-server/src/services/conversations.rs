@@ -17,7 +17,7 @@ use roost_store::{CommitWrite, ConversationView, MemberDevice, MemberRef, Messag
 use super::delivery::entry_view;
 use super::{Caller, Context, encode_frame};
 use crate::error::{Error, Result};
-use crate::hub::{Hub, LiveEvent};
+use crate::hub::{Hub, LiveEvent, PushedEntry};
 
 const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 64;
 const DEFAULT_PAGE: u32 = 50;
@@ -47,9 +47,7 @@ impl Conversations {
         };
         let devices = distinct(&request.members, "members")?;
         if devices.contains(&caller.device_id) {
-            return Err(Error::invalid(
-                "members lists the other devices; the creator's device is implied",
-            ));
+            return Err(Error::invalid("members lists the other devices; the creator's device is implied"));
         }
         require_welcome(!devices.is_empty(), request.welcome.is_some())?;
         let members = self.active_devices(&devices).await?;
@@ -86,11 +84,7 @@ impl Conversations {
 
     /// One conversation as the caller sees it.
     pub async fn summary(&self, caller: &Caller, id: &ConversationId) -> Result<ConversationSummary> {
-        let view = self
-            .ctx
-            .store
-            .conversation_view(id, &caller.device_id, &caller.user_id)
-            .await?;
+        let view = self.ctx.store.conversation_view(id, &caller.device_id, &caller.user_id).await?;
         match view {
             Some(view) => Ok(summary_of(view, caller)),
             None => Err(self.absent_or_forbidden(id).await),
@@ -102,22 +96,12 @@ impl Conversations {
         let limit = self.page_size(limit)?;
         let after = cursor
             .map(|text| {
-                text.parse::<ConversationId>()
-                    .map_err(|_| Error::invalid("cursor is not one this server issued"))
+                text.parse::<ConversationId>().map_err(|_| Error::invalid("cursor is not one this server issued"))
             })
             .transpose()?;
-        let views = self
-            .ctx
-            .store
-            .conversations_of(&caller.device_id, &caller.user_id, after, limit)
-            .await?;
-        let cursor = (views.len() == limit as usize)
-            .then(|| views.last().map(|v| v.record.id.to_string()))
-            .flatten();
-        Ok(ConversationList {
-            conversations: views.into_iter().map(|v| summary_of(v, caller)).collect(),
-            cursor,
-        })
+        let views = self.ctx.store.conversations_of(&caller.device_id, &caller.user_id, after, limit).await?;
+        let cursor = (views.len() == limit as usize).then(|| views.last().map(|v| v.record.id.to_string())).flatten();
+        Ok(ConversationList { conversations: views.into_iter().map(|v| summary_of(v, caller)).collect(), cursor })
     }
 
     /// Applies an MLS commit from a member device, with its membership delta.
@@ -131,17 +115,11 @@ impl Conversations {
         let add = distinct(&request.add, "add")?;
         let remove = distinct(&request.remove, "remove")?;
         if add.iter().any(|d| remove.contains(d)) {
-            return Err(Error::invalid(
-                "a device cannot be added and removed by the same commit",
-            ));
+            return Err(Error::invalid("a device cannot be added and removed by the same commit"));
         }
         require_welcome(!add.is_empty(), request.welcome.is_some())?;
-        let conversation = self
-            .ctx
-            .store
-            .conversation(id)
-            .await?
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        let conversation =
+            self.ctx.store.conversation(id).await?.ok_or_else(|| Error::not_found("no such conversation"))?;
         let added = self.active_devices(&add).await?;
         let write = CommitWrite {
             conversation_id: *id,
@@ -169,12 +147,8 @@ impl Conversations {
         let limits = &self.ctx.config.limits;
         check_size("commit", request.commit.as_bytes(), limits.max_handshake_bytes)?;
         check_size("group_info", request.group_info.as_bytes(), limits.max_handshake_bytes)?;
-        let conversation = self
-            .ctx
-            .store
-            .conversation(id)
-            .await?
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        let conversation =
+            self.ctx.store.conversation(id).await?.ok_or_else(|| Error::not_found("no such conversation"))?;
         let write = CommitWrite {
             conversation_id: *id,
             epoch: request.epoch,
@@ -210,35 +184,21 @@ impl Conversations {
                 created_at: write.now,
             };
             self.push_entry(entry, &write.remove).await;
-            let queued = write
-                .add
-                .iter()
-                .map(|m| m.device_id)
-                .chain(write.remove.iter().copied());
+            let queued = write.add.iter().map(|m| m.device_id).chain(write.remove.iter().copied());
             self.hub.publish(queued, LiveEvent::Queued);
         }
-        Ok(CommitAccepted {
-            seq: outcome.seq,
-            epoch: outcome.epoch,
-        })
+        Ok(CommitAccepted { seq: outcome.seq, epoch: outcome.epoch })
     }
 
     /// The current GroupInfo, for member devices and for new devices of member users (external
     /// joins).
     pub async fn group_info(&self, caller: &Caller, id: &ConversationId) -> Result<GroupInfoResponse> {
-        let conversation = self
-            .ctx
-            .store
-            .conversation(id)
-            .await?
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        let conversation =
+            self.ctx.store.conversation(id).await?.ok_or_else(|| Error::not_found("no such conversation"))?;
         if !self.ctx.store.is_member_user(id, &caller.user_id).await? {
             return Err(Error::not_a_member());
         }
-        Ok(GroupInfoResponse {
-            epoch: conversation.epoch,
-            group_info: conversation.group_info.into(),
-        })
+        Ok(GroupInfoResponse { epoch: conversation.epoch, group_info: conversation.group_info.into() })
     }
 
     /// Sends an application message (stored and sequenced) or an ephemeral one (pushed to
@@ -247,18 +207,12 @@ impl Conversations {
         let chars = request.client_message_id.chars().count();
         if chars == 0 || chars > MAX_CLIENT_MESSAGE_ID_CHARS || request.client_message_id.chars().any(char::is_control)
         {
-            return Err(Error::invalid(
-                "client_message_id is 1 to 64 characters without control characters",
-            ));
+            return Err(Error::invalid("client_message_id is 1 to 64 characters without control characters"));
         }
         if request.ciphertext.as_bytes().is_empty() {
             return Err(Error::invalid("ciphertext must not be empty"));
         }
-        check_size(
-            "ciphertext",
-            request.ciphertext.as_bytes(),
-            self.ctx.config.limits.max_message_bytes,
-        )?;
+        check_size("ciphertext", request.ciphertext.as_bytes(), self.ctx.config.limits.max_message_bytes)?;
         let now = self.ctx.now();
         if request.ephemeral {
             return self.send_ephemeral(caller, id, request, now).await;
@@ -288,11 +242,7 @@ impl Conversations {
             };
             self.push_entry(entry, &[]).await;
         }
-        Ok(SendAccepted {
-            seq: Some(appended.seq),
-            created_at: appended.created_at,
-            duplicate: appended.duplicate,
-        })
+        Ok(SendAccepted { seq: Some(appended.seq), created_at: appended.created_at, duplicate: appended.duplicate })
     }
 
     async fn send_ephemeral(
@@ -302,26 +252,16 @@ impl Conversations {
         request: SendRequest,
         now: i64,
     ) -> Result<SendAccepted> {
-        let conversation = self
-            .ctx
-            .store
-            .conversation(id)
-            .await?
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        let conversation =
+            self.ctx.store.conversation(id).await?.ok_or_else(|| Error::not_found("no such conversation"))?;
         let members = self.ctx.store.active_member_devices(id).await?;
         if !members.iter().any(|m| m.member.device_id == caller.device_id) {
             return Err(Error::not_a_member());
         }
         if conversation.epoch != request.epoch {
-            return Err(roost_store::StoreError::StaleEpoch {
-                current: conversation.epoch,
-            }
-            .into());
+            return Err(roost_store::StoreError::StaleEpoch { current: conversation.epoch }.into());
         }
-        let others = members
-            .iter()
-            .map(|m| m.member.device_id)
-            .filter(|d| *d != caller.device_id);
+        let others = members.iter().map(|m| m.member.device_id).filter(|d| *d != caller.device_id);
         let frame = ServerFrame::Ephemeral {
             conversation_id: *id,
             sender_user: caller.user_id,
@@ -330,11 +270,7 @@ impl Conversations {
             payload: request.ciphertext,
         };
         self.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
-        Ok(SendAccepted {
-            seq: None,
-            created_at: now,
-            duplicate: false,
-        })
+        Ok(SendAccepted { seq: None, created_at: now, duplicate: false })
     }
 
     /// Takes every device of the caller's user out of the conversation.
@@ -387,10 +323,7 @@ impl Conversations {
             Some(last) if entries.len() == limit as usize && last.seq > membership.joined_seq + 1 => Some(last.seq),
             _ => None,
         };
-        Ok(HistoryResponse {
-            entries: entries.into_iter().map(entry_view).collect(),
-            before: next,
-        })
+        Ok(HistoryResponse { entries: entries.into_iter().map(entry_view).collect(), before: next })
     }
 
     /// Moves the caller's user's read position forward; syncs it to the user's other devices and
@@ -400,12 +333,7 @@ impl Conversations {
         let store = &self.ctx.store;
         let Some(read_seq) = store.advance_read_marker(id, &caller.user_id, seq).await? else {
             let view = store.conversation_view(id, &caller.device_id, &caller.user_id).await?;
-            let current = view.and_then(|v| {
-                v.members
-                    .iter()
-                    .find(|m| m.user_id == caller.user_id)
-                    .map(|m| m.read_seq)
-            });
+            let current = view.and_then(|v| v.members.iter().find(|m| m.user_id == caller.user_id).map(|m| m.read_seq));
             return Ok(current.unwrap_or(0));
         };
         let devices = store.active_member_devices(id).await?;
@@ -426,19 +354,11 @@ impl Conversations {
             .collect();
         if !sync_to_own.is_empty() {
             store.enqueue(sync_to_own, self.ctx.now()).await?;
-            self.hub
-                .publish(own.iter().map(|m| m.member.device_id), LiveEvent::Queued);
+            self.hub.publish(own.iter().map(|m| m.member.device_id), LiveEvent::Queued);
         }
         if store.read_receipts(&caller.user_id).await? {
-            let receipt = ServerFrame::ReadReceipt {
-                conversation_id: *id,
-                user_id: caller.user_id,
-                seq: read_seq,
-            };
-            self.hub.publish(
-                others.iter().map(|m| m.member.device_id),
-                LiveEvent::Frame(encode_frame(&receipt)),
-            );
+            let receipt = ServerFrame::ReadReceipt { conversation_id: *id, user_id: caller.user_id, seq: read_seq };
+            self.hub.publish(others.iter().map(|m| m.member.device_id), LiveEvent::Frame(encode_frame(&receipt)));
         }
         Ok(read_seq)
     }
@@ -450,16 +370,9 @@ impl Conversations {
         if !members.iter().any(|m| m.member.device_id == caller.device_id) {
             return Err(self.absent_or_forbidden(id).await);
         }
-        let frame = ServerFrame::Typing {
-            conversation_id: *id,
-            user_id: caller.user_id,
-            device_id: caller.device_id,
-            active,
-        };
-        let others = members
-            .into_iter()
-            .map(|m| m.member.device_id)
-            .filter(|d| *d != caller.device_id);
+        let frame =
+            ServerFrame::Typing { conversation_id: *id, user_id: caller.user_id, device_id: caller.device_id, active };
+        let others = members.into_iter().map(|m| m.member.device_id).filter(|d| *d != caller.device_id);
         self.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
         Ok(())
     }
@@ -473,17 +386,12 @@ impl Conversations {
 
     /// The caller's user's settings.
     pub async fn settings(&self, caller: &Caller) -> Result<Settings> {
-        Ok(Settings {
-            read_receipts: self.ctx.store.read_receipts(&caller.user_id).await?,
-        })
+        Ok(Settings { read_receipts: self.ctx.store.read_receipts(&caller.user_id).await? })
     }
 
     /// Changes the caller's user's settings.
     pub async fn set_settings(&self, caller: &Caller, settings: Settings) -> Result<Settings> {
-        self.ctx
-            .store
-            .set_read_receipts(&caller.user_id, settings.read_receipts)
-            .await?;
+        self.ctx.store.set_read_receipts(&caller.user_id, settings.read_receipts).await?;
         Ok(settings)
     }
 
@@ -508,10 +416,7 @@ impl Conversations {
         for id in devices {
             let device = self.ctx.store.device(id).await?.filter(|d| d.revoked_at.is_none());
             let device = device.ok_or_else(|| Error::not_found(format!("no such active device: {id}")))?;
-            members.push(MemberRef {
-                user_id: device.user_id,
-                device_id: device.id,
-            });
+            members.push(MemberRef { user_id: device.user_id, device_id: device.id });
         }
         Ok(members)
     }
@@ -527,14 +432,7 @@ impl Conversations {
     fn publish_entry(&self, entry: Entry, recipients: Vec<DeviceId>) {
         let (conversation_id, seq) = (entry.conversation_id, entry.seq);
         let frame = encode_frame(&ServerFrame::Entry(entry));
-        self.hub.publish(
-            recipients,
-            LiveEvent::Entry {
-                conversation_id,
-                seq,
-                frame,
-            },
-        );
+        self.hub.publish(recipients, LiveEvent::Entry(Arc::new(PushedEntry { conversation_id, seq, frame })));
     }
 
     /// The current member devices, when any device at all is connected (a lost push only delays
@@ -584,9 +482,9 @@ impl Conversations {
         match (policy, self.max_age_secs()) {
             (RetentionPolicy::BurnOnRead, _) => Ok(policy),
             (RetentionPolicy::Ttl { ttl_secs: 0 }, _) => Err(Error::invalid("ttl_secs must be at least 1")),
-            (RetentionPolicy::Ttl { ttl_secs }, Some(max)) if ttl_secs > max => Err(Error::invalid(format!(
-                "ttl_secs may be at most this server's maximum age, {max} seconds"
-            ))),
+            (RetentionPolicy::Ttl { ttl_secs }, Some(max)) if ttl_secs > max => {
+                Err(Error::invalid(format!("ttl_secs may be at most this server's maximum age, {max} seconds")))
+            }
             (RetentionPolicy::Ttl { .. }, _) => Ok(policy),
             (RetentionPolicy::Permanent, None) if self.ctx.config.retention.allow_permanent => Ok(policy),
             (RetentionPolicy::Permanent, _) => {
@@ -597,18 +495,11 @@ impl Conversations {
 }
 
 fn member_of(caller: &Caller) -> MemberRef {
-    MemberRef {
-        user_id: caller.user_id,
-        device_id: caller.device_id,
-    }
+    MemberRef { user_id: caller.user_id, device_id: caller.device_id }
 }
 
 fn summary_of(view: ConversationView, caller: &Caller) -> ConversationSummary {
-    let read_seq = view
-        .members
-        .iter()
-        .find(|m| m.user_id == caller.user_id)
-        .map_or(0, |m| m.read_seq);
+    let read_seq = view.members.iter().find(|m| m.user_id == caller.user_id).map_or(0, |m| m.read_seq);
     let members = view
         .members
         .iter()
@@ -631,20 +522,12 @@ fn summary_of(view: ConversationView, caller: &Caller) -> ConversationSummary {
 }
 
 fn check_size(what: &str, bytes: &[u8], limit: usize) -> Result<()> {
-    if bytes.len() > limit {
-        Err(Error::too_large(what, limit))
-    } else {
-        Ok(())
-    }
+    if bytes.len() > limit { Err(Error::too_large(what, limit)) } else { Ok(()) }
 }
 
 fn distinct(devices: &[DeviceId], field: &str) -> Result<BTreeSet<DeviceId>> {
     let set: BTreeSet<DeviceId> = devices.iter().copied().collect();
-    if set.len() == devices.len() {
-        Ok(set)
-    } else {
-        Err(Error::invalid(format!("{field} names a device twice")))
-    }
+    if set.len() == devices.len() { Ok(set) } else { Err(Error::invalid(format!("{field} names a device twice"))) }
 }
 
 fn require_welcome(adds_devices: bool, has_welcome: bool) -> Result<()> {

@@ -38,11 +38,7 @@ impl Delivery {
         let full = page.entries.len() == limit as usize || page.queue.len() == limit as usize;
         let next = SyncCursor {
             queue_after: page.queue.last().map_or(start.queue_after, |q| q.id),
-            entries_after: page
-                .entries
-                .last()
-                .map(|e| (e.conversation_id, e.seq))
-                .or(start.entries_after),
+            entries_after: page.entries.last().map(|e| (e.conversation_id, e.seq)).or(start.entries_after),
         };
         Ok(SyncResponse {
             entries: page.entries.into_iter().map(entry_view).collect(),
@@ -55,22 +51,14 @@ impl Delivery {
     /// the caller's own device's positions move.
     pub async fn ack(&self, caller: &Caller, request: &AckRequest) -> Result<()> {
         if request.conversations.is_empty() && request.queue_up_to.is_none() {
-            return Err(Error::invalid(
-                "acknowledge at least one conversation or queue position",
-            ));
+            return Err(Error::invalid("acknowledge at least one conversation or queue position"));
         }
         if request.conversations.len() > self.ctx.config.limits.max_page_size as usize {
             return Err(Error::invalid("too many conversations in one ack"));
         }
-        let positions: Vec<(ConversationId, u64)> = request
-            .conversations
-            .iter()
-            .map(|ack| (ack.conversation_id, ack.seq))
-            .collect();
-        self.ctx
-            .store
-            .ack(&caller.device_id, &positions, request.queue_up_to)
-            .await?;
+        let positions: Vec<(ConversationId, u64)> =
+            request.conversations.iter().map(|ack| (ack.conversation_id, ack.seq)).collect();
+        self.ctx.store.ack(&caller.device_id, &positions, request.queue_up_to).await?;
         Ok(())
     }
 
@@ -87,11 +75,7 @@ impl Delivery {
         let device = self.ctx.store.device(target).await?.filter(|d| d.revoked_at.is_none());
         let device = device.ok_or_else(|| Error::not_found("no such active device"))?;
         if device.user_id != caller.user_id
-            && !self
-                .ctx
-                .store
-                .share_conversation(&caller.user_id, &device.user_id)
-                .await?
+            && !self.ctx.store.share_conversation(&caller.user_id, &device.user_id).await?
         {
             return Err(Error::new(
                 roost_proto::ErrorCode::Forbidden,
@@ -108,9 +92,7 @@ impl Delivery {
         };
         let ids = self.ctx.store.enqueue(vec![entry], self.ctx.now()).await?;
         self.hub.publish([*target], LiveEvent::Queued);
-        ids.first()
-            .copied()
-            .ok_or_else(|| Error::new(roost_proto::ErrorCode::Internal, "queue entry not created"))
+        ids.first().copied().ok_or_else(|| Error::new(roost_proto::ErrorCode::Internal, "queue entry not created"))
     }
 }
 
@@ -165,10 +147,7 @@ fn decode_cursor(text: &str) -> Result<SyncCursor> {
         "-" => None,
         id => Some((id.parse().map_err(|_| invalid())?, seq.parse().map_err(|_| invalid())?)),
     };
-    Ok(SyncCursor {
-        queue_after,
-        entries_after,
-    })
+    Ok(SyncCursor { queue_after, entries_after })
 }
 
 #[cfg(test)]
@@ -177,20 +156,11 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
-        let cursor = SyncCursor {
-            queue_after: 42,
-            entries_after: Some((ConversationId::from_bytes([7; 16]), 9)),
-        };
+        let cursor = SyncCursor { queue_after: 42, entries_after: Some((ConversationId::from_bytes([7; 16]), 9)) };
         assert_eq!(decode_cursor(&encode_cursor(&cursor)), Ok(cursor));
         let empty = SyncCursor::default();
         assert_eq!(decode_cursor(&encode_cursor(&empty)), Ok(empty));
-        for bad in [
-            "",
-            "!!",
-            &bytes::encode(b"v2.1.-.0"),
-            &bytes::encode(b"v1.x.-.0"),
-            &bytes::encode(b"v1.1.-.0.9"),
-        ] {
+        for bad in ["", "!!", &bytes::encode(b"v2.1.-.0"), &bytes::encode(b"v1.x.-.0"), &bytes::encode(b"v1.1.-.0.9")] {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }
     }

@@ -77,9 +77,7 @@ impl Keys {
                 self.ctx.config.limits.max_claim_targets
             )));
         }
-        let devices = self
-            .resolve_targets(caller, &request.user_ids, &request.device_ids)
-            .await?;
+        let devices = self.resolve_targets(caller, &request.user_ids, &request.device_ids).await?;
 
         let limits = &self.ctx.limits;
         limits.claims_by_requester.check(&caller.user_id)?;
@@ -88,10 +86,7 @@ impl Keys {
             limits.claims_by_pair.check(&(caller.user_id, target))?;
         }
 
-        let mut response = KeyClaimResponse {
-            packages: Vec::new(),
-            missing: Vec::new(),
-        };
+        let mut response = KeyClaimResponse { packages: Vec::new(), missing: Vec::new() };
         for device in devices {
             match self.ctx.store.claim_key_package(&device.id).await? {
                 Some(claimed) => {

@@ -38,12 +38,7 @@ impl Context {
     /// Builds the context.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let limits = RateLimiters::new(&config.rate_limits);
-        Self {
-            store,
-            clock,
-            config,
-            limits,
-        }
+        Self { store, clock, config, limits }
     }
 
     fn now(&self) -> i64 {

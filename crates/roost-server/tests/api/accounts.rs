@@ -40,18 +40,14 @@ async fn two_users_with_three_devices_register_link_and_authenticate() {
 
     // Alice sees her own devices with names; bob sees them without, and can verify each
     // certificate against alice's identity key.
-    let (status, own) = server
-        .get(&format!("/v1/users/{}/devices", alice.id()), Some(&alice.token()))
-        .await;
+    let (status, own) = server.get(&format!("/v1/users/{}/devices", alice.id()), Some(&alice.token())).await;
     assert_eq!(status, StatusCode::OK);
     let own: DeviceList = serde_json::from_value(own).unwrap();
     assert_eq!(own.devices.len(), 3);
     assert_eq!(own.devices[0].name.as_deref(), Some("alice's first device"));
     assert_eq!(own.devices[1].name.as_deref(), Some("linked"));
 
-    let (status, seen) = server
-        .get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token()))
-        .await;
+    let (status, seen) = server.get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token())).await;
     assert_eq!(status, StatusCode::OK);
     let seen: DeviceList = serde_json::from_value(seen).unwrap();
     let identity = VerifyingKey::from_bytes(alice.id().as_bytes()).unwrap();
@@ -61,19 +57,14 @@ async fn two_users_with_three_devices_register_link_and_authenticate() {
         assert_eq!(device.name, None, "names are private to their user");
         let signature = Signature::from_slice(device.certificate.as_bytes()).unwrap();
         identity
-            .verify_strict(
-                &signing::device_certificate_message(&alice.id(), &device.device_id),
-                &signature,
-            )
+            .verify_strict(&signing::device_certificate_message(&alice.id(), &device.device_id), &signature)
             .unwrap();
     }
 
     let unknown = random_key();
     let unknown_id = roost_proto::UserId::from_bytes(unknown.verifying_key().to_bytes());
     assert_error(
-        &server
-            .get(&format!("/v1/users/{unknown_id}/devices"), Some(&bob.token()))
-            .await,
+        &server.get(&format!("/v1/users/{unknown_id}/devices"), Some(&bob.token())).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -88,19 +79,11 @@ async fn registration_is_refused_without_a_valid_certificate_and_changes_nothing
     // Certificate made by a different identity key.
     let mut forged = registration(&identity, &device, "mallory");
     forged["device_certificate"] = registration(&random_key(), &device, "x")["device_certificate"].clone();
-    assert_error(
-        &server.post("/v1/users", None, forged).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "signature_invalid",
-    );
+    assert_error(&server.post("/v1/users", None, forged).await, StatusCode::UNPROCESSABLE_ENTITY, "signature_invalid");
     // Certificate for another device.
     let mut swapped = registration(&identity, &device, "mallory");
     swapped["device_certificate"] = registration(&identity, &TestDevice::new(), "x")["device_certificate"].clone();
-    assert_error(
-        &server.post("/v1/users", None, swapped).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "signature_invalid",
-    );
+    assert_error(&server.post("/v1/users", None, swapped).await, StatusCode::UNPROCESSABLE_ENTITY, "signature_invalid");
     // Device name too long, unknown fields, bad key encodings.
     let mut long_name = registration(&identity, &device, "m");
     long_name["device_name"] = json!("x".repeat(65));
@@ -111,36 +94,22 @@ async fn registration_is_refused_without_a_valid_certificate_and_changes_nothing
     );
     let mut extra = registration(&identity, &device, "m");
     extra["admin"] = json!(true);
-    assert_error(
-        &server.post("/v1/users", None, extra).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_argument",
-    );
+    assert_error(&server.post("/v1/users", None, extra).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
     let mut bad_key = registration(&identity, &device, "m");
     bad_key["identity_key"] = json!("AAAA");
-    assert_error(
-        &server.post("/v1/users", None, bad_key).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_argument",
-    );
+    assert_error(&server.post("/v1/users", None, bad_key).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
 
     // Nothing was created: the proper registration still succeeds, once.
-    let (status, body) = server
-        .post("/v1/users", None, registration(&identity, &device, "m"))
-        .await;
+    let (status, body) = server.post("/v1/users", None, registration(&identity, &device, "m")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_error(
-        &server
-            .post("/v1/users", None, registration(&identity, &device, "m"))
-            .await,
+        &server.post("/v1/users", None, registration(&identity, &device, "m")).await,
         StatusCode::CONFLICT,
         "user_exists",
     );
     // The same device key under another identity.
     assert_error(
-        &server
-            .post("/v1/users", None, registration(&random_key(), &device, "m"))
-            .await,
+        &server.post("/v1/users", None, registration(&random_key(), &device, "m")).await,
         StatusCode::CONFLICT,
         "device_exists",
     );
@@ -153,25 +122,17 @@ async fn link_requests_are_approved_once_by_the_right_identity() {
     let bob = server.user("bob").await;
     let newcomer = TestDevice::new();
 
-    let (status, body) = server
-        .post("/v1/links", None, json!({"device_id": newcomer.id()}))
-        .await;
+    let (status, body) = server.post("/v1/links", None, json!({"device_id": newcomer.id()})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let link: LinkRequest = serde_json::from_value(body).unwrap();
     assert_eq!(link.state, LinkState::Pending);
     // Asking again while pending shows the same request.
-    let (status, again) = server
-        .post("/v1/links", None, json!({"device_id": newcomer.id()}))
-        .await;
+    let (status, again) = server.post("/v1/links", None, json!({"device_id": newcomer.id()})).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(again["link_code"], link.link_code);
 
     // The newcomer cannot authenticate yet.
-    assert_error(
-        &server.challenge(&newcomer.id()).await,
-        StatusCode::UNAUTHORIZED,
-        "device_unknown",
-    );
+    assert_error(&server.challenge(&newcomer.id()).await, StatusCode::UNAUTHORIZED, "device_unknown");
 
     // Bob cannot approve with a certificate from alice's identity key: the certificate must come
     // from the approver's own identity.
@@ -183,34 +144,18 @@ async fn link_requests_are_approved_once_by_the_right_identity() {
         "signature_invalid",
     );
     // Without a session nobody can approve.
-    let unauthenticated = server
-        .post(
-            &path,
-            None,
-            json!({"device_certificate": alice.certify(&newcomer.id())}),
-        )
-        .await;
+    let unauthenticated = server.post(&path, None, json!({"device_certificate": alice.certify(&newcomer.id())})).await;
     assert_error(&unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated");
 
     // Lower-case codes work too.
     let lower = format!("/v1/links/{}/approve", link.link_code.to_lowercase());
-    let (status, body) = server
-        .post(
-            &lower,
-            Some(&alice.token()),
-            json!({"device_certificate": alice.certify(&newcomer.id())}),
-        )
-        .await;
+    let (status, body) =
+        server.post(&lower, Some(&alice.token()), json!({"device_certificate": alice.certify(&newcomer.id())})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["user_id"], alice.id().to_string());
 
-    let again = server
-        .post(
-            &path,
-            Some(&alice.token()),
-            json!({"device_certificate": alice.certify(&newcomer.id())}),
-        )
-        .await;
+    let again =
+        server.post(&path, Some(&alice.token()), json!({"device_certificate": alice.certify(&newcomer.id())})).await;
     assert_error(&again, StatusCode::CONFLICT, "link_already_approved");
 
     let (status, polled) = server.get(&format!("/v1/links/{}", link.link_code), None).await;
@@ -221,22 +166,12 @@ async fn link_requests_are_approved_once_by_the_right_identity() {
 
     // A registered key cannot ask to be linked again.
     assert_error(
-        &server
-            .post("/v1/links", None, json!({"device_id": newcomer.id()}))
-            .await,
+        &server.post("/v1/links", None, json!({"device_id": newcomer.id()})).await,
         StatusCode::CONFLICT,
         "device_exists",
     );
-    assert_error(
-        &server.get("/v1/links/ZZZZ-ZZZZ", None).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
-    assert_error(
-        &server.get("/v1/links/not-a-code", None).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_argument",
-    );
+    assert_error(&server.get("/v1/links/ZZZZ-ZZZZ", None).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(&server.get("/v1/links/not-a-code", None).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
 }
 
 #[tokio::test]
@@ -258,11 +193,7 @@ async fn link_requests_lapse_and_devices_are_capped() {
     assert_error(&approve, StatusCode::CONFLICT, "device_limit_reached");
 
     server.clock.advance_ms(600_000);
-    assert_error(
-        &server.get(&format!("/v1/links/{code}"), None).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    assert_error(&server.get(&format!("/v1/links/{code}"), None).await, StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
@@ -285,9 +216,7 @@ async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
     let path = format!("/v1/devices/{target}/revoke");
     // Bob cannot revoke alice's device, not even by replaying alice's own signature.
     assert_error(
-        &server
-            .post(&path, Some(&bob.token()), revoke_body(&alice, &target))
-            .await,
+        &server.post(&path, Some(&bob.token()), revoke_body(&alice, &target)).await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
@@ -307,36 +236,24 @@ async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
     let (status, _) = server.get("/v1/auth/session", Some(&target_token)).await;
     assert_eq!(status, StatusCode::OK);
 
-    let (status, body) = server
-        .post(&path, Some(&alice.token()), revoke_body(&alice, &target))
-        .await;
+    let (status, body) = server.post(&path, Some(&alice.token()), revoke_body(&alice, &target)).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert_error(
         &server.get("/v1/auth/session", Some(&target_token)).await,
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
     );
-    assert_error(
-        &server.challenge(&target).await,
-        StatusCode::UNAUTHORIZED,
-        "device_revoked",
-    );
-    let (_, devices) = server
-        .get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token()))
-        .await;
+    assert_error(&server.challenge(&target).await, StatusCode::UNAUTHORIZED, "device_revoked");
+    let (_, devices) = server.get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token())).await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
     // Its KeyPackages went with it.
     assert_error(
-        &server
-            .post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]}))
-            .await,
+        &server.post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]})).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
     // Revoking again is harmless; a revoked key can never be linked again.
-    let (status, _) = server
-        .post(&path, Some(&alice.token()), revoke_body(&alice, &target))
-        .await;
+    let (status, _) = server.post(&path, Some(&alice.token()), revoke_body(&alice, &target)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_error(
         &server.post("/v1/links", None, json!({"device_id": target})).await,
@@ -346,11 +263,7 @@ async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
     let unknown = TestDevice::new().id();
     assert_error(
         &server
-            .post(
-                &format!("/v1/devices/{unknown}/revoke"),
-                Some(&alice.token()),
-                revoke_body(&alice, &unknown),
-            )
+            .post(&format!("/v1/devices/{unknown}/revoke"), Some(&alice.token()), revoke_body(&alice, &unknown))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -364,9 +277,7 @@ async fn handles_are_claimed_with_signatures_and_unique() {
     let bob = server.user("bob").await;
 
     let claim = handle_body(&alice, HandleAction::Claim, "alice", START_MS);
-    let (status, body) = server
-        .post("/v1/handles/alice/claim", Some(&alice.token()), claim.clone())
-        .await;
+    let (status, body) = server.post("/v1/handles/alice/claim", Some(&alice.token()), claim.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, resolved) = server.get("/v1/handles/@alice", Some(&bob.token())).await;
     assert_eq!(status, StatusCode::OK);
@@ -388,18 +299,14 @@ async fn handles_are_claimed_with_signatures_and_unique() {
     );
     let release_as_bob = handle_body(&bob, HandleAction::Release, "alice", START_MS);
     assert_error(
-        &server
-            .post("/v1/handles/alice/release", Some(&bob.token()), release_as_bob)
-            .await,
+        &server.post("/v1/handles/alice/release", Some(&bob.token()), release_as_bob).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
     // A claim signature is not a release signature.
     let wrong_action = handle_body(&alice, HandleAction::Claim, "alice", START_MS);
     assert_error(
-        &server
-            .post("/v1/handles/alice/release", Some(&alice.token()), wrong_action)
-            .await,
+        &server.post("/v1/handles/alice/release", Some(&alice.token()), wrong_action).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "signature_invalid",
     );
@@ -415,28 +322,14 @@ async fn handles_are_claimed_with_signatures_and_unique() {
         StatusCode::BAD_REQUEST,
         "malformed_request",
     );
-    assert_error(
-        &server.get("/v1/handles/alice", None).await,
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-    );
+    assert_error(&server.get("/v1/handles/alice", None).await, StatusCode::UNAUTHORIZED, "unauthenticated");
 
     let release = handle_body(&alice, HandleAction::Release, "alice", START_MS);
-    let (status, _) = server
-        .post("/v1/handles/alice/release", Some(&alice.token()), release)
-        .await;
+    let (status, _) = server.post("/v1/handles/alice/release", Some(&alice.token()), release).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_error(
-        &server.get("/v1/handles/alice", Some(&bob.token())).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    assert_error(&server.get("/v1/handles/alice", Some(&bob.token())).await, StatusCode::NOT_FOUND, "not_found");
     let (status, _) = server
-        .post(
-            "/v1/handles/alice/claim",
-            Some(&bob.token()),
-            handle_body(&bob, HandleAction::Claim, "alice", START_MS),
-        )
+        .post("/v1/handles/alice/claim", Some(&bob.token()), handle_body(&bob, HandleAction::Claim, "alice", START_MS))
         .await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -451,17 +344,10 @@ async fn invite_only_registration_uses_codes_from_the_admin_command() {
         .output()
         .expect("run roostd admin invite");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let codes: Vec<String> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let codes: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect();
     assert_eq!(codes.len(), 2);
 
-    let mut config = roost_server::config::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        ..Default::default()
-    };
+    let mut config = roost_server::config::Config { data_dir: data_dir.path().to_path_buf(), ..Default::default() };
     config.registration = RegistrationPolicy::InviteOnly;
     config.server_name = "roost.test".into();
     let server = TestServer::start_in(data_dir, config).await;
@@ -469,29 +355,17 @@ async fn invite_only_registration_uses_codes_from_the_admin_command() {
     let identity = random_key();
     let device = TestDevice::new();
     let plain = registration(&identity, &device, "carol");
-    assert_error(
-        &server.post("/v1/users", None, plain.clone()).await,
-        StatusCode::FORBIDDEN,
-        "invite_required",
-    );
+    assert_error(&server.post("/v1/users", None, plain.clone()).await, StatusCode::FORBIDDEN, "invite_required");
     let mut bad = plain.clone();
     bad["invite_code"] = json!("inv_made_up");
-    assert_error(
-        &server.post("/v1/users", None, bad).await,
-        StatusCode::FORBIDDEN,
-        "invite_invalid",
-    );
+    assert_error(&server.post("/v1/users", None, bad).await, StatusCode::FORBIDDEN, "invite_invalid");
     let mut good = plain.clone();
     good["invite_code"] = json!(codes[0]);
     let (status, body) = server.post("/v1/users", None, good).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let mut reused = registration(&random_key(), &TestDevice::new(), "dave");
     reused["invite_code"] = json!(codes[0]);
-    assert_error(
-        &server.post("/v1/users", None, reused).await,
-        StatusCode::FORBIDDEN,
-        "invite_invalid",
-    );
+    assert_error(&server.post("/v1/users", None, reused).await, StatusCode::FORBIDDEN, "invite_invalid");
     let mut second = registration(&random_key(), &TestDevice::new(), "erin");
     second["invite_code"] = json!(codes[1]);
     assert_eq!(server.post("/v1/users", None, second).await.0, StatusCode::CREATED);
@@ -501,9 +375,8 @@ async fn invite_only_registration_uses_codes_from_the_admin_command() {
 async fn registrations_are_rate_limited_per_address() {
     let server = TestServer::start_with(|config| config.rate_limits.registrations_per_address = 2).await;
     for name in ["a", "b"] {
-        let (status, body) = server
-            .post("/v1/users", None, registration(&random_key(), &TestDevice::new(), name))
-            .await;
+        let (status, body) =
+            server.post("/v1/users", None, registration(&random_key(), &TestDevice::new(), name)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let response = server

@@ -27,20 +27,10 @@ async fn login_whoami_and_logout() {
     assert_eq!(me["user_id"], alice.id().to_string());
     assert_eq!(me["device_id"], alice.devices[0].id().to_string());
 
-    let (status, _) = server
-        .call(Method::DELETE, "/v1/auth/session", Some(&token), None)
-        .await;
+    let (status, _) = server.call(Method::DELETE, "/v1/auth/session", Some(&token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_error(
-        &server.get("/v1/auth/session", Some(&token)).await,
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-    );
-    assert_error(
-        &server.get("/v1/keys/packages", Some(&token)).await,
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-    );
+    assert_error(&server.get("/v1/auth/session", Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_error(&server.get("/v1/keys/packages", Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
 }
 
 #[tokio::test]
@@ -51,13 +41,9 @@ async fn a_challenge_cannot_be_replayed() {
     let challenge = fresh_challenge(&server, device).await;
     let signature = device.sign_auth("roost.test", &challenge);
 
-    let first = server
-        .answer(&device.id(), &bytes::encode(&challenge), &signature)
-        .await;
+    let first = server.answer(&device.id(), &bytes::encode(&challenge), &signature).await;
     assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
-    let replay = server
-        .answer(&device.id(), &bytes::encode(&challenge), &signature)
-        .await;
+    let replay = server.answer(&device.id(), &bytes::encode(&challenge), &signature).await;
     assert_error(&replay, StatusCode::UNAUTHORIZED, "challenge_used");
 }
 
@@ -71,10 +57,7 @@ async fn concurrent_answers_to_one_challenge_open_one_session() {
     let encoded = bytes::encode(&challenge);
     let id = device.id();
     let answers = futures::future::join_all((0..10).map(|_| server.answer(&id, &encoded, &signature))).await;
-    let created = answers
-        .iter()
-        .filter(|(status, _)| *status == StatusCode::CREATED)
-        .count();
+    let created = answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count();
     assert_eq!(created, 1);
     for refused in answers.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
         assert_error(refused, StatusCode::UNAUTHORIZED, "challenge_used");
@@ -90,31 +73,13 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
 
     // Foreign: bob's device answers a challenge issued to alice's device.
     let challenge = fresh_challenge(&server, a).await;
-    let foreign = server
-        .answer(
-            &b.id(),
-            &bytes::encode(&challenge),
-            &b.sign_auth("roost.test", &challenge),
-        )
-        .await;
+    let foreign = server.answer(&b.id(), &bytes::encode(&challenge), &b.sign_auth("roost.test", &challenge)).await;
     assert_error(&foreign, StatusCode::UNAUTHORIZED, "challenge_foreign");
 
     // Wrong signatures: another key, another server name, garbage. None consumes the challenge.
-    let by_other_key = server
-        .answer(
-            &a.id(),
-            &bytes::encode(&challenge),
-            &b.sign_auth("roost.test", &challenge),
-        )
-        .await;
+    let by_other_key = server.answer(&a.id(), &bytes::encode(&challenge), &b.sign_auth("roost.test", &challenge)).await;
     assert_error(&by_other_key, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
-    let other_server = server
-        .answer(
-            &a.id(),
-            &bytes::encode(&challenge),
-            &a.sign_auth("elsewhere", &challenge),
-        )
-        .await;
+    let other_server = server.answer(&a.id(), &bytes::encode(&challenge), &a.sign_auth("elsewhere", &challenge)).await;
     assert_error(&other_server, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
     let garbage = server.answer(&a.id(), &bytes::encode(&challenge), &[7; 64]).await;
     assert_error(&garbage, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
@@ -123,20 +88,12 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
 
     // Expired: 60 s later the same, correctly signed answer is refused.
     server.clock.advance_ms(60_001);
-    let expired = server
-        .answer(
-            &a.id(),
-            &bytes::encode(&challenge),
-            &a.sign_auth("roost.test", &challenge),
-        )
-        .await;
+    let expired = server.answer(&a.id(), &bytes::encode(&challenge), &a.sign_auth("roost.test", &challenge)).await;
     assert_error(&expired, StatusCode::UNAUTHORIZED, "challenge_expired");
 
     // Unknown: a challenge the server never issued.
     let made_up = [9u8; 32];
-    let unknown = server
-        .answer(&a.id(), &bytes::encode(&made_up), &a.sign_auth("roost.test", &made_up))
-        .await;
+    let unknown = server.answer(&a.id(), &bytes::encode(&made_up), &a.sign_auth("roost.test", &made_up)).await;
     assert_error(&unknown, StatusCode::UNAUTHORIZED, "challenge_unknown");
 }
 
@@ -144,22 +101,13 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
 async fn an_unknown_device_cannot_authenticate() {
     let server = TestServer::start().await;
     let stranger = TestDevice::new();
-    assert_error(
-        &server.challenge(&stranger.id()).await,
-        StatusCode::UNAUTHORIZED,
-        "device_unknown",
-    );
+    assert_error(&server.challenge(&stranger.id()).await, StatusCode::UNAUTHORIZED, "device_unknown");
 
     // Even with a challenge issued to a real device, the stranger gets nowhere.
     let alice = server.user("alice").await;
     let challenge = fresh_challenge(&server, &alice.devices[0]).await;
-    let answer = server
-        .answer(
-            &stranger.id(),
-            &bytes::encode(&challenge),
-            &stranger.sign_auth("roost.test", &challenge),
-        )
-        .await;
+    let answer =
+        server.answer(&stranger.id(), &bytes::encode(&challenge), &stranger.sign_auth("roost.test", &challenge)).await;
     assert_error(&answer, StatusCode::UNAUTHORIZED, "challenge_foreign");
 }
 
@@ -195,12 +143,7 @@ async fn malformed_credentials_are_unauthenticated() {
     assert_eq!(basic.headers()["www-authenticate"], "Bearer");
     let missing = server.get("/v1/auth/session", None).await;
     assert_error(&missing, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let bad_body = server
-        .post(
-            "/v1/auth/session",
-            None,
-            json!({"device_id": "short", "challenge": "", "signature": ""}),
-        )
-        .await;
+    let bad_body =
+        server.post("/v1/auth/session", None, json!({"device_id": "short", "challenge": "", "signature": ""})).await;
     assert_error(&bad_body, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
 }

@@ -35,11 +35,8 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary directory");
-        let mut config = Config {
-            data_dir: data_dir.path().to_path_buf(),
-            server_name: "roost.test".into(),
-            ..Config::default()
-        };
+        let mut config =
+            Config { data_dir: data_dir.path().to_path_buf(), server_name: "roost.test".into(), ..Config::default() };
         let rates = &mut config.rate_limits;
         rates.registrations_per_address = 10_000;
         rates.challenges_per_address = 10_000;
@@ -111,11 +108,8 @@ impl TestServer {
         let response = request.send().await.expect("request sent");
         let status = response.status();
         let text = response.text().await.expect("body read");
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, value)
     }
 
@@ -131,15 +125,10 @@ impl TestServer {
     pub async fn user(&self, name: &str) -> TestUser {
         let identity = random_key();
         let device = TestDevice::new();
-        let (status, body) = self
-            .post("/v1/users", None, registration(&identity, &device, name))
-            .await;
+        let (status, body) = self.post("/v1/users", None, registration(&identity, &device, name)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let registered: RegisterResponse = serde_json::from_value(body).expect("register response");
-        let mut user = TestUser {
-            identity,
-            devices: vec![device],
-        };
+        let mut user = TestUser { identity, devices: vec![device] };
         assert_eq!(registered.user_id, user.id());
         self.login(&mut user.devices[0]).await;
         user
@@ -157,11 +146,7 @@ impl TestServer {
         let (status, body) = self.get(&format!("/v1/links/{}", link.link_code), None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let seen: LinkRequest = serde_json::from_value(body).expect("link request");
-        assert_eq!(
-            signing::link_code(&seen.device_id),
-            link.link_code,
-            "the approver checks the key against the code"
-        );
+        assert_eq!(signing::link_code(&seen.device_id), link.link_code, "the approver checks the key against the code");
 
         let certificate = user.certify(&seen.device_id);
         let approver = user.devices[0].token();
@@ -180,8 +165,7 @@ impl TestServer {
 
     /// Gets a challenge for the device.
     pub async fn challenge(&self, device: &DeviceId) -> (StatusCode, Value) {
-        self.post("/v1/auth/challenge", None, json!({"device_id": device}))
-            .await
+        self.post("/v1/auth/challenge", None, json!({"device_id": device})).await
     }
 
     /// Answers a challenge with the given signature.
@@ -197,9 +181,8 @@ impl TestServer {
         let challenge: ChallengeResponse = serde_json::from_value(body).expect("challenge");
         assert_eq!(challenge.server_name, self.config.server_name);
         let signature = device.sign_auth(&challenge.server_name, challenge.challenge.as_bytes());
-        let (status, body) = self
-            .answer(&device.id(), &bytes::encode(challenge.challenge.as_bytes()), &signature)
-            .await;
+        let (status, body) =
+            self.answer(&device.id(), &bytes::encode(challenge.challenge.as_bytes()), &signature).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let session: SessionResponse = serde_json::from_value(body).expect("session");
         device.token = Some(session.token);
@@ -213,9 +196,7 @@ pub fn random_key() -> SigningKey {
 /// A registration body for `identity` with `device` as first device.
 pub fn registration(identity: &SigningKey, device: &TestDevice, name: &str) -> Value {
     let user = UserId::from_bytes(identity.verifying_key().to_bytes());
-    let certificate = identity
-        .sign(&signing::device_certificate_message(&user, &device.id()))
-        .to_bytes();
+    let certificate = identity.sign(&signing::device_certificate_message(&user, &device.id())).to_bytes();
     json!({
         "identity_key": user,
         "device_id": device.id(),
@@ -241,12 +222,7 @@ impl TestUser {
 
     /// A device certificate for `device`, as base64url.
     pub fn certify(&self, device: &DeviceId) -> String {
-        bytes::encode(
-            &self
-                .identity
-                .sign(&signing::device_certificate_message(&self.id(), device))
-                .to_bytes(),
-        )
+        bytes::encode(&self.identity.sign(&signing::device_certificate_message(&self.id(), device)).to_bytes())
     }
 
     pub fn sign(&self, message: &[u8]) -> String {
@@ -261,10 +237,7 @@ pub struct TestDevice {
 
 impl TestDevice {
     pub fn new() -> Self {
-        Self {
-            key: random_key(),
-            token: None,
-        }
+        Self { key: random_key(), token: None }
     }
 
     pub fn id(&self) -> DeviceId {
@@ -276,10 +249,7 @@ impl TestDevice {
     }
 
     pub fn sign_auth(&self, server_name: &str, challenge: &[u8]) -> Vec<u8> {
-        self.key
-            .sign(&signing::auth_message(server_name, &self.id(), challenge))
-            .to_bytes()
-            .to_vec()
+        self.key.sign(&signing::auth_message(server_name, &self.id(), challenge)).to_bytes().to_vec()
     }
 }
 
@@ -289,8 +259,5 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &s
     let (actual, body) = response;
     assert_eq!(*actual, status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }

@@ -24,9 +24,7 @@ impl Socket {
     /// Opens a socket without authenticating.
     pub async fn open(server: &TestServer) -> Self {
         let url = format!("{}/v1/ws", server.base.replace("http://", "ws://"));
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket handshake");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket handshake");
         Self { ws }
     }
 
@@ -40,18 +38,13 @@ impl Socket {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .expect("send frame");
+        self.ws.send(Message::Text(frame.to_string().into())).await.expect("send frame");
     }
 
     /// The next JSON frame; fails on a close or after `PATIENCE`.
     pub async fn next_frame(&mut self) -> Value {
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.ws.next())
-                .await
-                .expect("a frame in time");
+            let message = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a frame in time");
             match message {
                 Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).expect("JSON frame"),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -77,9 +70,7 @@ impl Socket {
     pub async fn closed(&mut self) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("closed in time");
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("closed in time");
             match message {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => continue,
@@ -96,12 +87,7 @@ fn b64(text: &str) -> String {
 async fn direct(server: &TestServer, creator: &TestUser, others: &[&TestUser]) -> ConversationId {
     let id = ConversationId::from_bytes(rand::random());
     let creator_device = creator.devices[0].id();
-    let mut members: Vec<_> = creator
-        .devices
-        .iter()
-        .map(|d| d.id())
-        .filter(|d| *d != creator_device)
-        .collect();
+    let mut members: Vec<_> = creator.devices.iter().map(|d| d.id()).filter(|d| *d != creator_device).collect();
     for user in others {
         members.extend(user.devices.iter().map(|d| d.id()));
     }
@@ -114,9 +100,7 @@ async fn direct(server: &TestServer, creator: &TestUser, others: &[&TestUser]) -
 
 async fn send(server: &TestServer, token: &str, id: &ConversationId, client_id: &str) -> u64 {
     let body = json!({"client_message_id": client_id, "epoch": 1, "ciphertext": b64(client_id)});
-    let (status, sent) = server
-        .post(&format!("/v1/conversations/{id}/messages"), Some(token), body)
-        .await;
+    let (status, sent) = server.post(&format!("/v1/conversations/{id}/messages"), Some(token), body).await;
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     sent["seq"].as_u64().unwrap()
 }
@@ -146,21 +130,14 @@ async fn entries_reach_every_device_of_the_recipient_and_the_senders_other_devic
     for device in alice.devices.iter().chain(bob.devices.iter()).skip(1) {
         let mut socket = Socket::connect(&server, &device.token()).await;
         let drained = socket.drain().await;
-        assert!(
-            drained.iter().all(|f| f["type"] == "queue" && f["kind"] == "welcome"),
-            "{drained:?}"
-        );
+        assert!(drained.iter().all(|f| f["type"] == "queue" && f["kind"] == "welcome"), "{drained:?}");
         sockets.push(socket);
     }
     for (i, token) in [alice.token(), bob.token(), alice.token()].iter().enumerate() {
         let seq = send(&server, token, &id, &format!("live{i}")).await;
         for socket in &mut sockets {
             let frame = socket.next_frame().await;
-            assert_eq!(
-                (frame["type"].as_str(), frame["seq"].as_u64()),
-                (Some("entry"), Some(seq)),
-                "{frame}"
-            );
+            assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(seq)), "{frame}");
             assert_eq!(frame["conversation_id"], id.to_string());
             assert_eq!(frame["payload"], b64(&format!("live{i}")));
         }
@@ -179,11 +156,7 @@ async fn unacknowledged_entries_are_delivered_again_after_a_reconnect() {
     let mut socket = Socket::connect(&server, &bob.token()).await;
     let first = socket.drain().await;
     let seqs = |frames: &[Value]| {
-        frames
-            .iter()
-            .filter(|f| f["type"] == "entry")
-            .map(|f| f["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>()
+        frames.iter().filter(|f| f["type"] == "entry").map(|f| f["seq"].as_u64().unwrap()).collect::<Vec<_>>()
     };
     assert_eq!(seqs(&first), vec![1, 2, 3]);
     let welcome_id = first.iter().find(|f| f["type"] == "queue").unwrap()["id"].clone();
@@ -202,20 +175,12 @@ async fn unacknowledged_entries_are_delivered_again_after_a_reconnect() {
     let mut socket = Socket::connect(&server, &bob.token()).await;
     let again = socket.drain().await;
     assert_eq!(seqs(&again), vec![3, 4]);
-    assert!(
-        again.iter().all(|f| f["type"] != "queue"),
-        "the acknowledged Welcome is gone"
-    );
+    assert!(again.iter().all(|f| f["type"] != "queue"), "the acknowledged Welcome is gone");
     // Acks over the socket have the HTTP semantics, refusals included.
     let stranger_conversation = ConversationId::from_bytes([9; 16]);
-    socket
-        .send(json!({"type": "ack", "conversations": [{"conversation_id": stranger_conversation, "seq": 1}]}))
-        .await;
+    socket.send(json!({"type": "ack", "conversations": [{"conversation_id": stranger_conversation, "seq": 1}]})).await;
     let refused = socket.next_frame().await;
-    assert_eq!(
-        (refused["type"].as_str(), refused["code"].as_str()),
-        (Some("error"), Some("not_a_member"))
-    );
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("not_a_member")));
 }
 
 #[tokio::test]
@@ -248,13 +213,8 @@ async fn a_user_may_hold_only_so_many_connections() {
         kept.push(socket);
     }
     let mut third = Socket::open(&server).await;
-    third
-        .send(json!({"type": "auth", "token": alice.devices[2].token()}))
-        .await;
-    assert_eq!(
-        third.closed().await,
-        Some(roost_proto::socket::close::TOO_MANY_CONNECTIONS)
-    );
+    third.send(json!({"type": "auth", "token": alice.devices[2].token()})).await;
+    assert_eq!(third.closed().await, Some(roost_proto::socket::close::TOO_MANY_CONNECTIONS));
     // Another user is unaffected.
     let bob = server.user("bob").await;
     Socket::connect(&server, &bob.token()).await.drain().await;
@@ -275,28 +235,19 @@ async fn typing_reaches_online_members_only_and_is_never_stored() {
     let mut alices = Socket::connect(&server, &alice.token()).await;
     alices.drain().await;
 
-    alices
-        .send(json!({"type": "typing", "conversation_id": id, "active": true}))
-        .await;
+    alices.send(json!({"type": "typing", "conversation_id": id, "active": true})).await;
     let typing = bobs.next_frame().await;
-    assert_eq!(
-        (typing["type"].as_str(), typing["active"].as_bool()),
-        (Some("typing"), Some(true))
-    );
+    assert_eq!((typing["type"].as_str(), typing["active"].as_bool()), (Some("typing"), Some(true)));
     assert_eq!(typing["user_id"], alice.id().to_string());
 
     // An outsider can neither see nor send typing for the conversation.
-    outsiders
-        .send(json!({"type": "typing", "conversation_id": id, "active": true}))
-        .await;
+    outsiders.send(json!({"type": "typing", "conversation_id": id, "active": true})).await;
     let refused = outsiders.next_frame().await;
     assert_eq!(refused["code"], "not_a_member");
     // Carol was offline: nothing waits for her, and nothing was stored.
     let (_, sync) = server.get("/v1/sync", Some(&carol.token())).await;
     assert_eq!(sync["entries"], json!([]));
-    let (_, summary) = server
-        .get(&format!("/v1/conversations/{id}"), Some(&alice.token()))
-        .await;
+    let (_, summary) = server.get(&format!("/v1/conversations/{id}"), Some(&alice.token())).await;
     assert_eq!(summary["last_seq"], 0);
 }
 
@@ -318,24 +269,15 @@ async fn a_slow_reader_is_bounded_and_cut_off() {
     let big = "x".repeat(256 * 1024);
     for i in 0..200 {
         let body = json!({"client_message_id": format!("big{i}"), "epoch": 1, "ciphertext": b64(&big)});
-        let (status, _) = server
-            .post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body)
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::CREATED,
-            "sending never fails because of a slow reader"
-        );
+        let (status, _) = server.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
+        assert_eq!(status, StatusCode::CREATED, "sending never fails because of a slow reader");
         if !server.services.hub.is_online(&bob.devices[0].id()) {
             break;
         }
     }
     let hub = server.services.hub.clone();
     let device = bob.devices[0].id();
-    assert!(
-        eventually(|| !hub.is_online(&device)).await,
-        "the slow reader was disconnected"
-    );
+    assert!(eventually(|| !hub.is_online(&device)).await, "the slow reader was disconnected");
     // Nothing is lost: the messages wait in the store for the next connection.
     let (_, sync) = server.get("/v1/sync?limit=1", Some(&bob.token())).await;
     assert_eq!(sync["entries"][0]["seq"], 1);
@@ -357,11 +299,7 @@ async fn unauthenticated_sockets_are_closed() {
     garbage.ws.send(Message::Binary(vec![0xff, 0x00].into())).await.unwrap();
     assert_eq!(garbage.closed().await, Some(unauthenticated));
     // A plain HTTP request to the socket route gets a JSON error.
-    assert_error(
-        &server.get("/v1/ws", None).await,
-        StatusCode::BAD_REQUEST,
-        "malformed_request",
-    );
+    assert_error(&server.get("/v1/ws", None).await, StatusCode::BAD_REQUEST, "malformed_request");
 }
 
 #[tokio::test]
@@ -398,20 +336,14 @@ async fn heartbeats_detect_a_dead_peer() {
     // The client stops polling its socket, so it answers no ping: to the server it is dead.
     let hub = server.services.hub.clone();
     let device = alice.devices[0].id();
-    assert!(
-        eventually(|| !hub.is_online(&device)).await,
-        "the silent peer was dropped"
-    );
+    assert!(eventually(|| !hub.is_online(&device)).await, "the silent peer was dropped");
     drop(socket);
 
     // A live peer (one that keeps reading, and so answers pings) stays connected past the timeout.
     let mut live = Socket::connect(&server, &alice.token()).await;
     live.drain().await;
     let quiet = tokio::time::timeout(Duration::from_secs(3), live.ws.next()).await;
-    assert!(
-        quiet.is_err() || matches!(quiet, Ok(Some(Ok(Message::Ping(_))))),
-        "{quiet:?}"
-    );
+    assert!(quiet.is_err() || matches!(quiet, Ok(Some(Ok(Message::Ping(_))))), "{quiet:?}");
     assert!(hub.is_online(&device));
 }
 
@@ -433,38 +365,22 @@ async fn receipts_keys_low_presence_and_device_list_events_travel_live() {
     alices.drain().await;
     alices.send(json!({"type": "presence", "visible": true})).await;
     let online = bobs.next_frame().await;
-    assert_eq!(
-        (online["type"].as_str(), online["online"].as_bool()),
-        (Some("presence"), Some(true))
-    );
+    assert_eq!((online["type"].as_str(), online["online"].as_bool()), (Some("presence"), Some(true)));
     assert_eq!(online["user_id"], alice.id().to_string());
 
     // A read receipt.
-    let (status, _) = server
-        .post(
-            &format!("/v1/conversations/{id}/read"),
-            Some(&alice.token()),
-            json!({"seq": seq}),
-        )
-        .await;
+    let (status, _) =
+        server.post(&format!("/v1/conversations/{id}/read"), Some(&alice.token()), json!({"seq": seq})).await;
     assert_eq!(status, StatusCode::OK);
     let receipt = bobs.next_frame().await;
-    assert_eq!(
-        (receipt["type"].as_str(), receipt["seq"].as_u64()),
-        (Some("read_receipt"), Some(seq))
-    );
+    assert_eq!((receipt["type"].as_str(), receipt["seq"].as_u64()), (Some("read_receipt"), Some(seq)));
 
     // keys_low as a queue frame.
     let upload = json!({"one_time": [b64("k1")], "last_resort": b64("lr")});
     server.post("/v1/keys/packages", Some(&bob.token()), upload).await;
-    server
-        .post("/v1/keys/claim", Some(&alice.token()), json!({"user_ids": [bob.id()]}))
-        .await;
+    server.post("/v1/keys/claim", Some(&alice.token()), json!({"user_ids": [bob.id()]})).await;
     let low = bobs.next_frame().await;
-    assert_eq!(
-        (low["type"].as_str(), low["kind"].as_str()),
-        (Some("queue"), Some("keys_low"))
-    );
+    assert_eq!((low["type"].as_str(), low["kind"].as_str()), (Some("queue"), Some("keys_low")));
 
     // A linked device is announced to the user's contacts; a revoked one is disconnected.
     let new = server.link_device(&mut bob).await;
@@ -477,9 +393,7 @@ async fn receipts_keys_low_presence_and_device_list_events_travel_live() {
     doomed.drain().await;
     let target = bob.devices[new].id();
     let revoke = json!({"signature": bob.sign(&roost_proto::signing::revoke_device_message(&bob.id(), &target))});
-    let (status, _) = server
-        .post(&format!("/v1/devices/{target}/revoke"), Some(&bob.token()), revoke)
-        .await;
+    let (status, _) = server.post(&format!("/v1/devices/{target}/revoke"), Some(&bob.token()), revoke).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(doomed.closed().await, Some(roost_proto::socket::close::REVOKED));
 

@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 use crate::common::{TestServer, assert_error};
 
 fn packages(prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| bytes::encode(format!("{prefix}-{i}").as_bytes()))
-        .collect()
+    (0..n).map(|i| bytes::encode(format!("{prefix}-{i}").as_bytes())).collect()
 }
 
 fn claimed(body: Value) -> KeyClaimResponse {
@@ -34,9 +32,7 @@ async fn upload_count_and_claim_with_last_resort_fallback() {
     }
 
     // Claiming by user returns one package per device of alice, oldest package first.
-    let (status, body) = server
-        .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]}))
-        .await;
+    let (status, body) = server.post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let first = claimed(body);
     assert_eq!(first.packages.len(), 2);
@@ -52,32 +48,20 @@ async fn upload_count_and_claim_with_last_resort_fallback() {
 
     // Claiming by device; then the last resort once one-time packages are gone.
     let target = alice.devices[0].id();
-    let (_, body) = server
-        .post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]}))
-        .await;
+    let (_, body) = server.post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]})).await;
     assert_eq!(claimed(body).packages[0].key_package.as_bytes(), b"a0-1");
     for _ in 0..2 {
-        let (_, body) = server
-            .post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]}))
-            .await;
+        let (_, body) = server.post("/v1/keys/claim", Some(&bob.token()), json!({"device_ids": [target]})).await;
         let package = &claimed(body).packages[0];
         assert!(package.last_resort);
         assert_eq!(package.key_package.as_bytes(), b"a0-lr");
     }
 
     // Alice claiming her own user gets her other device only; bob's device has nothing stored.
-    let (_, body) = server
-        .post(
-            "/v1/keys/claim",
-            Some(&alice.token()),
-            json!({"user_ids": [alice.id(), bob.id()]}),
-        )
-        .await;
+    let (_, body) =
+        server.post("/v1/keys/claim", Some(&alice.token()), json!({"user_ids": [alice.id(), bob.id()]})).await;
     let own = claimed(body);
-    assert_eq!(
-        own.packages.iter().map(|p| p.device_id).collect::<Vec<_>>(),
-        vec![alice.devices[1].id()]
-    );
+    assert_eq!(own.packages.iter().map(|p| p.device_id).collect::<Vec<_>>(), vec![alice.devices[1].id()]);
     assert_eq!(own.missing, vec![bob.devices[0].id()]);
 }
 
@@ -91,38 +75,20 @@ async fn uploads_respect_the_cap_and_size_limits() {
     let alice = server.user("alice").await;
     let token = alice.token();
 
-    let (status, _) = server
-        .post("/v1/keys/packages", Some(&token), json!({"one_time": packages("k", 2)}))
-        .await;
+    let (status, _) = server.post("/v1/keys/packages", Some(&token), json!({"one_time": packages("k", 2)})).await;
     assert_eq!(status, StatusCode::OK);
-    let over = server
-        .post(
-            "/v1/keys/packages",
-            Some(&token),
-            json!({"one_time": packages("more", 2)}),
-        )
-        .await;
+    let over = server.post("/v1/keys/packages", Some(&token), json!({"one_time": packages("more", 2)})).await;
     assert_error(&over, StatusCode::CONFLICT, "key_package_limit_reached");
     let (_, count) = server.get("/v1/keys/packages", Some(&token)).await;
     assert_eq!(count["one_time"], 2, "a refused upload stores nothing");
 
-    let too_big = server
-        .post(
-            "/v1/keys/packages",
-            Some(&token),
-            json!({"one_time": [bytes::encode(&[1; 65])]}),
-        )
-        .await;
+    let too_big = server.post("/v1/keys/packages", Some(&token), json!({"one_time": [bytes::encode(&[1; 65])]})).await;
     assert_error(&too_big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    let empty = server
-        .post("/v1/keys/packages", Some(&token), json!({"one_time": [""]}))
-        .await;
+    let empty = server.post("/v1/keys/packages", Some(&token), json!({"one_time": [""]})).await;
     assert_error(&empty, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
     let nothing = server.post("/v1/keys/packages", Some(&token), json!({})).await;
     assert_error(&nothing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
-    let not_base64 = server
-        .post("/v1/keys/packages", Some(&token), json!({"one_time": ["!!!"]}))
-        .await;
+    let not_base64 = server.post("/v1/keys/packages", Some(&token), json!({"one_time": ["!!!"]})).await;
     assert_error(&not_base64, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
     let (_, count) = server.get("/v1/keys/packages", Some(&token)).await;
     assert_eq!(count, json!({"one_time": 2, "last_resort": false, "max_one_time": 3}));
@@ -133,24 +99,14 @@ async fn claims_need_a_valid_session_and_real_targets() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;
     let body = json!({"user_ids": [alice.id()]});
-    assert_error(
-        &server.post("/v1/keys/claim", None, body.clone()).await,
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-    );
+    assert_error(&server.post("/v1/keys/claim", None, body.clone()).await, StatusCode::UNAUTHORIZED, "unauthenticated");
     assert_error(
         &server.post("/v1/keys/claim", Some("rst_forged"), body.clone()).await,
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
     );
     assert_error(
-        &server
-            .post(
-                "/v1/keys/packages",
-                Some("rst_forged"),
-                json!({"one_time": packages("x", 1)}),
-            )
-            .await,
+        &server.post("/v1/keys/packages", Some("rst_forged"), json!({"one_time": packages("x", 1)})).await,
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
     );
@@ -161,21 +117,13 @@ async fn claims_need_a_valid_session_and_real_targets() {
     );
     let stranger = crate::common::TestDevice::new().id();
     assert_error(
-        &server
-            .post(
-                "/v1/keys/claim",
-                Some(&alice.token()),
-                json!({"device_ids": [stranger]}),
-            )
-            .await,
+        &server.post("/v1/keys/claim", Some(&alice.token()), json!({"device_ids": [stranger]})).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
     let many: Vec<_> = (0..101).map(|_| crate::common::TestDevice::new().id()).collect();
     assert_error(
-        &server
-            .post("/v1/keys/claim", Some(&alice.token()), json!({"device_ids": many}))
-            .await,
+        &server.post("/v1/keys/claim", Some(&alice.token()), json!({"device_ids": many})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_argument",
     );
@@ -195,11 +143,7 @@ async fn fifty_concurrent_claimers_never_get_the_same_one_time_package() {
     }
     let body = json!({"user_ids": [target.id()]});
     let responses = futures::future::join_all(claimers.iter().map(|claimer| {
-        server.post(
-            "/v1/keys/claim",
-            Some(claimer.devices[0].token.as_deref().unwrap()),
-            body.clone(),
-        )
+        server.post("/v1/keys/claim", Some(claimer.devices[0].token.as_deref().unwrap()), body.clone())
     }))
     .await;
 
@@ -232,26 +176,14 @@ async fn claims_are_rate_limited_per_requester_and_target() {
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
     for _ in 0..2 {
-        let (status, _) = server
-            .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]}))
-            .await;
+        let (status, _) = server.post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]})).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let limited = server
-        .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]}))
-        .await;
+    let limited = server.post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [alice.id()]})).await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     // Other pairs are unaffected.
-    let (status, _) = server
-        .post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [carol.id()]}))
-        .await;
+    let (status, _) = server.post("/v1/keys/claim", Some(&bob.token()), json!({"user_ids": [carol.id()]})).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = server
-        .post(
-            "/v1/keys/claim",
-            Some(&carol.token()),
-            json!({"user_ids": [alice.id()]}),
-        )
-        .await;
+    let (status, _) = server.post("/v1/keys/claim", Some(&carol.token()), json!({"user_ids": [alice.id()]})).await;
     assert_eq!(status, StatusCode::OK);
 }

@@ -108,15 +108,8 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
             let response = raw(&server, route, &path, Some(&token), json, b"[1, 2, 3]".to_vec()).await;
             assert_json_error(&response, &format!("{what} with an array body"));
-            let response = raw(
-                &server,
-                route,
-                &path,
-                Some(&token),
-                json,
-                b"{\"unexpected\": {\"deep\": [null]}}".to_vec(),
-            )
-            .await;
+            let response =
+                raw(&server, route, &path, Some(&token), json, b"{\"unexpected\": {\"deep\": [null]}}".to_vec()).await;
             assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
             let mut huge = b"{\"pad\": \"".to_vec();
             // Above every route's limit: handshake routes allow three encoded handshake messages.
@@ -144,11 +137,7 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
     let server = TestServer::start().await;
-    assert_error(
-        &server.get("/v1/nothing-here", None).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    assert_error(&server.get("/v1/nothing-here", None).await, StatusCode::NOT_FOUND, "not_found");
     assert_error(
         &server.call(Method::DELETE, "/healthz", None, None).await,
         StatusCode::METHOD_NOT_ALLOWED,
@@ -164,11 +153,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
     let server = TestServer::start().await;
-    let listed: Vec<String> = routes(&server)
-        .await
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let listed: Vec<String> = routes(&server).await.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     for expected in [
         "GET /healthz",
         "GET /readyz",
@@ -207,17 +192,10 @@ async fn the_openapi_document_covers_every_route() {
         "POST /v1/ack",
         "POST /v1/devices/{device_id}/messages",
     ] {
-        assert!(
-            listed.contains(&expected.to_owned()),
-            "{expected} missing from {listed:?}"
-        );
+        assert!(listed.contains(&expected.to_owned()), "{expected} missing from {listed:?}");
     }
     let (_, doc) = server.get("/openapi.json", None).await;
-    assert!(
-        doc["components"]["schemas"]["ErrorCode"]["enum"]
-            .as_array()
-            .is_some_and(|codes| codes.len() > 20)
-    );
+    assert!(doc["components"]["schemas"]["ErrorCode"]["enum"].as_array().is_some_and(|codes| codes.len() > 20));
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
 
@@ -234,14 +212,8 @@ async fn health_readiness_and_metrics() {
     let response = server.http.get(server.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
-    assert!(
-        text.contains("roost_http_requests_total{method=\"POST\",route=\"/v1/users\",status=\"201\"}"),
-        "{text}"
-    );
+    assert!(text.contains("roost_http_requests_total{method=\"POST\",route=\"/v1/users\",status=\"201\"}"), "{text}");
     assert!(text.contains("roost_http_request_duration_seconds_bucket"), "{text}");
-    assert!(
-        text.contains("roost_store_operation_duration_seconds_bucket{op=\"register_user\""),
-        "{text}"
-    );
+    assert!(text.contains("roost_store_operation_duration_seconds_bucket{op=\"register_user\""), "{text}");
     assert!(!text.contains(&alice.token()), "no secrets in metrics");
 }

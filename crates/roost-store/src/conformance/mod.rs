@@ -99,10 +99,7 @@ pub async fn registration_and_devices<S: Store>(store: &S) {
     assert!(matches!(err, StoreError::UserExists), "{err:?}");
     let err = store.register_user(new_device(2, 10), None).await.unwrap_err();
     assert!(matches!(err, StoreError::DeviceExists), "{err:?}");
-    assert!(
-        !store.user_exists(&user(2)).await.unwrap(),
-        "a failed registration leaves nothing"
-    );
+    assert!(!store.user_exists(&user(2)).await.unwrap(), "a failed registration leaves nothing");
 
     store.add_device(new_device(1, 11), 3).await.unwrap();
     store.add_device(new_device(1, 12), 3).await.unwrap();
@@ -142,117 +139,57 @@ pub async fn revocation_removes_sessions_and_key_packages<S: Store>(store: &S) {
     store.register_user(new_device(2, 20), None).await.unwrap();
     store.create_session(session(1, 11, 1, NOW + 1000)).await.unwrap();
     store.create_session(session(2, 10, 1, NOW + 1000)).await.unwrap();
-    store
-        .add_key_packages(&device(11), vec![vec![1], vec![2]], Some(vec![3]), 10, NOW)
-        .await
-        .unwrap();
+    store.add_key_packages(&device(11), vec![vec![1], vec![2]], Some(vec![3]), 10, NOW).await.unwrap();
 
     let err = store.revoke_device(&user(2), &device(11), NOW).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound),
-        "another user cannot revoke: {err:?}"
-    );
+    assert!(matches!(err, StoreError::NotFound), "another user cannot revoke: {err:?}");
     assert!(store.session(&[1; 32]).await.unwrap().is_some());
 
     assert!(store.revoke_device(&user(1), &device(11), NOW).await.unwrap());
-    assert!(
-        !store.revoke_device(&user(1), &device(11), NOW).await.unwrap(),
-        "idempotent"
-    );
+    assert!(!store.revoke_device(&user(1), &device(11), NOW).await.unwrap(), "idempotent");
     assert!(store.session(&[1; 32]).await.unwrap().is_none());
-    assert!(
-        store.session(&[2; 32]).await.unwrap().is_some(),
-        "other devices keep sessions"
-    );
+    assert!(store.session(&[2; 32]).await.unwrap().is_some(), "other devices keep sessions");
     let stock = store.key_package_stock(&device(11)).await.unwrap();
     assert_eq!((stock.one_time, stock.last_resort), (0, false));
     assert_eq!(store.device(&device(11)).await.unwrap().unwrap().revoked_at, Some(NOW));
-    let active: Vec<_> = store
-        .active_devices(&user(1))
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| d.id)
-        .collect();
+    let active: Vec<_> = store.active_devices(&user(1)).await.unwrap().iter().map(|d| d.id).collect();
     assert_eq!(active, vec![device(10)]);
 
     let err = store.add_device(new_device(1, 11), 10).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::DeviceExists),
-        "revoked keys are never reused: {err:?}"
-    );
+    assert!(matches!(err, StoreError::DeviceExists), "revoked keys are never reused: {err:?}");
 }
 
 /// Link requests: unique while live, approved once, invisible once lapsed.
 pub async fn link_requests<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
-    let link = NewLinkRequest {
-        code: "AAAA-BBBB".into(),
-        device_id: device(11),
-        expires_at: NOW + 600,
-    };
+    let link = NewLinkRequest { code: "AAAA-BBBB".into(), device_id: device(11), expires_at: NOW + 600 };
     store.create_link_request(link.clone(), NOW).await.unwrap();
     let err = store.create_link_request(link.clone(), NOW).await.unwrap_err();
     assert!(matches!(err, StoreError::LinkPending), "{err:?}");
 
     let pending = store.link_request("AAAA-BBBB", NOW).await.unwrap().unwrap();
     assert_eq!((pending.device_id, pending.approved.clone()), (device(11), None));
-    assert!(
-        store.link_request("AAAA-BBBB", NOW + 600).await.unwrap().is_none(),
-        "lapsed"
-    );
+    assert!(store.link_request("AAAA-BBBB", NOW + 600).await.unwrap().is_none(), "lapsed");
 
-    let err = store
-        .approve_link_request("ZZZZ-ZZZZ", new_device(1, 11), 10, NOW)
-        .await
-        .unwrap_err();
+    let err = store.approve_link_request("ZZZZ-ZZZZ", new_device(1, 11), 10, NOW).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
-    store
-        .approve_link_request("AAAA-BBBB", new_device(1, 11), 10, NOW)
-        .await
-        .unwrap();
+    store.approve_link_request("AAAA-BBBB", new_device(1, 11), 10, NOW).await.unwrap();
     let approved = store.link_request("AAAA-BBBB", NOW).await.unwrap().unwrap();
     assert_eq!(approved.approved, Some((user(1), vec![11; 64])));
     assert!(store.device(&device(11)).await.unwrap().is_some());
-    let err = store
-        .approve_link_request("AAAA-BBBB", new_device(1, 11), 10, NOW)
-        .await
-        .unwrap_err();
+    let err = store.approve_link_request("AAAA-BBBB", new_device(1, 11), 10, NOW).await.unwrap_err();
     assert!(matches!(err, StoreError::LinkAlreadyApproved), "{err:?}");
 
-    let registered = NewLinkRequest {
-        code: "CCCC-DDDD".into(),
-        device_id: device(10),
-        expires_at: NOW + 600,
-    };
+    let registered = NewLinkRequest { code: "CCCC-DDDD".into(), device_id: device(10), expires_at: NOW + 600 };
     let err = store.create_link_request(registered, NOW).await.unwrap_err();
     assert!(matches!(err, StoreError::DeviceExists), "{err:?}");
 
     // A lapsed request can be replaced by a new one with the same code.
-    let again = NewLinkRequest {
-        code: "EEEE-FFFF".into(),
-        device_id: device(12),
-        expires_at: NOW + 10,
-    };
+    let again = NewLinkRequest { code: "EEEE-FFFF".into(), device_id: device(12), expires_at: NOW + 10 };
     store.create_link_request(again.clone(), NOW).await.unwrap();
-    store
-        .create_link_request(
-            NewLinkRequest {
-                expires_at: NOW + 700,
-                ..again
-            },
-            NOW + 20,
-        )
-        .await
-        .unwrap();
-    let err = store
-        .approve_link_request("EEEE-FFFF", new_device(1, 13), 10, NOW + 30)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound),
-        "the device must match the request: {err:?}"
-    );
+    store.create_link_request(NewLinkRequest { expires_at: NOW + 700, ..again }, NOW + 20).await.unwrap();
+    let err = store.approve_link_request("EEEE-FFFF", new_device(1, 13), 10, NOW + 30).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound), "the device must match the request: {err:?}");
 }
 
 /// A handle has one holder; a user holds one handle.
@@ -270,11 +207,7 @@ pub async fn handles_are_unique<S: Store>(store: &S) {
     assert!(!store.release_handle(&user(2), &alice).await.unwrap());
 
     store.claim_handle(&user(1), &ally, NOW).await.unwrap();
-    assert_eq!(
-        store.resolve_handle(&alice).await.unwrap(),
-        None,
-        "the old handle is freed"
-    );
+    assert_eq!(store.resolve_handle(&alice).await.unwrap(), None, "the old handle is freed");
     assert_eq!(store.handle_of(&user(1)).await.unwrap(), Some(ally.clone()));
     store.claim_handle(&user(2), &alice, NOW).await.unwrap();
     assert!(store.release_handle(&user(1), &ally).await.unwrap());
@@ -284,15 +217,9 @@ pub async fn handles_are_unique<S: Store>(store: &S) {
 
 /// However many racers, a challenge is consumed once.
 pub async fn challenges_are_consumed_once<S: Store>(store: &S) {
-    store
-        .insert_challenge(b"challenge-1", &device(10), NOW + 60_000)
-        .await
-        .unwrap();
+    store.insert_challenge(b"challenge-1", &device(10), NOW + 60_000).await.unwrap();
     let record = store.challenge(b"challenge-1").await.unwrap().unwrap();
-    assert_eq!(
-        (record.device_id, record.expires_at, record.used),
-        (device(10), NOW + 60_000, false)
-    );
+    assert_eq!((record.device_id, record.expires_at, record.used), (device(10), NOW + 60_000, false));
     assert!(store.challenge(b"other").await.unwrap().is_none());
 
     let results = join_all((0..10).map(|_| store.consume_challenge(b"challenge-1", NOW))).await;
@@ -307,10 +234,7 @@ pub async fn sessions<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
     store.create_session(session(7, 10, 1, NOW + 5)).await.unwrap();
     let found = store.session(&[7; 32]).await.unwrap().unwrap();
-    assert_eq!(
-        (found.device_id, found.user_id, found.expires_at),
-        (device(10), user(1), NOW + 5)
-    );
+    assert_eq!((found.device_id, found.user_id, found.expires_at), (device(10), user(1), NOW + 5));
     assert!(store.session(&[8; 32]).await.unwrap().is_none());
     assert!(store.delete_session(&[7; 32]).await.unwrap());
     assert!(!store.delete_session(&[7; 32]).await.unwrap());
@@ -322,31 +246,15 @@ pub async fn key_packages_cap_and_fallback<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
     assert!(store.claim_key_package(&device(10)).await.unwrap().is_none());
 
-    let stock = store
-        .add_key_packages(&device(10), vec![vec![1], vec![2]], None, 3, NOW)
-        .await
-        .unwrap();
+    let stock = store.add_key_packages(&device(10), vec![vec![1], vec![2]], None, 3, NOW).await.unwrap();
     assert_eq!((stock.one_time, stock.last_resort), (2, false));
-    let err = store
-        .add_key_packages(&device(10), vec![vec![3], vec![4]], Some(vec![9]), 3, NOW)
-        .await
-        .unwrap_err();
+    let err = store.add_key_packages(&device(10), vec![vec![3], vec![4]], Some(vec![9]), 3, NOW).await.unwrap_err();
     assert!(matches!(err, StoreError::KeyPackageLimitReached), "{err:?}");
     let stock = store.key_package_stock(&device(10)).await.unwrap();
-    assert_eq!(
-        (stock.one_time, stock.last_resort),
-        (2, false),
-        "a refused upload stores nothing"
-    );
+    assert_eq!((stock.one_time, stock.last_resort), (2, false), "a refused upload stores nothing");
 
-    store
-        .add_key_packages(&device(10), vec![], Some(vec![8]), 3, NOW)
-        .await
-        .unwrap();
-    store
-        .add_key_packages(&device(10), vec![vec![3]], Some(vec![9]), 3, NOW)
-        .await
-        .unwrap();
+    store.add_key_packages(&device(10), vec![], Some(vec![8]), 3, NOW).await.unwrap();
+    store.add_key_packages(&device(10), vec![vec![3]], Some(vec![9]), 3, NOW).await.unwrap();
 
     let mut taken = Vec::new();
     for _ in 0..5 {
@@ -355,13 +263,7 @@ pub async fn key_packages_cap_and_fallback<S: Store>(store: &S) {
     }
     assert_eq!(
         taken,
-        vec![
-            (vec![1], false),
-            (vec![2], false),
-            (vec![3], false),
-            (vec![9], true),
-            (vec![9], true)
-        ],
+        vec![(vec![1], false), (vec![2], false), (vec![3], false), (vec![9], true), (vec![9], true)],
         "one-time packages in upload order, then the newest last-resort package, which stays"
     );
     let stock = store.key_package_stock(&device(10)).await.unwrap();
@@ -373,28 +275,16 @@ pub async fn key_packages_cap_and_fallback<S: Store>(store: &S) {
 pub async fn concurrent_claims_never_hand_out_a_package_twice<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
     let one_time: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 16]).collect();
-    store
-        .add_key_packages(&device(10), one_time, Some(vec![0xff; 16]), 200, NOW)
-        .await
-        .unwrap();
+    store.add_key_packages(&device(10), one_time, Some(vec![0xff; 16]), 200, NOW).await.unwrap();
 
     let target = device(10);
     let results = join_all((0..50).map(|_| store.claim_key_package(&target))).await;
     let claimed: Vec<_> = results.into_iter().map(|r| r.unwrap().unwrap()).collect();
-    let one_time: Vec<_> = claimed
-        .iter()
-        .filter(|c| !c.last_resort)
-        .map(|c| c.data.clone())
-        .collect();
+    let one_time: Vec<_> = claimed.iter().filter(|c| !c.last_resort).map(|c| c.data.clone()).collect();
     let distinct: HashSet<_> = one_time.iter().cloned().collect();
     assert_eq!(one_time.len(), 10);
     assert_eq!(distinct.len(), 10, "no one-time package twice");
-    assert!(
-        claimed
-            .iter()
-            .filter(|c| c.last_resort)
-            .all(|c| c.data == vec![0xff; 16])
-    );
+    assert!(claimed.iter().filter(|c| c.last_resort).all(|c| c.data == vec![0xff; 16]));
 }
 
 /// Pruning deletes expired challenges, sessions and link requests and keeps live ones.
@@ -404,19 +294,9 @@ pub async fn pruning_removes_only_expired_rows<S: Store>(store: &S) {
     store.insert_challenge(b"new", &device(10), NOW + 10).await.unwrap();
     store.create_session(session(1, 10, 1, NOW - 1)).await.unwrap();
     store.create_session(session(2, 10, 1, NOW + 1)).await.unwrap();
-    let link = |code: &str, n: u8, expires_at| NewLinkRequest {
-        code: code.into(),
-        device_id: device(n),
-        expires_at,
-    };
-    store
-        .create_link_request(link("OLD0-0000", 11, NOW - 1), NOW - 100)
-        .await
-        .unwrap();
-    store
-        .create_link_request(link("NEW0-0000", 12, NOW + 1), NOW - 100)
-        .await
-        .unwrap();
+    let link = |code: &str, n: u8, expires_at| NewLinkRequest { code: code.into(), device_id: device(n), expires_at };
+    store.create_link_request(link("OLD0-0000", 11, NOW - 1), NOW - 100).await.unwrap();
+    store.create_link_request(link("NEW0-0000", 12, NOW + 1), NOW - 100).await.unwrap();
 
     let pruned = store.prune_expired(NOW, 0).await.unwrap();
     assert_eq!(pruned, 3);

@@ -74,11 +74,7 @@ pub async fn revoke_device(
     Path(device_id): Path<DeviceId>,
     Json(request): Json<RevokeDeviceRequest>,
 ) -> Result<StatusCode> {
-    state
-        .services
-        .accounts
-        .revoke_device(&caller, &device_id, &request.signature)
-        .await?;
+    state.services.accounts.revoke_device(&caller, &device_id, &request.signature).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -177,9 +173,7 @@ pub async fn claim_handle(
     Path(handle): Path<Handle>,
     Json(request): Json<HandleRequest>,
 ) -> Result<Json<HandleRecord>> {
-    Ok(Json(
-        state.services.accounts.claim_handle(&caller, handle, &request).await?,
-    ))
+    Ok(Json(state.services.accounts.claim_handle(&caller, handle, &request).await?))
 }
 
 /// Release the caller's user's handle.
@@ -198,10 +192,6 @@ pub async fn release_handle(
     Path(handle): Path<Handle>,
     Json(request): Json<HandleRequest>,
 ) -> Result<StatusCode> {
-    state
-        .services
-        .accounts
-        .release_handle(&caller, handle, &request)
-        .await?;
+    state.services.accounts.release_handle(&caller, handle, &request).await?;
     Ok(StatusCode::NO_CONTENT)
 }

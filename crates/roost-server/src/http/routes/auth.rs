@@ -39,10 +39,7 @@ pub async fn open_session(
     State(state): State<AppState>,
     Json(request): Json<SessionRequest>,
 ) -> Result<(StatusCode, Json<SessionResponse>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.services.auth.open_session(request).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(state.services.auth.open_session(request).await?)))
 }
 
 /// Who the bearer token belongs to.

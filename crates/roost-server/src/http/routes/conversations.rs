@@ -60,10 +60,7 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Json(request): Json<CreateConversationRequest>,
 ) -> Result<(StatusCode, Json<ConversationSummary>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.services.conversations.create(&caller, request).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(state.services.conversations.create(&caller, request).await?)))
 }
 
 /// List the caller device's conversations, with members, last sequence number, read position,
@@ -79,13 +76,7 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<ConversationList>> {
-    Ok(Json(
-        state
-            .services
-            .conversations
-            .list(&caller, query.cursor.as_deref(), query.limit)
-            .await?,
-    ))
+    Ok(Json(state.services.conversations.list(&caller, query.cursor.as_deref(), query.limit).await?))
 }
 
 /// One conversation.
@@ -127,10 +118,7 @@ pub async fn commit(
     Path(id): Path<ConversationId>,
     Json(request): Json<CommitRequest>,
 ) -> Result<(StatusCode, Json<CommitAccepted>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.services.conversations.commit(&caller, &id, request).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(state.services.conversations.commit(&caller, &id, request).await?)))
 }
 
 /// Join by an MLS external commit: only for a new device of a user who is already a member.
@@ -150,16 +138,7 @@ pub async fn external_join(
     Path(id): Path<ConversationId>,
     Json(request): Json<ExternalJoinRequest>,
 ) -> Result<(StatusCode, Json<CommitAccepted>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            state
-                .services
-                .conversations
-                .external_join(&caller, &id, request)
-                .await?,
-        ),
-    ))
+    Ok((StatusCode::CREATED, Json(state.services.conversations.external_join(&caller, &id, request).await?)))
 }
 
 /// The current GroupInfo and epoch (for member users' devices).
@@ -202,11 +181,7 @@ pub async fn send(
     Json(request): Json<SendRequest>,
 ) -> Result<(StatusCode, Json<SendAccepted>)> {
     let accepted = state.services.conversations.send(&caller, &id, request).await?;
-    let status = if accepted.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(accepted)))
 }
 
@@ -227,9 +202,7 @@ pub async fn leave(
     Path(id): Path<ConversationId>,
     Json(request): Json<LeaveRequest>,
 ) -> Result<Json<SeqResponse>> {
-    Ok(Json(SeqResponse {
-        seq: state.services.conversations.leave(&caller, &id, request).await?,
-    }))
+    Ok(Json(SeqResponse { seq: state.services.conversations.leave(&caller, &id, request).await? }))
 }
 
 /// Set the retention policy (within the server's maximum age).
@@ -268,13 +241,7 @@ pub async fn history(
     Path(id): Path<ConversationId>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<HistoryResponse>> {
-    Ok(Json(
-        state
-            .services
-            .conversations
-            .history(&caller, &id, query.before, query.limit)
-            .await?,
-    ))
+    Ok(Json(state.services.conversations.history(&caller, &id, query.before, query.limit).await?))
 }
 
 /// Move the caller's user's read position forward (monotonic); synced to the user's other
@@ -294,13 +261,7 @@ pub async fn mark_read(
     Path(id): Path<ConversationId>,
     Json(request): Json<ReadMarkerRequest>,
 ) -> Result<Json<SeqResponse>> {
-    Ok(Json(SeqResponse {
-        seq: state
-            .services
-            .conversations
-            .mark_read(&caller, &id, request.seq)
-            .await?,
-    }))
+    Ok(Json(SeqResponse { seq: state.services.conversations.mark_read(&caller, &id, request.seq).await? }))
 }
 
 /// The caller's user's settings.
@@ -318,7 +279,5 @@ pub async fn set_settings(
     Authenticated(caller): Authenticated,
     Json(settings): Json<Settings>,
 ) -> Result<Json<Settings>> {
-    Ok(Json(
-        state.services.conversations.set_settings(&caller, settings).await?,
-    ))
+    Ok(Json(state.services.conversations.set_settings(&caller, settings).await?))
 }

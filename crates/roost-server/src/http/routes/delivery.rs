@@ -41,13 +41,7 @@ pub async fn sync(
     Authenticated(caller): Authenticated,
     Query(query): Query<SyncQuery>,
 ) -> Result<Json<SyncResponse>> {
-    Ok(Json(
-        state
-            .services
-            .delivery
-            .sync(&caller, query.cursor.as_deref(), query.limit)
-            .await?,
-    ))
+    Ok(Json(state.services.delivery.sync(&caller, query.cursor.as_deref(), query.limit).await?))
 }
 
 /// Acknowledge: cumulative per conversation (everything up to `seq`), and queue entries up to
@@ -84,10 +78,6 @@ pub async fn send_to_device(
     Path(device): Path<DeviceId>,
     Json(request): Json<DeviceMessageRequest>,
 ) -> Result<(StatusCode, Json<QueuedResponse>)> {
-    let id = state
-        .services
-        .delivery
-        .send_to_device(&caller, &device, request.payload.into_vec())
-        .await?;
+    let id = state.services.delivery.send_to_device(&caller, &device, request.payload.into_vec()).await?;
     Ok((StatusCode::CREATED, Json(QueuedResponse { id })))
 }

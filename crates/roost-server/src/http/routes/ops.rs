@@ -12,9 +12,7 @@ use crate::http::{AppState, openapi_json};
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".to_owned(),
-    })
+    Json(Health { status: "ok".to_owned() })
 }
 
 /// Readiness: the store answers.
@@ -25,20 +23,10 @@ pub async fn healthz() -> Json<Health> {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     match state.services.ctx.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(Health {
-                status: "ok".to_owned(),
-            }),
-        ),
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok".to_owned() })),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Health {
-                    status: "store unavailable".to_owned(),
-                }),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "store unavailable".to_owned() }))
         }
     }
 }
@@ -47,10 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 /// This OpenAPI document.

@@ -1,0 +1,49 @@
+//! A minimal Roost client for load: registration, authentication and sockets, speaking the
+//! documented protocol directly (no SDK), so the bench measures the server alone.
+
+use anyhow::{Context as _, bail};
+use ed25519_dalek::{Signer, SigningKey};
+use roost_proto::api::{ChallengeResponse, SessionResponse};
+use roost_proto::{DeviceId, UserId, bytes, signing};
+use serde_json::{Value, json};
+
+/// A registered, authenticated device.
+pub struct Device {
+    /// Its bearer token.
+    pub token: String,
+}
+
+/// Registers a fresh user with one device and authenticates it.
+pub async fn register_and_login(http: &reqwest::Client, base: &str) -> anyhow::Result<Device> {
+    let identity = SigningKey::from_bytes(&rand::random());
+    let device = SigningKey::from_bytes(&rand::random());
+    let user_id = UserId::from_bytes(identity.verifying_key().to_bytes());
+    let device_id = DeviceId::from_bytes(device.verifying_key().to_bytes());
+    let certificate = identity.sign(&signing::device_certificate_message(&user_id, &device_id)).to_bytes();
+    let body =
+        json!({"identity_key": user_id, "device_id": device_id, "device_certificate": bytes::encode(&certificate)});
+    post(http, &format!("{base}/v1/users"), &body).await.context("registering")?;
+
+    let challenge: ChallengeResponse = serde_json::from_value(
+        post(http, &format!("{base}/v1/auth/challenge"), &json!({"device_id": device_id})).await?,
+    )?;
+    let statement = signing::auth_message(&challenge.server_name, &device_id, challenge.challenge.as_bytes());
+    let answer = json!({
+        "device_id": device_id,
+        "challenge": challenge.challenge,
+        "signature": bytes::encode(&device.sign(&statement).to_bytes()),
+    });
+    let session: SessionResponse =
+        serde_json::from_value(post(http, &format!("{base}/v1/auth/session"), &answer).await?)?;
+    Ok(Device { token: session.token })
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
+    let response = http.post(url).json(body).send().await.with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let value: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("POST {url}: {status} {value}");
+    }
+    Ok(value)
+}

@@ -1,0 +1,115 @@
+//! `connections`: server memory per idle authenticated WebSocket.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{SinkExt, StreamExt, stream};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client;
+
+/// Arguments of the connections mode.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base URL of the running server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Process id of the server, to read its memory.
+    #[arg(long)]
+    server_pid: u32,
+    /// How many idle authenticated connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// Concurrent registrations and connection attempts.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds to hold the connections open before the final measurement.
+    #[arg(long, default_value_t = 5)]
+    hold_secs: u64,
+}
+
+/// Runs the mode and prints a summary and a JSON line.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    eprintln!("registering and authenticating {} devices…", args.count);
+    let devices: Vec<client::Device> = stream::iter(0..args.count)
+        .map(|_| client::register_and_login(&http, &args.server))
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()
+        .context("preparing devices (raise the server's registration and challenge rate limits)")?;
+    eprintln!("prepared in {:.1} s", started.elapsed().as_secs_f64());
+
+    // Let the server settle, then measure the baseline with no socket open.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = resident_bytes(args.server_pid)?;
+    let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
+    let opened = Instant::now();
+    let sockets: Vec<_> = stream::iter(devices.iter())
+        .map(|device| open(&ws_base, &device.token))
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!("{} sockets authenticated in {:.1} s", sockets.len(), opened.elapsed().as_secs_f64());
+
+    // Keep every client reading (answering pings) while the server holds them idle.
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} }))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    let after = resident_bytes(args.server_pid)?;
+    for reader in &readers {
+        reader.abort();
+    }
+
+    let per_connection = after.saturating_sub(before) as f64 / args.count as f64;
+    println!(
+        "connections: {} idle authenticated sockets; server RSS {:.1} MiB before, {:.1} MiB after; {:.0} bytes ({:.2} KiB) per connection",
+        args.count,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per_connection,
+        per_connection / 1024.0
+    );
+    println!(
+        "{}",
+        json!({"mode": "connections", "count": args.count, "rss_before_bytes": before, "rss_after_bytes": after,
+               "bytes_per_connection": per_connection.round()})
+    );
+    Ok(())
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(url: &str, token: &str) -> anyhow::Result<Socket> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.context("websocket handshake")?;
+    socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
+    // Wait for the initial drain to finish: the connection is then idle.
+    while let Some(message) = socket.next().await {
+        if let Message::Text(text) = message? {
+            if text.contains("\"queue_empty\"") {
+                return Ok(socket);
+            }
+            if text.contains("\"error\"") {
+                bail!("server refused the socket: {text}");
+            }
+        }
+    }
+    bail!("the server closed the socket before queue_empty")
+}
+
+/// Resident set size of a process, from `/proc/PID/status` (Linux).
+fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS line")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("VmRSS value")?.parse()?;
+    Ok(kib * 1024)
+}
