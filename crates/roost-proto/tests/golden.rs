@@ -382,3 +382,114 @@ mod conversations {
         golden(&body, json!({"error": {"code": "stale_epoch", "message": "catch up", "current_epoch": 6}}));
     }
 }
+
+mod socket_frames {
+    use roost_proto::conversation::*;
+    use roost_proto::socket::{ClientFrame, ServerFrame};
+    use roost_proto::{Base64Bytes, ConversationId, ErrorCode};
+    use serde_json::json;
+
+    use super::{DEVICE, USER, device, golden, user};
+
+    const CONVERSATION: &str = "BwcHBwcHBwcHBwcHBwcHBw";
+
+    fn conversation() -> ConversationId {
+        ConversationId::from_bytes([7; 16])
+    }
+
+    #[test]
+    fn client_frames() {
+        golden(&ClientFrame::Auth { token: "rst_x".into() }, json!({"type": "auth", "token": "rst_x"}));
+        golden(
+            &ClientFrame::Ack(AckRequest {
+                conversations: vec![ConversationAck { conversation_id: conversation(), seq: 4 }],
+                queue_up_to: None,
+            }),
+            json!({"type": "ack", "conversations": [{"conversation_id": CONVERSATION, "seq": 4}], "queue_up_to": null}),
+        );
+        golden(
+            &ClientFrame::Typing { conversation_id: conversation(), active: true },
+            json!({"type": "typing", "conversation_id": CONVERSATION, "active": true}),
+        );
+        golden(&ClientFrame::Presence { visible: false }, json!({"type": "presence", "visible": false}));
+        assert!(serde_json::from_value::<ClientFrame>(json!({"type": "auth", "token": "t", "extra": 1})).is_err());
+        assert!(serde_json::from_value::<ClientFrame>(json!({"type": "shout"})).is_err());
+    }
+
+    #[test]
+    fn server_frames() {
+        golden(
+            &ServerFrame::Ready { user_id: user(), device_id: device() },
+            json!({"type": "ready", "user_id": USER, "device_id": DEVICE}),
+        );
+        golden(
+            &ServerFrame::Entry(Entry {
+                conversation_id: conversation(),
+                seq: 3,
+                kind: EntryKind::Commit,
+                sender_user: user(),
+                sender_device: device(),
+                epoch: 2,
+                payload: Base64Bytes(vec![1]),
+                created_at: 5,
+            }),
+            json!({"type": "entry", "conversation_id": CONVERSATION, "seq": 3, "kind": "commit", "sender_user": USER,
+                   "sender_device": DEVICE, "epoch": 2, "payload": "AQ", "created_at": 5}),
+        );
+        golden(
+            &ServerFrame::Queue(QueueEntry {
+                id: 8,
+                kind: QueueKind::KeysLow,
+                conversation_id: None,
+                seq: None,
+                sender_device: None,
+                payload: Base64Bytes(b"{}".to_vec()),
+                created_at: 6,
+            }),
+            json!({"type": "queue", "id": 8, "kind": "keys_low", "payload": "e30", "created_at": 6}),
+        );
+        golden(&ServerFrame::QueueEmpty, json!({"type": "queue_empty"}));
+        golden(
+            &ServerFrame::Ephemeral {
+                conversation_id: conversation(),
+                sender_user: user(),
+                sender_device: device(),
+                epoch: 2,
+                payload: Base64Bytes(vec![2]),
+            },
+            json!({"type": "ephemeral", "conversation_id": CONVERSATION, "sender_user": USER, "sender_device": DEVICE,
+                   "epoch": 2, "payload": "Ag"}),
+        );
+        golden(
+            &ServerFrame::Typing {
+                conversation_id: conversation(),
+                user_id: user(),
+                device_id: device(),
+                active: false,
+            },
+            json!({"type": "typing", "conversation_id": CONVERSATION, "user_id": USER, "device_id": DEVICE, "active": false}),
+        );
+        golden(
+            &ServerFrame::ReadReceipt { conversation_id: conversation(), user_id: user(), seq: 9 },
+            json!({"type": "read_receipt", "conversation_id": CONVERSATION, "user_id": USER, "seq": 9}),
+        );
+        golden(
+            &ServerFrame::Presence { user_id: user(), online: true, last_seen: 10 },
+            json!({"type": "presence", "user_id": USER, "online": true, "last_seen": 10}),
+        );
+        golden(&ServerFrame::DevicesChanged { user_id: user() }, json!({"type": "devices_changed", "user_id": USER}));
+        golden(
+            &ServerFrame::Error { code: ErrorCode::NotAMember, message: "no".into() },
+            json!({"type": "error", "code": "not_a_member", "message": "no"}),
+        );
+    }
+
+    #[test]
+    fn close_codes_are_stable() {
+        use roost_proto::socket::close::*;
+        assert_eq!(
+            [UNAUTHENTICATED, REPLACED, TOO_MANY_CONNECTIONS, REVOKED, IDLE, SLOW_CONSUMER, GOING_AWAY],
+            [4001, 4002, 4003, 4004, 4005, 4008, 1001]
+        );
+    }
+}
