@@ -155,6 +155,8 @@ pub struct RateLimits {
     pub key_claims_per_requester: u32,
     /// Key claims per requesting user and target user.
     pub key_claims_per_pair: u32,
+    /// Sends (messages, ephemeral sends, device-to-device payloads) per device.
+    pub sends_per_device: u32,
 }
 
 impl Default for Config {
@@ -202,6 +204,7 @@ impl Default for RateLimits {
             links_per_address: 30,
             key_claims_per_requester: 120,
             key_claims_per_pair: 20,
+            sends_per_device: 6000,
         }
     }
 }
@@ -292,6 +295,7 @@ impl Config {
             rates.links_per_address,
             rates.key_claims_per_requester,
             rates.key_claims_per_pair,
+            rates.sends_per_device,
         ];
         if all.contains(&0) {
             return Err(ConfigError("rate limits must be at least 1 per minute".into()));

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use roost_proto::UserId;
+use roost_proto::{DeviceId, UserId};
 
 use crate::config::RateLimits;
 use crate::error::{Error, Result};
@@ -47,6 +47,8 @@ pub struct RateLimiters {
     pub claims_by_requester: KeyedLimit<UserId>,
     /// Key claims per (requesting user, target user).
     pub claims_by_pair: KeyedLimit<(UserId, UserId)>,
+    /// Sends per device.
+    pub sends: KeyedLimit<DeviceId>,
 }
 
 impl RateLimiters {
@@ -58,6 +60,7 @@ impl RateLimiters {
             links: KeyedLimit::per_minute(rates.links_per_address),
             claims_by_requester: KeyedLimit::per_minute(rates.key_claims_per_requester),
             claims_by_pair: KeyedLimit::per_minute(rates.key_claims_per_pair),
+            sends: KeyedLimit::per_minute(rates.sends_per_device),
         }
     }
 
@@ -69,5 +72,6 @@ impl RateLimiters {
         self.links.forget_idle();
         self.claims_by_requester.forget_idle();
         self.claims_by_pair.forget_idle();
+        self.sends.forget_idle();
     }
 }

@@ -43,6 +43,7 @@ impl TestServer {
         rates.links_per_address = 10_000;
         rates.key_claims_per_requester = 10_000;
         rates.key_claims_per_pair = 10_000;
+        rates.sends_per_device = 100_000;
         adjust(&mut config);
         Self::start_in(data_dir, config).await
     }

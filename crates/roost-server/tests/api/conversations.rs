@@ -648,3 +648,19 @@ async fn the_database_file_stays_bounded_under_steady_traffic_with_pruning() {
     // Freed pages are reused: after the first rounds the files stop growing.
     assert!(sizes[7] <= sizes[2] + 2 * 1024 * 1024, "database grows without bound: {sizes:?}");
 }
+
+#[tokio::test]
+async fn sends_are_rate_limited_per_device() {
+    let server = TestServer::start_with(|config| config.rate_limits.sends_per_device = 3).await;
+    let mut alice = server.user("alice").await;
+    server.link_device(&mut alice).await;
+    let bob = server.user("bob").await;
+    let id = create(&server, &alice.token(), "direct", &[alice.devices[1].id(), bob.devices[0].id()], None).await;
+    for i in 0..3 {
+        send_ok(&server, &alice.token(), &id, &format!("m{i}"), 1).await;
+    }
+    assert_error(&send(&server, &alice.token(), &id, "m3", 1).await, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // The limit is per device: alice's other device and bob still send.
+    send_ok(&server, &alice.devices[1].token(), &id, "other", 1).await;
+    send_ok(&server, &bob.token(), &id, "bob", 1).await;
+}
