@@ -1,0 +1,174 @@
+//! The HTTP transport: one typed method per route the SDK uses.
+
+use reqwest::Method;
+use roost_proto::api::{
+    ChallengeResponse, DeviceList, HandleRecord, KeyClaimResponse, KeyPackageCount, RegisterResponse, SessionResponse,
+};
+use roost_proto::conversation::{CommitAccepted, ConversationSummary, GroupInfoResponse, SendAccepted, SyncResponse};
+use roost_proto::{ConversationId, DeviceId, ErrorBody, ErrorCode, UserId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::{ClientError, Result};
+
+/// A connection to one server, with the device's session token once logged in.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    /// A client for the server at `base` (such as `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Self {
+        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: None }
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Uses a session token for the calls that need one.
+    pub fn set_token(&mut self, token: String) {
+        self.token = Some(token);
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>) -> Result<T> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|_| ClientError::Unreachable(self.base.clone()))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|err| ClientError::Protocol(err.to_string()))?;
+        if !status.is_success() {
+            return Err(match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(body) => ClientError::Server {
+                    status: status.as_u16(),
+                    code: body.error.code,
+                    message: body.error.message,
+                    current_epoch: body.error.current_epoch,
+                },
+                Err(_) => ClientError::Protocol(format!("HTTP {status}")),
+            });
+        }
+        let text = if text.is_empty() { "null" } else { &text };
+        serde_json::from_str(text).map_err(|err| ClientError::Protocol(format!("{path}: {err}")))
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        let body = serde_json::to_value(body).map_err(|err| ClientError::Protocol(err.to_string()))?;
+        self.call(Method::POST, path, Some(&body)).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// `POST /v1/users`.
+    pub async fn register(&self, body: &Value) -> Result<RegisterResponse> {
+        self.post("/v1/users", body).await
+    }
+
+    /// `POST /v1/auth/challenge` then `POST /v1/auth/session`, signing with `sign`.
+    pub async fn login(&self, device: &DeviceId, sign: impl Fn(&[u8]) -> [u8; 64]) -> Result<SessionResponse> {
+        let challenge: ChallengeResponse = self.post("/v1/auth/challenge", &json!({"device_id": device})).await?;
+        let statement =
+            roost_proto::signing::auth_message(&challenge.server_name, device, challenge.challenge.as_bytes());
+        let body = json!({
+            "device_id": device,
+            "challenge": challenge.challenge,
+            "signature": roost_proto::bytes::encode(&sign(&statement)),
+        });
+        self.post("/v1/auth/session", &body).await
+    }
+
+    /// `GET /v1/auth/session`: whether the token works.
+    pub async fn whoami(&self) -> Result<roost_proto::api::WhoAmI> {
+        if self.token.is_none() {
+            return Err(ClientError::Invalid("not logged in".into()));
+        }
+        self.get("/v1/auth/session").await
+    }
+
+    /// `GET /v1/users/{user}/devices`.
+    pub async fn devices(&self, user: &UserId) -> Result<DeviceList> {
+        self.get(&format!("/v1/users/{user}/devices")).await
+    }
+
+    /// `GET /v1/handles/{handle}`.
+    pub async fn resolve_handle(&self, handle: &str) -> Result<HandleRecord> {
+        self.get(&format!("/v1/handles/{}", handle.trim_start_matches('@'))).await
+    }
+
+    /// `POST /v1/handles/{handle}/claim`.
+    pub async fn claim_handle(&self, handle: &str, body: &Value) -> Result<HandleRecord> {
+        self.post(&format!("/v1/handles/{handle}/claim"), body).await
+    }
+
+    /// `POST /v1/keys/packages`.
+    pub async fn upload_key_packages(&self, body: &Value) -> Result<KeyPackageCount> {
+        self.post("/v1/keys/packages", body).await
+    }
+
+    /// `POST /v1/keys/claim`.
+    pub async fn claim_key_packages(&self, users: &[UserId], devices: &[DeviceId]) -> Result<KeyClaimResponse> {
+        self.post("/v1/keys/claim", &json!({"user_ids": users, "device_ids": devices})).await
+    }
+
+    /// `POST /v1/conversations`.
+    pub async fn create_conversation(&self, body: &Value) -> Result<ConversationSummary> {
+        self.post("/v1/conversations", body).await
+    }
+
+    /// `GET /v1/conversations/{id}`.
+    pub async fn conversation(&self, id: &ConversationId) -> Result<ConversationSummary> {
+        self.get(&format!("/v1/conversations/{id}")).await
+    }
+
+    /// `POST /v1/conversations/{id}/commits`.
+    pub async fn commit(&self, id: &ConversationId, body: &Value) -> Result<CommitAccepted> {
+        self.post(&format!("/v1/conversations/{id}/commits"), body).await
+    }
+
+    /// `GET /v1/conversations/{id}/group-info`.
+    pub async fn group_info(&self, id: &ConversationId) -> Result<GroupInfoResponse> {
+        self.get(&format!("/v1/conversations/{id}/group-info")).await
+    }
+
+    /// `POST /v1/conversations/{id}/messages`.
+    pub async fn send(&self, id: &ConversationId, body: &Value) -> Result<SendAccepted> {
+        self.post(&format!("/v1/conversations/{id}/messages"), body).await
+    }
+
+    /// `GET /v1/sync`.
+    pub async fn sync(&self, cursor: Option<&str>) -> Result<SyncResponse> {
+        match cursor {
+            Some(cursor) => self.get(&format!("/v1/sync?cursor={cursor}")).await,
+            None => self.get("/v1/sync").await,
+        }
+    }
+
+    /// `POST /v1/ack`.
+    pub async fn ack(&self, conversations: &[(ConversationId, u64)], queue_up_to: Option<u64>) -> Result<()> {
+        let conversations: Vec<Value> =
+            conversations.iter().map(|(id, seq)| json!({"conversation_id": id, "seq": seq})).collect();
+        let _: Value =
+            self.post("/v1/ack", &json!({"conversations": conversations, "queue_up_to": queue_up_to})).await?;
+        Ok(())
+    }
+
+    /// Whether an error is the server's `stale_epoch`, and the current epoch it named.
+    pub fn stale_epoch(err: &ClientError) -> Option<u64> {
+        match err {
+            ClientError::Server { code: ErrorCode::StaleEpoch, current_epoch, .. } => *current_epoch,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! End to end over a real server: real MLS through OpenMLS, real HTTP, a real SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: failing loudly is the point.
+
+use std::path::Path;
+
+use roost_client::{Client, Content, Event};
+use roost_proto::conversation::ConversationKind;
+use roost_server::config::Config;
+
+struct Server {
+    base: String,
+    data: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn server() -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config { data_dir: data.path().to_path_buf(), ..Config::default() };
+    config.rate_limits.registrations_per_address = 1000;
+    config.rate_limits.challenges_per_address = 1000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        roost_server::serve(listener, config, std::future::pending()).await.unwrap();
+    });
+    Server { base, data, _task: task }
+}
+
+fn texts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Message(message) => Some(message.content.display()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every file under `dir`, searched for `needle`.
+fn contains(dir: &Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            contains(&path, needle)
+        } else {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            bytes.windows(needle.len()).any(|window| window == needle.as_bytes())
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_and_bob_exchange_encrypted_messages() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+
+    let id = alice.create_conversation(ConversationKind::Direct, &[bob.user_id()]).await.unwrap();
+    let first = alice.send_text(&id, "hello bob, this is secret plaintext one").await.unwrap();
+    assert_eq!(first, 1);
+
+    let events = bob.sync().await.unwrap();
+    assert!(events.contains(&Event::Joined(id)), "{events:?}");
+    assert_eq!(texts(&events), vec!["hello bob, this is secret plaintext one"]);
+    bob.send_text(&id, "hi alice, secret plaintext two").await.unwrap();
+    let events = alice.sync().await.unwrap();
+    assert_eq!(texts(&events), vec!["hi alice, secret plaintext two"]);
+    assert!(bob.sync().await.unwrap().is_empty(), "everything was acknowledged");
+
+    // Both keep the same history, in the same order.
+    let alices: Vec<_> = alice.history(&id).unwrap().into_iter().map(|m| (m.seq, m.content)).collect();
+    let bobs: Vec<_> = bob.history(&id).unwrap().into_iter().map(|m| (m.seq, m.content)).collect();
+    assert_eq!(alices, bobs);
+    assert_eq!(alices[0].1, Content::Text { body: "hello bob, this is secret plaintext one".into() });
+
+    // A client that reopens its state keeps its history and its group.
+    drop(alice);
+    let mut alice = Client::open(&homes.path().join("alice")).unwrap();
+    alice.connect().await.unwrap();
+    alice.send_text(&id, "after a restart, secret plaintext three").await.unwrap();
+    assert_eq!(texts(&bob.sync().await.unwrap()), vec!["after a restart, secret plaintext three"]);
+
+    // The server never saw a plaintext.
+    for secret in ["secret plaintext one", "secret plaintext two", "secret plaintext three"] {
+        assert!(!contains(server.data.path(), secret), "{secret:?} found in the server's data");
+        assert!(contains(homes.path(), secret), "the clients did store {secret:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_sees_the_same_messages() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+    let mut carol = Client::register(&homes.path().join("carol"), &server.base, None).await.unwrap();
+    let id = alice.create_conversation(ConversationKind::Group, &[bob.user_id(), carol.user_id()]).await.unwrap();
+    alice.send_text(&id, "one").await.unwrap();
+    bob.sync().await.unwrap();
+    bob.send_text(&id, "two").await.unwrap();
+    carol.sync().await.unwrap();
+    carol.send_text(&id, "three").await.unwrap();
+    alice.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    let show = |client: &Client| {
+        client.history(&id).unwrap().into_iter().map(|m| (m.seq, m.content.display())).collect::<Vec<_>>()
+    };
+    let expected = vec![(1, "one".to_owned()), (2, "two".to_owned()), (3, "three".to_owned())];
+    assert_eq!(show(&alice), expected);
+    assert_eq!(show(&bob), expected);
+    assert_eq!(show(&carol), expected);
+}
