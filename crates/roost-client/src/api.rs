@@ -164,6 +164,47 @@ impl Api {
         Ok(())
     }
 
+    /// `POST /v1/links`.
+    pub async fn start_link(&self, device: &DeviceId) -> Result<roost_proto::api::LinkRequest> {
+        self.post("/v1/links", &json!({"device_id": device})).await
+    }
+
+    /// `GET /v1/links/{code}`.
+    pub async fn link(&self, code: &str) -> Result<roost_proto::api::LinkRequest> {
+        self.get(&format!("/v1/links/{code}")).await
+    }
+
+    /// `POST /v1/links/{code}/approve`.
+    pub async fn approve_link(&self, code: &str, certificate: &[u8]) -> Result<roost_proto::api::Device> {
+        let body = json!({"device_certificate": roost_proto::bytes::encode(certificate), "device_name": "linked"});
+        self.post(&format!("/v1/links/{code}/approve"), &body).await
+    }
+
+    /// `POST /v1/devices/{id}/revoke`.
+    pub async fn revoke_device(&self, device: &DeviceId, signature: &[u8]) -> Result<()> {
+        let _: Value = self
+            .post(&format!("/v1/devices/{device}/revoke"), &json!({"signature": roost_proto::bytes::encode(signature)}))
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/conversations/{id}/leave`.
+    pub async fn leave(&self, id: &ConversationId) -> Result<()> {
+        let _: Value = self.post(&format!("/v1/conversations/{id}/leave"), &json!({})).await?;
+        Ok(())
+    }
+
+    /// `PUT /v1/conversations/{id}/retention`.
+    pub async fn set_retention(
+        &self,
+        id: &ConversationId,
+        policy: &roost_proto::conversation::RetentionPolicy,
+    ) -> Result<()> {
+        let body = serde_json::to_value(policy).map_err(|err| ClientError::Protocol(err.to_string()))?;
+        let _: Value = self.call(Method::PUT, &format!("/v1/conversations/{id}/retention"), Some(&body)).await?;
+        Ok(())
+    }
+
     /// Whether an error is the server's `stale_epoch`, and the current epoch it named.
     pub fn stale_epoch(err: &ClientError) -> Option<u64> {
         match err {

@@ -449,3 +449,274 @@ fn open_home(home: &Path) -> Result<LocalStore> {
     }
     LocalStore::open(&home.join("roost.db"))
 }
+
+/// Membership management, handles and device linking.
+impl Client {
+    /// Resolves `@handle` or a user id.
+    pub async fn resolve(&self, who: &str) -> Result<UserId> {
+        if let Some(handle) = who.strip_prefix('@') {
+            return match self.api.resolve_handle(handle).await {
+                Ok(record) => Ok(record.user_id),
+                Err(err) if err.code() == Some(roost_proto::ErrorCode::NotFound) => {
+                    Err(ClientError::NotFound(format!("nobody holds the handle @{handle}")))
+                }
+                Err(err) => Err(err),
+            };
+        }
+        who.parse().map_err(|_| ClientError::Invalid(format!("{who:?} is neither @handle nor a user id")))
+    }
+
+    /// Claims a handle (signed with the identity key, so only a device holding it can).
+    pub async fn claim_handle(&self, handle: &str) -> Result<()> {
+        let identity = self.identity_key()?;
+        let handle: roost_proto::Handle =
+            handle.parse().map_err(|_| ClientError::Invalid(format!("{handle:?} is not a valid handle")))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let statement = roost_proto::signing::handle_message(
+            roost_proto::signing::HandleAction::Claim,
+            &self.user_id(),
+            &handle,
+            now,
+        );
+        let body = json!({"timestamp": now, "signature": bytes::encode(&identity.sign_bytes(&statement))});
+        self.api.claim_handle(handle.as_str(), &body).await.map(|_| ())
+    }
+
+    fn identity_key(&self) -> Result<&KeyPair> {
+        self.identity.as_ref().ok_or_else(|| {
+            ClientError::Invalid("this device does not hold the identity key; use the first device".into())
+        })
+    }
+
+    /// Adds every device of `users` to a conversation with an MLS commit and Welcome.
+    pub async fn add_users(&mut self, id: &ConversationId, users: &[UserId]) -> Result<()> {
+        let packages = self.claim_verified(users).await?;
+        let packages: Vec<(DeviceId, KeyPackage)> =
+            packages.into_iter().filter(|(device, _)| *device != self.device_id()).collect();
+        self.add_devices(id, packages).await
+    }
+
+    async fn add_devices(&mut self, id: &ConversationId, packages: Vec<(DeviceId, KeyPackage)>) -> Result<()> {
+        if packages.is_empty() {
+            return Ok(());
+        }
+        let key_packages: Vec<KeyPackage> = packages.iter().map(|(_, package)| package.clone()).collect();
+        let devices: Vec<DeviceId> = packages.iter().map(|(device, _)| *device).collect();
+        self.commit_change(id, |client, group| {
+            let (commit, welcome, group_info) = group
+                .add_members(&client.provider, &client.device, &key_packages)
+                .map_err(|err| ClientError::Mls(format!("adding members: {err}")))?;
+            Ok((commit, Some(welcome), group_info, devices.clone(), Vec::new()))
+        })
+        .await
+    }
+
+    /// Removes every device of `users` from a conversation with an MLS commit.
+    pub async fn remove_users(&mut self, id: &ConversationId, users: &[UserId]) -> Result<()> {
+        let users = users.to_vec();
+        self.commit_change(id, move |client, group| {
+            let mut leaves = Vec::new();
+            let mut devices = Vec::new();
+            for member in group.members() {
+                let leaf = mls::verify_leaf(&member.credential, &member.signature_key)?;
+                if users.contains(&leaf.user_id) {
+                    leaves.push(member.index);
+                    devices.push(leaf.device_id);
+                }
+            }
+            if leaves.is_empty() {
+                return Err(ClientError::NotFound("none of them is a member".into()));
+            }
+            let (commit, _, group_info) = group
+                .remove_members(&client.provider, &client.device, &leaves)
+                .map_err(|err| ClientError::Mls(format!("removing members: {err}")))?;
+            Ok((commit, None, group_info, Vec::new(), devices))
+        })
+        .await
+    }
+
+    /// Builds a commit with `change` (OpenMLS keeps it pending), submits it with the GroupInfo of
+    /// the next epoch, and merges it once the server accepts. On `stale_epoch` the pending
+    /// commit is dropped, the client catches up, and the change is rebuilt on the new epoch.
+    async fn commit_change<F>(&mut self, id: &ConversationId, change: F) -> Result<()>
+    where
+        F: Fn(&Self, &mut MlsGroup) -> Result<CommitParts>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut group = self.group(id)?;
+            let epoch = group.epoch().as_u64();
+            let (commit, welcome, group_info, add, remove) = change(self, &mut group)?;
+            let group_info = group_info.ok_or_else(|| ClientError::Mls("the commit produced no GroupInfo".into()))?;
+            let welcome = welcome.as_ref().map(mls::encode).transpose()?.map(|w| bytes::encode(&w));
+            let body = json!({
+                "epoch": epoch,
+                "commit": bytes::encode(&mls::encode(&commit)?),
+                "group_info": bytes::encode(&mls::encode(&MlsMessageOut::from(group_info))?),
+                "add": add,
+                "welcome": welcome,
+                "remove": remove,
+            });
+            match self.api.commit(id, &body).await {
+                Ok(_) => {
+                    return group
+                        .merge_pending_commit(&self.provider)
+                        .map_err(|err| ClientError::Mls(format!("merging: {err}")));
+                }
+                Err(err) => {
+                    group
+                        .clear_pending_commit(self.provider.storage())
+                        .map_err(|err| ClientError::Store(format!("dropping the refused commit: {err}")))?;
+                    if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES {
+                        self.sync().await?;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Leaves a conversation: every device of this user stops receiving it.
+    pub async fn leave(&mut self, id: &ConversationId) -> Result<()> {
+        self.api.leave(id).await
+    }
+
+    /// Sets a conversation's retention policy.
+    pub async fn set_retention(
+        &self,
+        id: &ConversationId,
+        policy: roost_proto::conversation::RetentionPolicy,
+    ) -> Result<()> {
+        self.api.set_retention(id, &policy).await
+    }
+
+    /// This user's devices, each verified against the identity key.
+    pub async fn own_devices(&self) -> Result<Vec<roost_proto::api::Device>> {
+        let list = self.api.devices(&self.user_id()).await?;
+        for device in &list.devices {
+            if !crate::keys::certificate_chains(&self.user_id(), &device.device_id, device.certificate.as_bytes()) {
+                return Err(ClientError::Verification(format!(
+                    "device {} does not chain to this user",
+                    device.device_id
+                )));
+            }
+        }
+        Ok(list.devices)
+    }
+
+    /// Adds this user's other devices to every conversation of this device that lacks them, so
+    /// every device of the user gets every new message (a linked device joins this way).
+    pub async fn add_missing_own_devices(&mut self) -> Result<usize> {
+        let own: Vec<DeviceId> =
+            self.own_devices().await?.into_iter().map(|d| d.device_id).filter(|d| *d != self.device_id()).collect();
+        let mut added = 0;
+        for (id, _) in self.conversations()? {
+            let Ok(group) = self.group(&id) else { continue };
+            if !group.is_active() {
+                continue;
+            }
+            let present: Vec<DeviceId> = group
+                .members()
+                .filter_map(|m| mls::verify_leaf(&m.credential, &m.signature_key).ok())
+                .map(|leaf| leaf.device_id)
+                .collect();
+            let missing: Vec<DeviceId> = own.iter().copied().filter(|d| !present.contains(d)).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let claimed = self.api.claim_key_packages(&[], &missing).await?;
+            let mut packages = Vec::new();
+            for package in &claimed.packages {
+                let parsed = mls::claimed_key_package(
+                    &self.provider,
+                    package.key_package.as_bytes(),
+                    &package.user_id,
+                    &package.device_id,
+                )?;
+                packages.push((package.device_id, parsed));
+            }
+            added += packages.len();
+            self.add_devices(&id, packages).await?;
+        }
+        Ok(added)
+    }
+
+    /// Approves a link request shown as `code` on the new device: checks that the device key the
+    /// server returns hashes to that code, then certifies it with the identity key.
+    pub async fn approve_link(&self, code: &str) -> Result<DeviceId> {
+        let identity = self.identity_key()?;
+        let link = self.api.link(code).await?;
+        if roost_proto::signing::link_code(&link.device_id) != code.trim().to_ascii_uppercase() {
+            return Err(ClientError::Verification(
+                "the server returned a device key that does not match the code; not approving".into(),
+            ));
+        }
+        self.api.approve_link(code, &identity.certify(&link.device_id)).await?;
+        Ok(link.device_id)
+    }
+
+    /// Starts linking a new device kept in `home` to an existing user: creates the device key
+    /// and returns the code to approve on a device holding the identity key.
+    pub async fn start_link(home: &Path, server: &str) -> Result<String> {
+        let store = open_home(home)?;
+        if store.account()?.is_some() {
+            return Err(ClientError::Invalid(format!("{} already holds an account", home.display())));
+        }
+        let device = match store.pending_link()? {
+            Some((_, secret)) => KeyPair::from_secret(secret),
+            None => KeyPair::generate(),
+        };
+        let api = Api::new(server);
+        let link = api.start_link(&device.device_id()).await?;
+        store.save_pending_link(api.base(), device.secret_bytes())?;
+        Ok(link.link_code)
+    }
+
+    /// Finishes linking once approved: verifies the certificate against the approving user's
+    /// identity, authenticates and uploads KeyPackages. `Ok(None)` while still pending.
+    pub async fn finish_link(home: &Path) -> Result<Option<Self>> {
+        let store = open_home(home)?;
+        let (server, secret) = store
+            .pending_link()?
+            .ok_or_else(|| ClientError::Invalid("no link in progress; run `roost link` first".into()))?;
+        let device = KeyPair::from_secret(secret);
+        let api = Api::new(&server);
+        let link = api.link(&roost_proto::signing::link_code(&device.device_id())).await?;
+        let (Some(user_id), Some(certificate)) = (link.user_id, link.certificate) else { return Ok(None) };
+        let certificate: [u8; 64] = certificate
+            .as_bytes()
+            .try_into()
+            .map_err(|_| ClientError::Verification("the certificate is not a signature".into()))?;
+        if !crate::keys::certificate_chains(&user_id, &device.device_id(), &certificate) {
+            return Err(ClientError::Verification("the certificate does not chain to the approving user".into()));
+        }
+        store.save_account(&AccountRecord {
+            server,
+            user_id,
+            device_id: device.device_id(),
+            identity_secret: None,
+            device_secret: Zeroizing::new(*device.secret_bytes()),
+            certificate,
+            token: None,
+        })?;
+        store.clear_pending_link()?;
+        let mut client = Self::open(home)?;
+        client.connect().await?;
+        client.upload_key_packages(KEY_PACKAGE_BATCH, true).await?;
+        Ok(Some(client))
+    }
+}
+
+/// A commit, its Welcome, the next epoch's GroupInfo, and the devices it adds and removes.
+type CommitParts = (
+    MlsMessageOut,
+    Option<MlsMessageOut>,
+    Option<openmls::messages::group_info::GroupInfo>,
+    Vec<DeviceId>,
+    Vec<DeviceId>,
+);

@@ -64,6 +64,8 @@ impl LocalStore {
                  id INTEGER PRIMARY KEY CHECK (id = 1), server TEXT NOT NULL, user_id BLOB NOT NULL,
                  device_id BLOB NOT NULL, identity_secret BLOB, device_secret BLOB NOT NULL,
                  certificate BLOB NOT NULL, token TEXT);
+             CREATE TABLE IF NOT EXISTS pending_link (
+                 id INTEGER PRIMARY KEY CHECK (id = 1), server TEXT NOT NULL, device_secret BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS conversations (
                  id BLOB PRIMARY KEY, kind TEXT NOT NULL, processed_seq INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS messages (
@@ -132,6 +134,38 @@ impl LocalStore {
             certificate: certificate.as_slice().try_into().map_err(|_| corrupt())?,
             token,
         }))
+    }
+
+    /// Remembers a device key waiting for its link to be approved.
+    pub fn save_pending_link(&self, server: &str, secret: &[u8; 32]) -> Result<()> {
+        self.lock()?.execute(
+            "INSERT OR REPLACE INTO pending_link (id, server, device_secret) VALUES (1, ?1, ?2)",
+            params![server, secret.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// The device key waiting for approval, with its server.
+    pub fn pending_link(&self) -> Result<Option<(String, Zeroizing<[u8; 32]>)>> {
+        let row: Option<(String, Vec<u8>)> = self
+            .lock()?
+            .query_row("SELECT server, device_secret FROM pending_link WHERE id = 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let Some((server, bytes)) = row else { return Ok(None) };
+        let mut secret = Zeroizing::new([0u8; 32]);
+        if bytes.len() != 32 {
+            return Err(ClientError::Store("the pending link key is corrupt".into()));
+        }
+        secret.copy_from_slice(&bytes);
+        Ok(Some((server, secret)))
+    }
+
+    /// Forgets the pending link (it was approved).
+    pub fn clear_pending_link(&self) -> Result<()> {
+        self.lock()?.execute("DELETE FROM pending_link", [])?;
+        Ok(())
     }
 
     /// Records a conversation this device is in (idempotent).

@@ -111,3 +111,104 @@ async fn a_group_of_three_sees_the_same_messages() {
     assert_eq!(show(&bob), expected);
     assert_eq!(show(&carol), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_gets_only_messages_after_it_joined() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+    let id = alice.create_conversation(ConversationKind::Direct, &[bob.user_id()]).await.unwrap();
+    alice.send_text(&id, "before the phone").await.unwrap();
+    bob.sync().await.unwrap();
+
+    let phone_home = homes.path().join("alice-phone");
+    let code = Client::start_link(&phone_home, &server.base).await.unwrap();
+    assert!(Client::finish_link(&phone_home).await.unwrap().is_none(), "pending until approved");
+    let phone_device = alice.approve_link(&code).await.unwrap();
+    let mut phone = Client::finish_link(&phone_home).await.unwrap().expect("approved");
+    assert_eq!((phone.user_id(), phone.device_id()), (alice.user_id(), phone_device));
+    assert!(!phone.holds_identity());
+
+    // Alice's first device adds the phone to her conversations on its next sync.
+    alice.sync().await.unwrap();
+    assert_eq!(alice.add_missing_own_devices().await.unwrap(), 1);
+    let events = phone.sync().await.unwrap();
+    assert!(events.contains(&Event::Joined(id)), "{events:?}");
+    bob.sync().await.unwrap();
+    bob.send_text(&id, "after the phone").await.unwrap();
+    assert_eq!(texts(&phone.sync().await.unwrap()), vec!["after the phone"]);
+    assert_eq!(texts(&alice.sync().await.unwrap()), vec!["after the phone"]);
+    let seen: Vec<String> = phone.history(&id).unwrap().iter().map(|m| m.content.display()).collect();
+    assert_eq!(seen, vec!["after the phone"], "forward-only: nothing from before the join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_members_read_new_messages_and_removed_ones_cannot() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+    let mut carol = Client::register(&homes.path().join("carol"), &server.base, None).await.unwrap();
+    let id = alice.create_conversation(ConversationKind::Group, &[bob.user_id()]).await.unwrap();
+    alice.send_text(&id, "before carol").await.unwrap();
+
+    alice.add_users(&id, &[carol.user_id()]).await.unwrap();
+    alice.send_text(&id, "welcome carol").await.unwrap();
+    let events = carol.sync().await.unwrap();
+    assert!(events.contains(&Event::Joined(id)));
+    assert_eq!(texts(&events), vec!["welcome carol"]);
+    let events = bob.sync().await.unwrap();
+    assert!(events.contains(&Event::MembersChanged(id)));
+    assert_eq!(texts(&events), vec!["before carol", "welcome carol"]);
+
+    // Bob is removed; what follows is encrypted under keys he does not have.
+    alice.remove_users(&id, &[bob.user_id()]).await.unwrap();
+    alice.send_text(&id, "bob must not read this secret").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(events.contains(&Event::Removed(id)), "{events:?}");
+    assert!(texts(&events).is_empty());
+    assert!(bob.history(&id).unwrap().iter().all(|m| m.content.display() != "bob must not read this secret"));
+    assert_eq!(texts(&carol.sync().await.unwrap()), vec!["bob must not read this secret"]);
+    let err = bob.send_text(&id, "still here?").await.unwrap_err();
+    assert!(err.code().is_some() || matches!(err, roost_client::ClientError::Mls(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_tampers_with_a_welcome_or_injects_a_device_is_detected() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+
+    // The server flips bytes of the stored Welcome: bob refuses to join and reports it.
+    let id = alice.create_conversation(ConversationKind::Direct, &[bob.user_id()]).await.unwrap();
+    let db = rusqlite::Connection::open(server.data.path().join("roost.db")).unwrap();
+    db.execute("UPDATE queue_blobs SET payload = zeroblob(length(payload))", []).unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Rejected { conversation_id: Some(c), .. } if *c == id)),
+        "{events:?}"
+    );
+    assert!(!events.contains(&Event::Joined(id)));
+
+    // The server swaps a KeyPackage for one whose leaf claims to be a device of bob's that bob
+    // never certified: alice refuses to add it.
+    let forger = Client::register(&homes.path().join("forger"), &server.base, None).await.unwrap();
+    let forged: Vec<u8> = db
+        .query_row(
+            "SELECT data FROM key_packages WHERE device_id = ?1 LIMIT 1",
+            rusqlite::params![forger.device_id().as_bytes().as_slice()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let bob_device = bob.device_id();
+    db.execute(
+        "UPDATE key_packages SET data = ?1 WHERE device_id = ?2",
+        rusqlite::params![forged, bob_device.as_bytes().as_slice()],
+    )
+    .unwrap();
+    let err = alice.create_conversation(ConversationKind::Direct, &[bob.user_id()]).await.unwrap_err();
+    assert!(matches!(err, roost_client::ClientError::Verification(_)), "{err:?}");
+    drop(forger);
+}
