@@ -433,6 +433,33 @@ impl Client {
         self.store.conversations()
     }
 
+    /// The direct conversation this device has with `user`, if any.
+    pub fn direct_with(&self, user: &UserId) -> Result<Option<ConversationId>> {
+        for (id, kind) in self.conversations()? {
+            if kind != ConversationKind::Direct.as_str() {
+                continue;
+            }
+            let Ok(group) = self.group(&id) else { continue };
+            let has_user = group
+                .members()
+                .filter_map(|m| mls::verify_leaf(&m.credential, &m.signature_key).ok())
+                .any(|leaf| leaf.user_id == *user);
+            if has_user && group.is_active() {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The users in a conversation, from its verified MLS leaves.
+    pub fn members(&self, id: &ConversationId) -> Result<Vec<UserId>> {
+        let group = self.group(id)?;
+        let mut users: Vec<UserId> = mls::verify_members(&group)?.into_iter().map(|leaf| leaf.user_id).collect();
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+
     /// Whether this device holds the identity key (and can link devices or claim handles).
     pub fn holds_identity(&self) -> bool {
         self.identity.is_some()

@@ -1,0 +1,393 @@
+//! `roost`: the Roost command-line client. Every message is end-to-end encrypted with MLS; the
+//! server only relays ciphertext.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use roost_client::{Client, ClientError, Event};
+use roost_proto::conversation::{ConversationKind, RetentionPolicy};
+use roost_proto::{ConversationId, ErrorCode, UserId};
+
+/// Roost: end-to-end encrypted chats from the command line.
+#[derive(Parser)]
+#[command(name = "roost", version)]
+struct Cli {
+    /// State directory (keys, MLS state, history).
+    #[arg(long, global = true, env = "ROOST_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new user with this device as its first device.
+    Init {
+        /// The server, such as http://127.0.0.1:8080.
+        #[arg(long)]
+        server: String,
+        /// A handle to claim, such as alice.
+        #[arg(long)]
+        handle: Option<String>,
+        /// An invite code, on invite-only servers.
+        #[arg(long)]
+        invite: Option<String>,
+    },
+    /// Show this user and device.
+    Whoami,
+    /// Show the safety number shared with another user, to compare out of band.
+    Fingerprint {
+        /// @handle or user id.
+        user: String,
+    },
+    /// Link this (new) device to an existing user: shows a code to approve on the first device.
+    Link {
+        /// The server (only the first time).
+        #[arg(long)]
+        server: Option<String>,
+        /// Print the code and return instead of waiting for approval.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Manage this user's devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Send a direct message, creating the direct chat on first use.
+    Dm {
+        /// @handle or user id.
+        user: String,
+        /// The text.
+        text: String,
+    },
+    /// Group conversations.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Send a message to a conversation (its id, or @user for the direct chat).
+    Send {
+        /// Conversation id or @user.
+        conversation: String,
+        /// The text.
+        text: String,
+    },
+    /// Fetch, decrypt, store and acknowledge new messages, and print them.
+    Sync,
+    /// Keep syncing and print messages as they arrive (Ctrl-C to stop).
+    Listen,
+    /// Print a conversation's stored messages.
+    History {
+        /// Conversation id or @user.
+        conversation: String,
+    },
+    /// List this device's conversations.
+    Conversations,
+    /// Set a conversation's retention: burn-on-read, ttl SECONDS, or permanent.
+    Retention {
+        /// Conversation id or @user.
+        conversation: String,
+        /// burn-on-read | ttl | permanent.
+        policy: String,
+        /// Seconds, for ttl.
+        seconds: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// List this user's devices.
+    List,
+    /// Approve a new device by the code it shows.
+    Approve {
+        /// The code, like ABCD-EFGH.
+        code: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group with these users; prints its id.
+    Create {
+        /// @handles or user ids.
+        users: Vec<String>,
+    },
+    /// Add users to a group.
+    Add {
+        /// The group.
+        conversation: String,
+        /// @handles or user ids.
+        users: Vec<String>,
+    },
+    /// Remove users from a group.
+    Remove {
+        /// The group.
+        conversation: String,
+        /// @handles or user ids.
+        users: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group.
+        conversation: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("roost: cannot start: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("roost: {}", explain(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a line to stdout; a closed pipe (`roost ... | head`) is not an error worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// A short, clear message for the common failures.
+fn explain(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<ClientError>() {
+        Some(ClientError::Unreachable(server)) => format!("cannot reach the server at {server} (is roostd running?)"),
+        Some(ClientError::Server { code: ErrorCode::NotAMember, .. }) => {
+            "you are not a member of that conversation".into()
+        }
+        Some(ClientError::Server { code: ErrorCode::HandleTaken, .. }) => "that handle belongs to someone else".into(),
+        Some(other) => other.to_string(),
+        None => format!("{err:#}"),
+    }
+}
+
+fn home(cli_home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match cli_home {
+        Some(home) => Ok(home),
+        None => {
+            let base = std::env::var_os("HOME").context("set --home or ROOST_HOME")?;
+            Ok(PathBuf::from(base).join(".roost"))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = home(cli.home)?;
+    match cli.command {
+        Command::Init { server, handle, invite } => {
+            let client = Client::register(&home, &server, invite.as_deref()).await?;
+            if let Some(handle) = handle {
+                client.claim_handle(&handle).await?;
+                say!("registered @{} as {}", handle.trim_start_matches('@'), client.user_id());
+            } else {
+                say!("registered {}", client.user_id());
+            }
+            Ok(())
+        }
+        Command::Link { server, no_wait } => link(&home, server, no_wait).await,
+        command => {
+            let mut client = Client::open(&home)?;
+            // Reading what is stored locally needs no server.
+            if !matches!(command, Command::History { .. } | Command::Conversations) {
+                client.connect().await?;
+            }
+            run_with(&mut client, command).await
+        }
+    }
+}
+
+async fn link(home: &std::path::Path, server: Option<String>, no_wait: bool) -> anyhow::Result<()> {
+    if let Some(server) = server {
+        let code = Client::start_link(home, &server).await?;
+        say!("{code}");
+        if no_wait {
+            return Ok(());
+        }
+        eprintln!("approve it on your first device: roost devices approve {code}");
+    }
+    for _ in 0..300 {
+        if let Some(client) = Client::finish_link(home).await? {
+            say!("linked: this device is {} of user {}", client.device_id(), client.user_id());
+            return Ok(());
+        }
+        if no_wait {
+            bail!("not approved yet");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    bail!("the link was not approved within 10 minutes")
+}
+
+async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Whoami => {
+            let me = client.api().whoami().await?;
+            say!("user    {}", me.user_id);
+            say!("device  {}", me.device_id);
+            if let Some(handle) = me.handle {
+                say!("handle  @{handle}");
+            }
+            say!("server  {}", client.api().base());
+            say!("identity key on this device: {}", if client.holds_identity() { "yes" } else { "no" });
+        }
+        Command::Fingerprint { user } => {
+            let other = client.resolve(&user).await?;
+            say!("{}", roost_client::keys::safety_number(&client.user_id(), &other));
+        }
+        Command::Devices { command: DevicesCommand::List } => {
+            for device in client.own_devices().await? {
+                let this = if device.device_id == client.device_id() { " (this device)" } else { "" };
+                say!("{}  {}{this}", device.device_id, device.name.unwrap_or_default());
+            }
+        }
+        Command::Devices { command: DevicesCommand::Approve { code } } => {
+            let device = client.approve_link(&code).await?;
+            say!("approved {device}; it joins your conversations after its next sync and yours");
+        }
+        Command::Dm { user, text } => {
+            let other = client.resolve(&user).await?;
+            client.sync().await?;
+            let id = match client.direct_with(&other)? {
+                Some(id) => id,
+                None => client.create_conversation(ConversationKind::Direct, &[other]).await?,
+            };
+            let seq = client.send_text(&id, &text).await?;
+            say!("sent #{seq} to {user} ({id})");
+        }
+        Command::Group { command } => group(client, command).await?,
+        Command::Send { conversation, text } => {
+            client.sync().await?;
+            let id = conversation_of(client, &conversation).await?;
+            let seq = client.send_text(&id, &text).await?;
+            say!("sent #{seq}");
+        }
+        Command::Sync => {
+            sync_and_print(client).await?;
+        }
+        Command::Listen => loop {
+            sync_and_print(client).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        },
+        Command::History { conversation } => {
+            let id = conversation_of(client, &conversation).await?;
+            for message in client.history(&id)? {
+                say!("#{} {}: {}", message.seq, who(client, &message.sender_user), message.content.display());
+            }
+        }
+        Command::Conversations => {
+            for (id, kind) in client.conversations()? {
+                let members: Vec<String> =
+                    client.members(&id).unwrap_or_default().iter().map(|u| who(client, u)).collect();
+                say!("{id}  {kind}  {}", members.join(", "));
+            }
+        }
+        Command::Retention { conversation, policy, seconds } => {
+            let id = conversation_of(client, &conversation).await?;
+            let policy = match (policy.as_str(), seconds) {
+                ("burn-on-read" | "burn_on_read", _) => RetentionPolicy::BurnOnRead,
+                ("ttl", Some(ttl_secs)) => RetentionPolicy::Ttl { ttl_secs },
+                ("permanent", _) => RetentionPolicy::Permanent,
+                _ => bail!("the policy is burn-on-read, ttl SECONDS or permanent"),
+            };
+            client.set_retention(&id, policy).await?;
+            say!("retention set");
+        }
+        Command::Init { .. } | Command::Link { .. } => {}
+    }
+    Ok(())
+}
+
+async fn group(client: &mut Client, command: GroupCommand) -> anyhow::Result<()> {
+    match command {
+        GroupCommand::Create { users } => {
+            let users = resolve_all(client, &users).await?;
+            let id = client.create_conversation(ConversationKind::Group, &users).await?;
+            say!("{id}");
+        }
+        GroupCommand::Add { conversation, users } => {
+            client.sync().await?;
+            let id = conversation_of(client, &conversation).await?;
+            let users = resolve_all(client, &users).await?;
+            client.add_users(&id, &users).await?;
+            say!("added");
+        }
+        GroupCommand::Remove { conversation, users } => {
+            client.sync().await?;
+            let id = conversation_of(client, &conversation).await?;
+            let users = resolve_all(client, &users).await?;
+            client.remove_users(&id, &users).await?;
+            say!("removed");
+        }
+        GroupCommand::Leave { conversation } => {
+            let id = conversation_of(client, &conversation).await?;
+            client.leave(&id).await?;
+            say!("left");
+        }
+    }
+    Ok(())
+}
+
+async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
+    let events = client.sync().await?;
+    let added = client.add_missing_own_devices().await?;
+    for event in events {
+        match event {
+            Event::Message(message) => say!(
+                "[{}] {}: {}",
+                short(&message.conversation_id.to_string()),
+                who(client, &message.sender_user),
+                message.content.display()
+            ),
+            Event::Joined(id) => say!("[{}] joined", short(&id.to_string())),
+            Event::Removed(id) => say!("[{}] you are no longer a member", short(&id.to_string())),
+            Event::Rejected { conversation_id, reason } => {
+                let id = conversation_id.map(|id| short(&id.to_string())).unwrap_or_default();
+                say!("[{id}] REFUSED: {reason}");
+            }
+            _ => {}
+        }
+    }
+    if added > 0 {
+        say!("added {added} of your other devices to your conversations");
+    }
+    Ok(())
+}
+
+async fn resolve_all(client: &Client, users: &[String]) -> anyhow::Result<Vec<UserId>> {
+    let mut resolved = Vec::new();
+    for user in users {
+        resolved.push(client.resolve(user).await?);
+    }
+    Ok(resolved)
+}
+
+/// A conversation id, or `@user` for the direct chat with that user.
+async fn conversation_of(client: &Client, text: &str) -> anyhow::Result<ConversationId> {
+    if text.starts_with('@') {
+        let user = client.resolve(text).await?;
+        return client.direct_with(&user)?.with_context(|| format!("no direct chat with {text} yet; use roost dm"));
+    }
+    text.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a conversation id or @user"))
+}
+
+fn who(client: &Client, user: &UserId) -> String {
+    if *user == client.user_id() { "you".to_owned() } else { short(&user.to_string()) }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}

@@ -1,0 +1,102 @@
+//! The README walkthrough, run with the real `roost` binary against a real server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: failing loudly is the point.
+
+use std::path::Path;
+use std::process::Command;
+
+use roost_server::config::Config;
+
+/// Runs `roost --home HOME args...`, asserting success; returns stdout.
+fn roost(home: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_roost")).arg("--home").arg(home).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "roost {args:?} failed: {}{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// Runs a failing `roost` command; returns stderr.
+fn roost_fails(home: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_roost")).arg("--home").arg(home).args(args).output().unwrap();
+    assert!(!output.status.success(), "roost {args:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn contains(dir: &Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            contains(&path, needle)
+        } else {
+            std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|w| w == needle.as_bytes())
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough() {
+    let data = tempfile::tempdir().unwrap();
+    let config = Config { data_dir: data.path().to_path_buf(), ..Config::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { roost_server::serve(listener, config, std::future::pending()).await.unwrap() });
+    let homes = tempfile::tempdir().unwrap();
+
+    let walk = tokio::task::spawn_blocking(move || {
+        let (alice, bob, carol, phone) = (
+            homes.path().join("alice"),
+            homes.path().join("bob"),
+            homes.path().join("carol"),
+            homes.path().join("phone"),
+        );
+        assert!(roost(&alice, &["init", "--server", &server, "--handle", "alice"]).starts_with("registered @alice"));
+        roost(&bob, &["init", "--server", &server, "--handle", "bob"]);
+
+        // Alice and bob exchange messages.
+        assert!(roost(&alice, &["dm", "@bob", "Hi Bob, secret walkthrough one"]).starts_with("sent #1"));
+        let synced = roost(&bob, &["sync"]);
+        assert!(synced.contains("joined") && synced.contains("Hi Bob, secret walkthrough one"), "{synced}");
+        roost(&bob, &["dm", "@alice", "Hi Alice, secret walkthrough two"]);
+        assert!(roost(&alice, &["sync"]).contains("Hi Alice, secret walkthrough two"));
+        assert_eq!(roost(&alice, &["fingerprint", "@bob"]), roost(&bob, &["fingerprint", "@alice"]));
+
+        // Alice links a second device.
+        let code = roost(&phone, &["link", "--server", &server, "--no-wait"]).trim().to_owned();
+        roost(&alice, &["devices", "approve", &code]);
+        assert!(roost(&phone, &["link"]).starts_with("linked"));
+        assert!(roost(&alice, &["sync"]).contains("added 1 of your other devices"));
+        assert!(roost(&phone, &["sync"]).contains("joined"));
+        roost(&bob, &["send", "@alice", "Hello both of you, secret walkthrough three"]);
+        assert!(roost(&phone, &["sync"]).contains("secret walkthrough three"));
+        assert!(roost(&alice, &["sync"]).contains("secret walkthrough three"));
+        let history = roost(&phone, &["history", "@bob"]);
+        assert!(!history.contains("secret walkthrough one"), "forward-only: {history}");
+
+        // Carol joins a group.
+        roost(&carol, &["init", "--server", &server, "--handle", "carol"]);
+        let group = roost(&alice, &["group", "create", "@bob"]).trim().to_owned();
+        roost(&alice, &["send", &group, "before carol"]);
+        roost(&alice, &["group", "add", &group, "@carol"]);
+        roost(&alice, &["send", &group, "Welcome Carol, secret walkthrough four"]);
+        let carols = roost(&carol, &["sync"]);
+        assert!(carols.contains("secret walkthrough four") && !carols.contains("before carol"), "{carols}");
+        assert!(roost(&alice, &["conversations"]).contains("group"));
+
+        // Clear errors.
+        assert!(roost_fails(&alice, &["dm", "@nobody", "hi"]).contains("nobody holds the handle @nobody"));
+        assert!(roost_fails(&homes.path().join("none"), &["whoami"]).contains("run `roost init` first"));
+        let stranger = roost_fails(
+            &carol,
+            &["send", &roost(&bob, &["conversations"]).split_whitespace().next().unwrap().to_owned(), "x"],
+        );
+        assert!(stranger.contains("not"), "{stranger}");
+        homes
+    });
+    let homes = walk.await.unwrap();
+
+    for secret in
+        ["secret walkthrough one", "secret walkthrough two", "secret walkthrough three", "secret walkthrough four"]
+    {
+        assert!(!contains(data.path(), secret), "{secret:?} reached the server's data");
+        assert!(contains(homes.path(), secret));
+    }
+}
