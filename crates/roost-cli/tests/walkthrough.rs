@@ -84,11 +84,10 @@ async fn the_readme_walkthrough() {
         // Clear errors.
         assert!(roost_fails(&alice, &["dm", "@nobody", "hi"]).contains("nobody holds the handle @nobody"));
         assert!(roost_fails(&homes.path().join("none"), &["whoami"]).contains("run `roost init` first"));
-        let stranger = roost_fails(
-            &carol,
-            &["send", &roost(&bob, &["conversations"]).split_whitespace().next().unwrap().to_owned(), "x"],
-        );
-        assert!(stranger.contains("not"), "{stranger}");
+        let bobs = roost(&bob, &["conversations"]);
+        let direct = bobs.split_whitespace().next().unwrap();
+        let stranger = roost_fails(&carol, &["send", direct, "x"]);
+        assert!(stranger.contains("not in conversation"), "{stranger}");
         homes
     });
     let homes = walk.await.unwrap();
