@@ -204,6 +204,11 @@ impl Client {
         if let Some(device) = claimed.missing.first() {
             return Err(ClientError::NotFound(format!("device {device} has no KeyPackage to add it with")));
         }
+        self.verify_claimed(&claimed)
+    }
+
+    /// Parses and verifies every claimed KeyPackage (see [`mls::claimed_key_package`]).
+    fn verify_claimed(&self, claimed: &roost_proto::api::KeyClaimResponse) -> Result<Vec<(DeviceId, KeyPackage)>> {
         claimed
             .packages
             .iter()
@@ -657,16 +662,7 @@ impl Client {
                 continue;
             }
             let claimed = self.api.claim_key_packages(&[], &missing).await?;
-            let mut packages = Vec::new();
-            for package in &claimed.packages {
-                let parsed = mls::claimed_key_package(
-                    &self.provider,
-                    package.key_package.as_bytes(),
-                    &package.user_id,
-                    &package.device_id,
-                )?;
-                packages.push((package.device_id, parsed));
-            }
+            let packages = self.verify_claimed(&claimed)?;
             added += packages.len();
             self.add_devices(&id, packages).await?;
         }

@@ -201,23 +201,9 @@ impl LocalStore {
 
     /// Stores a decrypted message and marks its entry applied, in one transaction.
     pub fn store_message(&self, message: &StoredMessage) -> Result<()> {
-        let content = serde_json::to_string(&message.content).unwrap_or_else(|_| {
-            serde_json::json!({"type": "unknown", "display": message.content.display()}).to_string()
-        });
         let mut connection = self.lock()?;
         let tx = connection.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO messages (conversation_id, seq, sender_user, sender_device, created_at, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                message.conversation_id.as_bytes().as_slice(),
-                to_i64(message.seq),
-                message.sender_user.as_bytes().as_slice(),
-                message.sender_device.as_bytes().as_slice(),
-                message.created_at,
-                content
-            ],
-        )?;
+        insert_message(&tx, message)?;
         tx.execute(
             "UPDATE conversations SET processed_seq = MAX(processed_seq, ?1) WHERE id = ?2",
             params![to_i64(message.seq), message.conversation_id.as_bytes().as_slice()],
@@ -229,20 +215,8 @@ impl LocalStore {
     /// Stores a message this device sent. Unlike [`LocalStore::store_message`] it does not mark
     /// the log applied up to it: earlier entries from others may still be on their way.
     pub fn store_own_message(&self, message: &StoredMessage) -> Result<()> {
-        let content = serde_json::to_string(&message.content).unwrap_or_default();
-        self.lock()?.execute(
-            "INSERT OR IGNORE INTO messages (conversation_id, seq, sender_user, sender_device, created_at, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                message.conversation_id.as_bytes().as_slice(),
-                to_i64(message.seq),
-                message.sender_user.as_bytes().as_slice(),
-                message.sender_device.as_bytes().as_slice(),
-                message.created_at,
-                content
-            ],
-        )?;
-        Ok(())
+        let connection = self.lock()?;
+        insert_message(&connection, message)
     }
 
     /// A conversation's stored messages, oldest first.
@@ -290,6 +264,25 @@ impl LocalStore {
         }
         Ok(out)
     }
+}
+
+fn insert_message(connection: &Connection, message: &StoredMessage) -> Result<()> {
+    // Content types this version cannot serialize back are kept as what it can show.
+    let content = serde_json::to_string(&message.content)
+        .unwrap_or_else(|_| serde_json::json!({"type": "text", "body": message.content.display()}).to_string());
+    connection.execute(
+        "INSERT OR IGNORE INTO messages (conversation_id, seq, sender_user, sender_device, created_at, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            message.conversation_id.as_bytes().as_slice(),
+            to_i64(message.seq),
+            message.sender_user.as_bytes().as_slice(),
+            message.sender_device.as_bytes().as_slice(),
+            message.created_at,
+            content
+        ],
+    )?;
+    Ok(())
 }
 
 fn to_i64(value: u64) -> i64 {
