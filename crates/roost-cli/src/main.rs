@@ -278,20 +278,33 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         Command::Sync => {
             sync_and_print(client).await?;
         }
-        Command::Listen => loop {
+        Command::Listen => {
             sync_and_print(client).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        },
+            let me = client.user_id();
+            loop {
+                // Pushed over the WebSocket; reconnect whenever the connection ends.
+                if let Err(err) = client.listen(|event| print_event(&me, event)).await {
+                    eprintln!("roost: {err}; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                client.connect().await?;
+            }
+        }
         Command::History { conversation } => {
             let id = conversation_of(client, &conversation).await?;
             for message in client.history(&id)? {
-                say!("#{} {}: {}", message.seq, who(client, &message.sender_user), message.content.display());
+                say!(
+                    "#{} {}: {}",
+                    message.seq,
+                    who(&client.user_id(), &message.sender_user),
+                    message.content.display()
+                );
             }
         }
         Command::Conversations => {
             for (id, kind) in client.conversations()? {
                 let members: Vec<String> =
-                    client.members(&id).unwrap_or_default().iter().map(|u| who(client, u)).collect();
+                    client.members(&id).unwrap_or_default().iter().map(|u| who(&client.user_id(), u)).collect();
                 say!("{id}  {kind}  {}", members.join(", "));
             }
         }
@@ -344,27 +357,38 @@ async fn group(client: &mut Client, command: GroupCommand) -> anyhow::Result<()>
 async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
     let events = client.sync().await?;
     let added = client.add_missing_own_devices().await?;
+    let me = client.user_id();
     for event in events {
-        match event {
-            Event::Message(message) => say!(
-                "[{}] {}: {}",
-                short(&message.conversation_id.to_string()),
-                who(client, &message.sender_user),
-                message.content.display()
-            ),
-            Event::Joined(id) => say!("[{}] joined", short(&id.to_string())),
-            Event::Removed(id) => say!("[{}] you are no longer a member", short(&id.to_string())),
-            Event::Rejected { conversation_id, reason } => {
-                let id = conversation_id.map(|id| short(&id.to_string())).unwrap_or_default();
-                say!("[{id}] REFUSED: {reason}");
-            }
-            _ => {}
-        }
+        print_event(&me, event);
     }
     if added > 0 {
         say!("added {added} of your other devices to your conversations");
     }
     Ok(())
+}
+
+fn print_event(me: &UserId, event: Event) {
+    let tag = |id: &ConversationId| short(&id.to_string());
+    match event {
+        Event::Message(message) => {
+            say!("[{}] {}: {}", tag(&message.conversation_id), who(me, &message.sender_user), message.content.display())
+        }
+        Event::Joined(id) => say!("[{}] joined", tag(&id)),
+        Event::Removed(id) => say!("[{}] you are no longer a member", tag(&id)),
+        Event::Typing { conversation_id, user_id, active: true } => {
+            say!("[{}] {} is typing…", tag(&conversation_id), who(me, &user_id))
+        }
+        Event::ReadReceipt { conversation_id, user_id, seq } => {
+            say!("[{}] {} read up to #{seq}", tag(&conversation_id), who(me, &user_id))
+        }
+        Event::Presence { user_id, online } => {
+            say!("{} is {}", who(me, &user_id), if online { "online" } else { "offline" })
+        }
+        Event::Rejected { conversation_id, reason } => {
+            say!("[{}] REFUSED: {reason}", conversation_id.map(|id| tag(&id)).unwrap_or_default())
+        }
+        _ => {}
+    }
 }
 
 async fn resolve_all(client: &Client, users: &[String]) -> anyhow::Result<Vec<UserId>> {
@@ -384,8 +408,8 @@ async fn conversation_of(client: &Client, text: &str) -> anyhow::Result<Conversa
     text.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a conversation id or @user"))
 }
 
-fn who(client: &Client, user: &UserId) -> String {
-    if *user == client.user_id() { "you".to_owned() } else { short(&user.to_string()) }
+fn who(me: &UserId, user: &UserId) -> String {
+    if user == me { "you".to_owned() } else { short(&user.to_string()) }
 }
 
 fn short(id: &str) -> String {

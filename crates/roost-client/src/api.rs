@@ -31,6 +31,11 @@ impl Api {
         &self.base
     }
 
+    /// The session token, once logged in.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// Uses a session token for the calls that need one.
     pub fn set_token(&mut self, token: String) {
         self.token = Some(token);

@@ -37,6 +37,31 @@ pub enum Event {
     Removed(ConversationId),
     /// The server said this device was low on KeyPackages; more were uploaded.
     KeysReplenished(u32),
+    /// A member is typing (or stopped), live only.
+    Typing {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Typing now, or stopped.
+        active: bool,
+    },
+    /// A member read up to `seq`, live only.
+    ReadReceipt {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The reader.
+        user_id: UserId,
+        /// Their read position.
+        seq: u64,
+    },
+    /// A user sharing a conversation came online or went offline.
+    Presence {
+        /// The user.
+        user_id: UserId,
+        /// Online now.
+        online: bool,
+    },
     /// Something could not be accepted (a Welcome or commit with a leaf that does not chain to
     /// its user's identity, or undecryptable ciphertext). It is reported, not applied.
     Rejected {
@@ -743,3 +768,50 @@ type CommitParts = (
     Vec<DeviceId>,
     Vec<DeviceId>,
 );
+
+/// Live delivery over the WebSocket.
+impl Client {
+    /// Connects the device's WebSocket and calls `on_event` for everything that happens until
+    /// the connection ends: pushed entries and queue items wake a sync (which decrypts, stores,
+    /// then acknowledges), live frames become typing, receipt and presence events. Returns when
+    /// the server closes the socket; callers reconnect.
+    pub async fn listen(&mut self, mut on_event: impl FnMut(Event)) -> Result<()> {
+        use futures::{SinkExt, StreamExt};
+        use roost_proto::socket::ServerFrame;
+        use tokio_tungstenite::tungstenite::Message as Frame;
+
+        let url = format!("{}/v1/ws", self.api.base().replacen("http", "ws", 1));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|_| ClientError::Unreachable(self.api.base().to_owned()))?;
+        let token = self.api.token().ok_or_else(|| ClientError::Invalid("not logged in".into()))?.to_owned();
+        let auth = json!({"type": "auth", "token": token}).to_string();
+        socket.send(Frame::Text(auth.into())).await.map_err(|err| ClientError::Protocol(err.to_string()))?;
+        while let Some(frame) = socket.next().await {
+            let Ok(Frame::Text(text)) = frame else {
+                match frame {
+                    Ok(Frame::Close(_)) | Err(_) => break,
+                    _ => continue,
+                }
+            };
+            let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else { continue };
+            match frame {
+                // The initial drain and every push lead to the same place: sync, store, ack.
+                ServerFrame::QueueEmpty | ServerFrame::Entry(_) | ServerFrame::Queue(_) => {
+                    for event in self.sync().await? {
+                        on_event(event);
+                    }
+                }
+                ServerFrame::Typing { conversation_id, user_id, active, .. } => {
+                    on_event(Event::Typing { conversation_id, user_id, active })
+                }
+                ServerFrame::ReadReceipt { conversation_id, user_id, seq } => {
+                    on_event(Event::ReadReceipt { conversation_id, user_id, seq })
+                }
+                ServerFrame::Presence { user_id, online, .. } => on_event(Event::Presence { user_id, online }),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -212,3 +212,38 @@ async fn a_server_that_tampers_with_a_welcome_or_injects_a_device_is_detected() 
     assert!(matches!(err, roost_client::ClientError::Verification(_)), "{err:?}");
     drop(forger);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_device_gets_messages_pushed_over_the_websocket() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+    let id = alice.create_conversation(ConversationKind::Direct, &[bob.user_id()]).await.unwrap();
+
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    // The client's futures are not Send (its SQLite connections are not Sync), so the listener
+    // runs in this task beside the sender rather than in a spawned one.
+    let listening = bob.listen(|event| {
+        let _ = events.send(event);
+    });
+    let driving = async {
+        let mut next_message = async || {
+            while let Some(event) = received.recv().await {
+                if let Event::Message(message) = event {
+                    return message.content.display();
+                }
+            }
+            panic!("the listener stopped");
+        };
+        alice.send_text(&id, "pushed one").await.unwrap();
+        assert_eq!(next_message().await, "pushed one");
+        alice.send_text(&id, "pushed two").await.unwrap();
+        assert_eq!(next_message().await, "pushed two");
+    };
+    tokio::select! {
+        result = listening => panic!("the listener ended: {result:?}"),
+        () = driving => {}
+        () = tokio::time::sleep(std::time::Duration::from_secs(20)) => panic!("no push in time"),
+    }
+}
