@@ -1,6 +1,8 @@
 //! `roost`: the Roost command-line client. Every message is end-to-end encrypted with MLS; the
 //! server only relays ciphertext.
 
+mod chat;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +81,8 @@ enum Command {
     Sync,
     /// Keep syncing and print messages as they arrive (Ctrl-C to stop).
     Listen,
+    /// The interactive chat screen.
+    Chat,
     /// Print a conversation's stored messages.
     History {
         /// Conversation id or @user.
@@ -278,6 +282,7 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         Command::Sync => {
             sync_and_print(client).await?;
         }
+        Command::Chat => chat::run(client).await?,
         Command::Listen => {
             sync_and_print(client).await?;
             let me = client.user_id();
@@ -358,8 +363,18 @@ async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
     let events = client.sync().await?;
     let added = client.add_missing_own_devices().await?;
     let me = client.user_id();
+    // What was printed has been read: move the read markers (others see them as receipts).
+    let mut read: std::collections::BTreeMap<ConversationId, u64> = std::collections::BTreeMap::new();
+    for event in &events {
+        if let Event::Message(message) = event {
+            read.insert(message.conversation_id, message.seq);
+        }
+    }
     for event in events {
         print_event(&me, event);
+    }
+    for (id, seq) in read {
+        client.api().mark_read(&id, seq).await?;
     }
     if added > 0 {
         say!("added {added} of your other devices to your conversations");

@@ -193,6 +193,12 @@ impl Api {
         Ok(())
     }
 
+    /// `POST /v1/conversations/{id}/read`: moves the user's read position.
+    pub async fn mark_read(&self, id: &ConversationId, seq: u64) -> Result<()> {
+        let _: Value = self.post(&format!("/v1/conversations/{id}/read"), &json!({"seq": seq})).await?;
+        Ok(())
+    }
+
     /// `POST /v1/conversations/{id}/leave`.
     pub async fn leave(&self, id: &ConversationId) -> Result<()> {
         let _: Value = self.post(&format!("/v1/conversations/{id}/leave"), &json!({})).await?;
