@@ -35,6 +35,7 @@ struct Screen {
 pub async fn run(client: &mut Client) -> anyhow::Result<()> {
     client.sync().await?;
     client.add_missing_own_devices().await?;
+    client.remove_departed().await?;
     let url = format!("{}/v1/ws", client.api().base().replacen("http", "ws", 1));
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
     let token = client.api().token().unwrap_or_default().to_owned();

@@ -110,6 +110,11 @@ enum DevicesCommand {
         /// The code, like ABCD-EFGH.
         code: String,
     },
+    /// Revoke a device of this user (needs the identity key, on the first device).
+    Revoke {
+        /// The device id.
+        device: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +267,11 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
             let device = client.approve_link(&code).await?;
             say!("approved {device}; it joins your conversations after its next sync and yours");
         }
+        Command::Devices { command: DevicesCommand::Revoke { device } } => {
+            let device = device.parse().map_err(|_| anyhow::anyhow!("{device:?} is not a device id"))?;
+            client.revoke_device(&device).await?;
+            say!("revoked {device}");
+        }
         Command::Dm { user, text } => {
             let other = client.resolve(&user).await?;
             client.sync().await?;
@@ -361,7 +371,10 @@ async fn group(client: &mut Client, command: GroupCommand) -> anyhow::Result<()>
 
 async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
     let events = client.sync().await?;
+    // Keep every group's MLS tree in step with who is really there: add this user's new
+    // devices, remove revoked devices and users who left.
     let added = client.add_missing_own_devices().await?;
+    let removed = client.remove_departed().await?;
     let me = client.user_id();
     // What was printed has been read: move the read markers (others see them as receipts).
     let mut read: std::collections::BTreeMap<ConversationId, u64> = std::collections::BTreeMap::new();
@@ -378,6 +391,9 @@ async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
     }
     if added > 0 {
         say!("added {added} of your other devices to your conversations");
+    }
+    if removed > 0 {
+        say!("removed {removed} departed devices from your conversations");
     }
     Ok(())
 }

@@ -574,12 +574,18 @@ impl Client {
     /// Removes every device of `users` from a conversation with an MLS commit.
     pub async fn remove_users(&mut self, id: &ConversationId, users: &[UserId]) -> Result<()> {
         let users = users.to_vec();
-        self.commit_change(id, move |client, group| {
+        self.remove_matching(id, move |leaf| users.contains(&leaf.user_id)).await
+    }
+
+    /// Removes the leaves matching `gone` (never this device's own) with an MLS commit.
+    async fn remove_matching(&mut self, id: &ConversationId, gone: impl Fn(&LeafIdentity) -> bool) -> Result<()> {
+        let own = self.device_id();
+        self.commit_change(id, |client, group| {
             let mut leaves = Vec::new();
             let mut devices = Vec::new();
             for member in group.members() {
                 let leaf = mls::verify_leaf(&member.credential, &member.signature_key)?;
-                if users.contains(&leaf.user_id) {
+                if leaf.device_id != own && gone(&leaf) {
                     leaves.push(member.index);
                     devices.push(leaf.device_id);
                 }
@@ -593,6 +599,50 @@ impl Client {
             Ok((commit, None, group_info, Vec::new(), devices))
         })
         .await
+    }
+
+    /// Removes, with ordinary commits, the leaves that no longer belong: devices that were
+    /// revoked and devices of users who left. Returns how many leaves went. Run after a sync so
+    /// a departed device keeps no keys for what is sent next.
+    pub async fn remove_departed(&mut self) -> Result<usize> {
+        let mut active: std::collections::HashMap<UserId, Vec<DeviceId>> = std::collections::HashMap::new();
+        let mut removed = 0;
+        for (id, _) in self.conversations()? {
+            let Ok(group) = self.group(&id) else { continue };
+            if !group.is_active() {
+                continue;
+            }
+            // A conversation this device has left or lost answers not_a_member: nothing to do.
+            let Ok(summary) = self.api.conversation(&id).await else { continue };
+            let users: Vec<UserId> = summary.members.iter().map(|m| m.user_id).collect();
+            let leaves: Vec<LeafIdentity> =
+                group.members().filter_map(|m| mls::verify_leaf(&m.credential, &m.signature_key).ok()).collect();
+            let mut departed = Vec::new();
+            for leaf in leaves {
+                let gone = if users.contains(&leaf.user_id) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = active.entry(leaf.user_id) {
+                        let devices = self.api.devices(&leaf.user_id).await?.devices;
+                        slot.insert(devices.into_iter().map(|d| d.device_id).collect());
+                    }
+                    !active.get(&leaf.user_id).is_some_and(|devices| devices.contains(&leaf.device_id))
+                } else {
+                    true
+                };
+                if gone && leaf.device_id != self.device_id() {
+                    departed.push(leaf.device_id);
+                }
+            }
+            if departed.is_empty() {
+                continue;
+            }
+            match self.remove_matching(&id, |leaf| departed.contains(&leaf.device_id)).await {
+                Ok(()) => removed += departed.len(),
+                // Another member removed them first.
+                Err(ClientError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(removed)
     }
 
     /// Builds a commit with `change` (OpenMLS keeps it pending), submits it with the GroupInfo of
@@ -636,6 +686,14 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Revokes one of this user's devices (signed with the identity key). Its sessions, queue and
+    /// KeyPackages go at once; the remaining members remove its leaves on their next sync.
+    pub async fn revoke_device(&self, device: &DeviceId) -> Result<()> {
+        let identity = self.identity_key()?;
+        let statement = roost_proto::signing::revoke_device_message(&self.user_id(), device);
+        self.api.revoke_device(device, &identity.sign_bytes(&statement)).await
     }
 
     /// Leaves a conversation: every device of this user stops receiving it.

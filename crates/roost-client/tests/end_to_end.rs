@@ -247,3 +247,40 @@ async fn a_listening_device_gets_messages_pushed_over_the_websocket() {
         () = tokio::time::sleep(std::time::Duration::from_secs(20)) => panic!("no push in time"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leavers_and_revoked_devices_are_removed_from_the_mls_group() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+    let mut carol = Client::register(&homes.path().join("carol"), &server.base, None).await.unwrap();
+    let phone_home = homes.path().join("carol-phone");
+    let code = Client::start_link(&phone_home, &server.base).await.unwrap();
+    carol.approve_link(&code).await.unwrap();
+    let mut phone = Client::finish_link(&phone_home).await.unwrap().unwrap();
+
+    let id = alice.create_conversation(ConversationKind::Group, &[bob.user_id(), carol.user_id()]).await.unwrap();
+    for client in [&mut bob, &mut carol, &mut phone] {
+        assert!(client.sync().await.unwrap().contains(&Event::Joined(id)));
+    }
+    assert_eq!(alice.members(&id).unwrap().len(), 3);
+
+    // Bob leaves; alice removes his leaf on her next sync.
+    bob.leave(&id).await.unwrap();
+    alice.sync().await.unwrap();
+    assert_eq!(alice.remove_departed().await.unwrap(), 1);
+    assert!(!alice.members(&id).unwrap().contains(&bob.user_id()));
+
+    // Carol revokes her phone; its leaf goes too.
+    carol.revoke_device(&phone.device_id()).await.unwrap();
+    carol.sync().await.unwrap();
+    assert_eq!(carol.remove_departed().await.unwrap(), 1);
+    assert_eq!(alice.remove_departed().await.unwrap(), 0, "already removed by carol");
+    alice.sync().await.unwrap();
+    alice.send_text(&id, "after the departures").await.unwrap();
+    assert_eq!(texts(&carol.sync().await.unwrap()), vec!["after the departures"]);
+    assert!(phone.sync().await.is_err(), "the revoked device cannot even fetch");
+    let err = bob.send_text(&id, "am I still here?").await.unwrap_err();
+    assert!(err.code().is_some(), "{err:?}");
+}

@@ -132,6 +132,9 @@ impl ConversationStore for SqliteStore {
                 }
                 add_member_device(&mut tx, &id, member, seq, write.now).await?;
             }
+            // Removing a device the server no longer routes to (revoked, or its user left) only
+            // cleans up the MLS tree: it is accepted and changes no routing.
+            let mut removed_now = Vec::new();
             for device in &write.remove {
                 let removed = sqlx::query(
                     "UPDATE conversation_devices SET removed_seq = $1 \
@@ -142,8 +145,8 @@ impl ConversationStore for SqliteStore {
                 .bind(device.as_bytes().as_slice())
                 .execute(&mut *tx)
                 .await?;
-                if removed.rows_affected() != 1 {
-                    return Err(StoreError::InvalidMembership(format!("device {device} is not a member")));
+                if removed.rows_affected() == 1 {
+                    removed_now.push(*device);
                 }
             }
             drop_users_without_devices(&mut tx, &id).await?;
@@ -170,7 +173,7 @@ impl ConversationStore for SqliteStore {
                 let devices: Vec<DeviceId> = write.add.iter().map(|m| m.device_id).collect();
                 queue_welcome(&mut tx, &id, seq, &write.sender.device_id, &devices, welcome, write.now).await?;
             }
-            for device in &write.remove {
+            for device in &removed_now {
                 let removed = QueueWrite {
                     device_id: *device,
                     kind: QueueKind::Removed,

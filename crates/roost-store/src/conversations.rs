@@ -268,8 +268,9 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// The current member devices.
     async fn active_member_devices(&self, id: &ConversationId) -> StoreResult<Vec<MemberDevice>>;
 
-    /// Applies a commit. Errors: `NotFound`, `StaleEpoch`, `NotAMember`, `InvalidMembership`,
-    /// `MemberLimitReached`.
+    /// Applies a commit. Devices in `remove` that are not current members are ignored (the commit
+    /// only cleans up the MLS tree for them). Errors: `NotFound`, `StaleEpoch`, `NotAMember`,
+    /// `InvalidMembership` (adding a current member), `MemberLimitReached`.
     async fn commit(&self, commit: CommitWrite) -> StoreResult<CommitOutcome>;
 
     /// Appends an application message (or returns the original result of a retry). Errors:
