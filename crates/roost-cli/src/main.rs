@@ -90,6 +90,11 @@ enum Command {
     },
     /// List this device's conversations.
     Conversations,
+    /// Join a conversation of your user from this device by MLS external commit.
+    Join {
+        /// The conversation id.
+        conversation: String,
+    },
     /// Set a conversation's retention: burn-on-read, ttl SECONDS, or permanent.
     Retention {
         /// Conversation id or @user.
@@ -315,6 +320,11 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
                     message.content.display()
                 );
             }
+        }
+        Command::Join { conversation } => {
+            let id = conversation_of(client, &conversation).await?;
+            client.join_by_external_commit(&id).await?;
+            say!("joined {id}");
         }
         Command::Conversations => {
             for (id, kind) in client.conversations()? {

@@ -142,6 +142,11 @@ impl Api {
         self.post(&format!("/v1/conversations/{id}/commits"), body).await
     }
 
+    /// `POST /v1/conversations/{id}/external-joins`.
+    pub async fn external_join(&self, id: &ConversationId, body: &Value) -> Result<CommitAccepted> {
+        self.post(&format!("/v1/conversations/{id}/external-joins"), body).await
+    }
+
     /// `GET /v1/conversations/{id}/group-info`.
     pub async fn group_info(&self, id: &ConversationId) -> Result<GroupInfoResponse> {
         self.get(&format!("/v1/conversations/{id}/group-info")).await

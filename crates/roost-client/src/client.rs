@@ -433,6 +433,10 @@ impl Client {
             let leaf = add.add_proposal().key_package().leaf_node();
             mls::verify_leaf(leaf.credential(), leaf.signature_key().as_slice())?;
         }
+        // The committer's new leaf: for an external commit, the joining device itself.
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            mls::verify_leaf(leaf.credential(), leaf.signature_key().as_slice())?;
+        }
         let removed = staged.self_removed();
         group
             .merge_staged_commit(&self.provider, *staged)
@@ -871,5 +875,64 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// Joining by external commit.
+impl Client {
+    /// Joins a conversation of this user by an MLS external commit built from the stored
+    /// GroupInfo (forward-only: nothing from before the join). Every member's leaf is verified
+    /// before the commit is sent.
+    pub async fn join_by_external_commit(&mut self, id: &ConversationId) -> Result<()> {
+        if self.store.processed_seq(id)?.is_some() {
+            return Ok(());
+        }
+        let info = self.api.group_info(id).await?;
+        let MlsMessageBodyIn::GroupInfo(group_info) = mls::decode(info.group_info.as_bytes())?.extract() else {
+            return Err(ClientError::Verification("the stored GroupInfo is something else".into()));
+        };
+        let config = MlsGroupJoinConfig::builder().use_ratchet_tree_extension(true).build();
+        let (mut group, bundle) = MlsGroup::external_commit_builder()
+            .with_config(config)
+            .build_group(&self.provider, group_info, mls::credential(&self.leaf))
+            .map_err(|err| ClientError::Mls(format!("external commit: {err}")))?
+            .load_psks(self.provider.storage())
+            .map_err(|err| ClientError::Mls(format!("external commit: {err:?}")))?
+            .build(self.provider.rand(), self.provider.crypto(), &self.device, |_| true)
+            .map_err(|err| ClientError::Mls(format!("external commit: {err}")))?
+            .finalize(&self.provider)
+            .map_err(|err| ClientError::Mls(format!("external commit: {err}")))?;
+        if group.group_id().as_slice() != id.as_bytes() {
+            return Err(ClientError::Verification("the GroupInfo is for another group".into()));
+        }
+        if let Err(err) = mls::verify_members(&group) {
+            let _ = group.delete(self.provider.storage());
+            return Err(err);
+        }
+        let (commit, _, new_info) = bundle.into_contents();
+        let new_info = new_info.ok_or_else(|| ClientError::Mls("the external commit produced no GroupInfo".into()))?;
+        let body = json!({
+            "epoch": info.epoch,
+            "commit": bytes::encode(&mls::encode(&commit)?),
+            "group_info": bytes::encode(&mls::encode(&MlsMessageOut::from(new_info))?),
+        });
+        match self.api.external_join(id, &body).await {
+            Ok(accepted) => {
+                group
+                    .merge_pending_commit(&self.provider)
+                    .map_err(|err| ClientError::Mls(format!("merging: {err}")))?;
+                let kind = self
+                    .api
+                    .conversation(id)
+                    .await
+                    .map(|s| s.kind.as_str().to_owned())
+                    .unwrap_or_else(|_| "group".into());
+                self.store.add_conversation(id, &kind, accepted.seq)
+            }
+            Err(err) => {
+                let _ = group.delete(self.provider.storage());
+                Err(err)
+            }
+        }
     }
 }

@@ -284,3 +284,36 @@ async fn leavers_and_revoked_devices_are_removed_from_the_mls_group() {
     let err = bob.send_text(&id, "am I still here?").await.unwrap_err();
     assert!(err.code().is_some(), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_joins_by_external_commit() {
+    let server = server().await;
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+    let mallory = Client::register(&homes.path().join("mallory"), &server.base, None).await.unwrap();
+    let id = alice.create_conversation(ConversationKind::Direct, &[bob.user_id()]).await.unwrap();
+    alice.send_text(&id, "before the tablet").await.unwrap();
+    bob.sync().await.unwrap();
+
+    let tablet_home = homes.path().join("alice-tablet");
+    let code = Client::start_link(&tablet_home, &server.base).await.unwrap();
+    alice.approve_link(&code).await.unwrap();
+    let mut tablet = Client::finish_link(&tablet_home).await.unwrap().unwrap();
+    tablet.join_by_external_commit(&id).await.unwrap();
+
+    // The members verify the joining leaf and move to the new epoch.
+    assert!(bob.sync().await.unwrap().contains(&Event::MembersChanged(id)));
+    assert!(alice.sync().await.unwrap().contains(&Event::MembersChanged(id)));
+    bob.send_text(&id, "hello tablet").await.unwrap();
+    assert_eq!(texts(&tablet.sync().await.unwrap()), vec!["hello tablet"]);
+    assert_eq!(texts(&alice.sync().await.unwrap()), vec!["hello tablet"]);
+    tablet.send_text(&id, "from the tablet").await.unwrap();
+    assert_eq!(texts(&bob.sync().await.unwrap()), vec!["from the tablet"]);
+    assert_eq!(tablet.history(&id).unwrap().len(), 2, "forward-only");
+
+    // Devices of users who are not members cannot join this way.
+    let mut mallory = mallory;
+    let err = mallory.join_by_external_commit(&id).await.unwrap_err();
+    assert_eq!(err.code(), Some(roost_proto::ErrorCode::NotAMember), "{err:?}");
+}
