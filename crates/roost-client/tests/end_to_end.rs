@@ -15,6 +15,10 @@ struct Server {
 
 async fn server() -> Server {
     let data = tempfile::tempdir().unwrap();
+    // The server's logs, at the most verbose level, go into its data directory, so the
+    // plaintext search below covers them too. (Each test runs in its own process.)
+    let log = std::fs::File::create(data.path().join("roostd.log")).unwrap();
+    let _ = tracing_subscriber::fmt().with_env_filter("trace").with_writer(std::sync::Mutex::new(log)).try_init();
     let mut config = Config { data_dir: data.path().to_path_buf(), ..Config::default() };
     config.rate_limits.registrations_per_address = 1000;
     config.rate_limits.challenges_per_address = 1000;
@@ -81,7 +85,8 @@ async fn alice_and_bob_exchange_encrypted_messages() {
     alice.send_text(&id, "after a restart, secret plaintext three").await.unwrap();
     assert_eq!(texts(&bob.sync().await.unwrap()), vec!["after a restart, secret plaintext three"]);
 
-    // The server never saw a plaintext.
+    // The server never saw a plaintext: not in its database, not in its logs.
+    assert!(std::fs::metadata(server.data.path().join("roostd.log")).unwrap().len() > 0, "the server logged");
     for secret in ["secret plaintext one", "secret plaintext two", "secret plaintext three"] {
         assert!(!contains(server.data.path(), secret), "{secret:?} found in the server's data");
         assert!(contains(homes.path(), secret), "the clients did store {secret:?}");
@@ -141,6 +146,28 @@ async fn a_linked_device_gets_only_messages_after_it_joined() {
     assert_eq!(texts(&alice.sync().await.unwrap()), vec!["after the phone"]);
     let seen: Vec<String> = phone.history(&id).unwrap().iter().map(|m| m.content.display()).collect();
     assert_eq!(seen, vec!["after the phone"], "forward-only: nothing from before the join");
+
+    // Both directions, from every device; every device shows the same order.
+    phone.send_text(&id, "from alice's phone").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.send_text(&id, "from alice's laptop").await.unwrap();
+    bob.sync().await.unwrap();
+    bob.send_text(&id, "bob again").await.unwrap();
+    for client in [&mut alice, &mut phone, &mut bob] {
+        client.sync().await.unwrap();
+    }
+    let log = |client: &Client| -> Vec<(u64, String)> {
+        client
+            .history(&id)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.seq, m.content.display()))
+            .filter(|(seq, _)| *seq > 2)
+            .collect()
+    };
+    assert_eq!(log(&alice), log(&bob));
+    assert_eq!(log(&phone), log(&bob));
+    assert_eq!(log(&bob).len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
