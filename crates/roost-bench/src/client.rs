@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 pub struct Device {
     /// Its bearer token.
     pub token: String,
+    /// Its id.
+    pub device_id: DeviceId,
 }
 
 /// Registers a fresh user with one device and authenticates it.
@@ -35,7 +37,7 @@ pub async fn register_and_login(http: &reqwest::Client, base: &str) -> anyhow::R
     });
     let session: SessionResponse =
         serde_json::from_value(post(http, &format!("{base}/v1/auth/session"), &answer).await?)?;
-    Ok(Device { token: session.token })
+    Ok(Device { token: session.token, device_id })
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {

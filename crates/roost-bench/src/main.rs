@@ -3,9 +3,12 @@
 //! Modes so far:
 //! - `connections`: registers and authenticates K devices, opens K idle authenticated WebSockets
 //!   and reports the server's resident memory per connection (read from `/proc/PID/status`).
+//! - `throughput`: open-loop senders over HTTP, receivers on WebSockets; accepted and delivered
+//!   messages per second and send→receive latency percentiles from an HDR histogram.
 
 mod client;
 mod connections;
+mod throughput;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +24,8 @@ struct Cli {
 enum Mode {
     /// Open K idle authenticated WebSockets and report server memory per connection.
     Connections(connections::Args),
+    /// Open-loop senders over HTTP, receivers over WebSocket: msgs/s and latency percentiles.
+    Throughput(throughput::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +40,7 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         match cli.mode {
             Mode::Connections(args) => connections::run(args).await,
+            Mode::Throughput(args) => throughput::run(args).await,
         }
     });
     match outcome {

@@ -1,0 +1,183 @@
+//! `throughput`: open-loop senders post opaque ciphertext over HTTP to direct conversations whose
+//! receivers are connected by WebSocket; reports accepted and delivered messages per second and
+//! send→receive latency percentiles.
+//!
+//! Each message carries its send time (nanoseconds since the run started) in its first 8 bytes,
+//! so the receiver measures latency from the pushed frame alone. Load does not need real MLS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{SinkExt, StreamExt, stream};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use roost_proto::{ConversationId, bytes};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client;
+
+/// Arguments of the throughput mode.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base URL of the running server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Sender/receiver pairs (one direct conversation each).
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Target rate over all senders, messages per second (open loop).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Ciphertext size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Most requests in flight at once.
+    #[arg(long, default_value_t = 512)]
+    max_in_flight: usize,
+}
+
+struct Pair {
+    sender_token: String,
+    receiver_token: String,
+    conversation: ConversationId,
+}
+
+/// Runs the mode and prints a summary and a JSON line.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.size < 8 {
+        bail!("--size must be at least 8 bytes");
+    }
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.max_in_flight).build()?;
+    eprintln!("preparing {} pairs…", args.pairs);
+    let pairs: Vec<Pair> = stream::iter(0..args.pairs)
+        .map(|_| prepare_pair(&http, &args.server))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()
+        .context("preparing pairs (raise the server's registration, challenge and send rate limits)")?;
+
+    let started = Instant::now();
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
+    let mut receivers = Vec::new();
+    for pair in &pairs {
+        let (mut socket, _) = tokio_tungstenite::connect_async(ws_base.as_str()).await?;
+        socket.send(Message::Text(json!({"type": "auth", "token": pair.receiver_token}).to_string().into())).await?;
+        let (histogram, delivered) = (histogram.clone(), delivered.clone());
+        receivers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                let Message::Text(text) = message else { continue };
+                let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                if frame["type"] != "entry" {
+                    continue;
+                }
+                let Some(payload) = frame["payload"].as_str().and_then(|p| bytes::decode(p).ok()) else { continue };
+                let Some(sent) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+                let sent_ns = u64::from_be_bytes(sent);
+                let now_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                delivered.fetch_add(1, Ordering::Relaxed);
+                let _ = histogram.lock().await.record(now_ns.saturating_sub(sent_ns).max(1_000));
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
+    let total = args.rate * args.duration;
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} sent · {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let load_started = Instant::now();
+    for i in 0..total {
+        // Open loop: each send is due at its own time, whether or not earlier ones finished.
+        let due = load_started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let pair = &pairs[(i as usize) % pairs.len()];
+        let mut payload = vec![0u8; args.size];
+        let sent_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
+        let body = json!({"client_message_id": format!("b{i}"), "epoch": 1, "ciphertext": bytes::encode(&payload)});
+        let request = http
+            .post(format!("{}/v1/conversations/{}/messages", args.server, pair.conversation))
+            .bearer_auth(&pair.sender_token)
+            .json(&body);
+        let (accepted, errors) = (accepted.clone(), errors.clone());
+        tokio::spawn(async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => accepted.fetch_add(1, Ordering::Relaxed),
+                _ => errors.fetch_add(1, Ordering::Relaxed),
+            };
+            drop(permit);
+        });
+        if i % 100 == 0 {
+            progress.set_position(i);
+            progress.set_message(format!("{} delivered", delivered.load(Ordering::Relaxed)));
+        }
+    }
+    let _ = in_flight.acquire_many(u32::try_from(args.max_in_flight).unwrap_or(u32::MAX)).await;
+    let load_secs = load_started.elapsed().as_secs_f64();
+    // Let the last pushes arrive.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while delivered.load(Ordering::Relaxed) < accepted.load(Ordering::Relaxed) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress.finish_and_clear();
+    for receiver in receivers {
+        receiver.abort();
+    }
+
+    let histogram = histogram.lock().await;
+    let (accepted, delivered, errors) =
+        (accepted.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e6;
+    println!(
+        "throughput: target {} msg/s for {} s over {} pairs, {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        args.rate,
+        args.duration,
+        args.pairs,
+        args.size,
+        accepted as f64 / load_secs,
+        delivered as f64 / load_secs,
+        errors,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999)
+    );
+    println!(
+        "{}",
+        json!({"mode": "throughput", "target_rate": args.rate, "duration_s": args.duration, "pairs": args.pairs,
+               "size": args.size, "accepted_per_s": (accepted as f64 / load_secs).round(),
+               "delivered_per_s": (delivered as f64 / load_secs).round(), "errors": errors,
+               "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999)})
+    );
+    Ok(())
+}
+
+async fn prepare_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<Pair> {
+    let sender = client::register_and_login(http, base).await?;
+    let receiver = client::register_and_login(http, base).await?;
+    let conversation = ConversationId::from_bytes(rand::random());
+    let body = json!({"conversation_id": conversation, "kind": "direct", "epoch": 1, "group_info": "AA",
+                      "members": [receiver.device_id], "welcome": "AA", "retention": {"policy": "ttl", "ttl_secs": 3600}});
+    let response = http.post(format!("{base}/v1/conversations")).bearer_auth(&sender.token).json(&body).send().await?;
+    if !response.status().is_success() {
+        bail!("creating a conversation: {}", response.status());
+    }
+    Ok(Pair { sender_token: sender.token, receiver_token: receiver.token, conversation })
+}
