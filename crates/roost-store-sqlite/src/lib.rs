@@ -5,12 +5,16 @@
 //! acknowledged therefore survives both `kill -9` and power loss. (`NORMAL` would survive a
 //! process crash but could lose the last transactions on power loss.)
 //!
+//! Messages are group-committed: concurrent sends share one transaction and one fsync, and each
+//! is acknowledged only after that commit (see `group_commit`).
+//!
 //! Concurrency: all writes go through one connection (SQLite allows one writer at a time anyway),
 //! so read-check-write transactions cannot interleave and never meet `SQLITE_BUSY`; reads use a
 //! separate pool and see the last committed state thanks to WAL.
 #![deny(missing_docs)]
 
 mod conversations;
+mod group_commit;
 mod store;
 
 use std::path::Path;
@@ -25,6 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    appender: group_commit::Appender,
 }
 
 impl SqliteStore {
@@ -63,7 +68,8 @@ impl SqliteStore {
             .await
             .map_err(|err| StoreError::Backend(format!("migrating: {err}")))?;
         let reader = SqlitePoolOptions::new().max_connections(8).connect_with(options.read_only(true)).await?;
-        Ok(Self { writer, reader })
+        let appender = group_commit::Appender::start(writer.clone());
+        Ok(Self { writer, reader, appender })
     }
 
     /// Closes both pools, checkpointing the WAL.

@@ -159,6 +159,32 @@ pub async fn concurrent_sends_get_gap_free_sequence_numbers<S: Store>(store: &S)
     assert_eq!(assigned, (1..=40).collect::<BTreeSet<u64>>());
 }
 
+/// Refused sends racing with accepted ones (as a group commit batches them) change nothing and
+/// leave no gap.
+pub async fn refused_sends_in_a_burst_leave_no_trace<S: Store>(store: &S) {
+    people(store).await;
+    create(store, 1, ConversationKind::Direct, &[(2, 20)], RetentionPolicy::Permanent).await;
+    let writes: Vec<_> = (0..30)
+        .map(|i| match i % 3 {
+            0 => message(1, member(1, 10), &format!("ok{i}"), 1, NOW),
+            1 => message(1, member(1, 10), &format!("stale{i}"), 0, NOW),
+            _ => message(1, member(3, 30), &format!("outsider{i}"), 1, NOW),
+        })
+        .collect();
+    let results = join_all(writes.into_iter().map(|w| store.append_message(w))).await;
+    let accepted: BTreeSet<u64> = results.iter().filter_map(|r| r.as_ref().ok().map(|a| a.seq)).collect();
+    assert_eq!(accepted, (1..=10).collect::<BTreeSet<u64>>());
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| matches!(r, Err(StoreError::StaleEpoch { .. } | StoreError::NotAMember)))
+    );
+    let page = everything(store, 20).await;
+    assert_eq!(seqs(&page), (1..=10).collect::<Vec<u64>>());
+    assert!(page.entries.iter().all(|e| e.payload.starts_with(b"ciphertext ok")));
+}
+
 /// A retry with the same client message id returns the original result and stores nothing.
 pub async fn retried_client_message_ids_store_nothing_new<S: Store>(store: &S) {
     people(store).await;

@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             pruning_removes_only_expired_rows,
             conversation_entries_are_sequenced_once_for_every_device,
             concurrent_sends_get_gap_free_sequence_numbers,
+            refused_sends_in_a_burst_leave_no_trace,
             retried_client_message_ids_store_nothing_new,
             commits_check_the_epoch_and_change_membership_atomically,
             removed_devices_get_entries_up_to_their_removal_only,
