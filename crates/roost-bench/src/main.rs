@@ -5,9 +5,12 @@
 //!   and reports the server's resident memory per connection (read from `/proc/PID/status`).
 //! - `throughput`: open-loop senders over HTTP, receivers on WebSockets; accepted and delivered
 //!   messages per second and send→receive latency percentiles from an HDR histogram.
+//! - `durability`: sends under load while `kill -9`ing the server repeatedly, then checks every
+//!   acknowledged message is stored with its sequence number and bytes.
 
 mod client;
 mod connections;
+mod durability;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +29,8 @@ enum Mode {
     Connections(connections::Args),
     /// Open-loop senders over HTTP, receivers over WebSocket: msgs/s and latency percentiles.
     Throughput(throughput::Args),
+    /// Send under load, kill -9 the server repeatedly, then check no acknowledged message was lost.
+    Durability(durability::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +46,7 @@ fn main() -> std::process::ExitCode {
         match cli.mode {
             Mode::Connections(args) => connections::run(args).await,
             Mode::Throughput(args) => throughput::run(args).await,
+            Mode::Durability(args) => durability::run(args).await,
         }
     });
     match outcome {

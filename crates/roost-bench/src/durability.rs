@@ -1,0 +1,160 @@
+//! `durability`: sends under concurrent load, `kill -9`s the server mid-load, restarts it, and
+//! repeats; then checks that every message the server acknowledged is stored, with the same
+//! sequence number and bytes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use roost_proto::{ConversationId, bytes};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::client;
+
+/// Arguments of the durability mode.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The roostd binary to start and kill.
+    #[arg(long, default_value = "./target/release/roostd")]
+    roostd: PathBuf,
+    /// Data directory for that server (wiped at the start).
+    #[arg(long, default_value = "/tmp/roost-durability-data")]
+    data_dir: PathBuf,
+    /// Port to run it on.
+    #[arg(long, default_value_t = 18080)]
+    port: u16,
+    /// How many times to kill the server.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of load before each kill.
+    #[arg(long, default_value_t = 2)]
+    seconds: u64,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+/// Runs the mode and prints a summary and a JSON line.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(&args.data_dir);
+    let base = format!("http://127.0.0.1:{}", args.port);
+    let http = reqwest::Client::new();
+    let mut server = start(&args, &http, &base).await?;
+    let sender = client::register_and_login(&http, &base).await?;
+    let receiver = client::register_and_login(&http, &base).await?;
+    let conversation = ConversationId::from_bytes(rand::random());
+    let body = json!({"conversation_id": conversation, "kind": "direct", "epoch": 1, "group_info": "AA",
+                      "members": [receiver.device_id], "welcome": "AA", "retention": {"policy": "ttl", "ttl_secs": 86400}});
+    let created = http.post(format!("{base}/v1/conversations")).bearer_auth(&sender.token).json(&body).send().await?;
+    if !created.status().is_success() {
+        bail!("creating the conversation: {}", created.status());
+    }
+
+    let acknowledged: Arc<Mutex<Vec<(u64, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut next_id = 0u64;
+    for round in 1..=args.rounds {
+        let stop_at = Instant::now() + Duration::from_secs(args.seconds);
+        let mut senders = Vec::new();
+        for worker in 0..args.concurrency {
+            let (http, base, token, acknowledged) =
+                (http.clone(), base.clone(), sender.token.clone(), acknowledged.clone());
+            let start = next_id + worker as u64 * 1_000_000;
+            senders.push(tokio::spawn(async move {
+                for n in start.. {
+                    if Instant::now() >= stop_at {
+                        break;
+                    }
+                    let payload = bytes::encode(format!("durable-{n}").as_bytes());
+                    let body = json!({"client_message_id": format!("d{n}"), "epoch": 1, "ciphertext": payload});
+                    let url = format!("{base}/v1/conversations/{conversation}/messages");
+                    let Ok(response) = http.post(url).bearer_auth(&token).json(&body).send().await else { continue };
+                    if !response.status().is_success() {
+                        continue;
+                    }
+                    let Ok(reply) = response.json::<Value>().await else { continue };
+                    if let Some(seq) = reply["seq"].as_u64() {
+                        acknowledged.lock().await.push((seq, payload));
+                    }
+                }
+            }));
+        }
+        next_id += args.concurrency as u64 * 1_000_000;
+        tokio::time::sleep(Duration::from_secs(args.seconds) / 2).await;
+        // SIGKILL in the middle of the load: no shutdown, no flush.
+        server.kill().context("killing roostd")?;
+        let _ = server.wait();
+        for sender in senders {
+            let _ = sender.await;
+        }
+        eprintln!("round {round}: killed with {} messages acknowledged so far", acknowledged.lock().await.len());
+        server = start(&args, &http, &base).await?;
+    }
+
+    let stored = fetch_all(&http, &base, &receiver.token).await?;
+    let acknowledged = acknowledged.lock().await;
+    let lost: Vec<&(u64, String)> =
+        acknowledged.iter().filter(|(seq, payload)| stored.get(seq) != Some(payload)).collect();
+    let _ = server.kill();
+    let _ = server.wait();
+    println!(
+        "durability: {} kill -9 rounds under {} concurrent senders; {} messages acknowledged, {} stored, {} lost",
+        args.rounds,
+        args.concurrency,
+        acknowledged.len(),
+        stored.len(),
+        lost.len()
+    );
+    println!(
+        "{}",
+        json!({"mode": "durability", "rounds": args.rounds, "acknowledged": acknowledged.len(), "stored": stored.len(), "lost": lost.len()})
+    );
+    if !lost.is_empty() {
+        bail!("{} acknowledged messages were lost, first: {:?}", lost.len(), lost.first());
+    }
+    Ok(())
+}
+
+async fn start(args: &Args, http: &reqwest::Client, base: &str) -> anyhow::Result<Child> {
+    let child = Command::new(&args.roostd)
+        .args(["--listen", &format!("127.0.0.1:{}", args.port), "--data-dir"])
+        .arg(&args.data_dir)
+        .env("ROOST_RATE_LIMITS__REGISTRATIONS_PER_ADDRESS", "1000000")
+        .env("ROOST_RATE_LIMITS__CHALLENGES_PER_ADDRESS", "1000000")
+        .env("ROOST_RATE_LIMITS__SENDS_PER_DEVICE", "100000000")
+        .env("ROOST_LOG", "error")
+        .spawn()
+        .with_context(|| format!("starting {}", args.roostd.display()))?;
+    for _ in 0..200 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("roostd did not become ready")
+}
+
+/// Every stored entry of the receiver, by sequence number (payload as base64url).
+async fn fetch_all(http: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<HashMap<u64, String>> {
+    let mut stored = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{base}/v1/sync?limit=1000&cursor={c}"),
+            None => format!("{base}/v1/sync?limit=1000"),
+        };
+        let page: Value = http.get(url).bearer_auth(token).send().await?.json().await?;
+        for entry in page["entries"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            if let (Some(seq), Some(payload)) = (entry["seq"].as_u64(), entry["payload"].as_str()) {
+                stored.insert(seq, payload.to_owned());
+            }
+        }
+        match page["cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(stored),
+        }
+    }
+}
