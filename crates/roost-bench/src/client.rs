@@ -17,7 +17,38 @@ pub struct Device {
 
 /// Registers a fresh user with one device and authenticates it.
 pub async fn register_and_login(http: &reqwest::Client, base: &str) -> anyhow::Result<Device> {
+    Ok(register_user(http, base, 1).await?.remove(0))
+}
+
+/// Registers a fresh user with `devices` devices (the first registers, the others are linked
+/// and approved with the identity key) and authenticates each.
+pub async fn register_user(http: &reqwest::Client, base: &str, devices: usize) -> anyhow::Result<Vec<Device>> {
     let identity = SigningKey::from_bytes(&rand::random());
+    let first = register_with(http, base, &identity).await?;
+    let user_id = UserId::from_bytes(identity.verifying_key().to_bytes());
+    let mut all = vec![first];
+    for _ in 1..devices {
+        let device = SigningKey::from_bytes(&rand::random());
+        let device_id = DeviceId::from_bytes(device.verifying_key().to_bytes());
+        let link = post(http, &format!("{base}/v1/links"), &json!({"device_id": device_id})).await?;
+        let code = link["link_code"].as_str().context("link code")?.to_owned();
+        let certificate = identity.sign(&signing::device_certificate_message(&user_id, &device_id)).to_bytes();
+        let approve = json!({"device_certificate": bytes::encode(&certificate)});
+        let response = http
+            .post(format!("{base}/v1/links/{code}/approve"))
+            .bearer_auth(&all[0].token)
+            .json(&approve)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("approving a linked device: {}", response.status());
+        }
+        all.push(login(http, base, &device).await?);
+    }
+    Ok(all)
+}
+
+async fn register_with(http: &reqwest::Client, base: &str, identity: &SigningKey) -> anyhow::Result<Device> {
     let device = SigningKey::from_bytes(&rand::random());
     let user_id = UserId::from_bytes(identity.verifying_key().to_bytes());
     let device_id = DeviceId::from_bytes(device.verifying_key().to_bytes());
@@ -25,7 +56,11 @@ pub async fn register_and_login(http: &reqwest::Client, base: &str) -> anyhow::R
     let body =
         json!({"identity_key": user_id, "device_id": device_id, "device_certificate": bytes::encode(&certificate)});
     post(http, &format!("{base}/v1/users"), &body).await.context("registering")?;
+    login(http, base, &device).await
+}
 
+async fn login(http: &reqwest::Client, base: &str, device: &SigningKey) -> anyhow::Result<Device> {
+    let device_id = DeviceId::from_bytes(device.verifying_key().to_bytes());
     let challenge: ChallengeResponse = serde_json::from_value(
         post(http, &format!("{base}/v1/auth/challenge"), &json!({"device_id": device_id})).await?,
     )?;

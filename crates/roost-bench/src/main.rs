@@ -7,10 +7,13 @@
 //!   messages per second and send→receive latency percentiles from an HDR histogram.
 //! - `durability`: sends under load while `kill -9`ing the server repeatedly, then checks every
 //!   acknowledged message is stored with its sequence number and bytes.
+//! - `fanout`: a large group (default 1,500 users × 3 devices, all online), one message at a
+//!   time; how long until every device has it.
 
 mod client;
 mod connections;
 mod durability;
+mod fanout;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +34,8 @@ enum Mode {
     Throughput(throughput::Args),
     /// Send under load, kill -9 the server repeatedly, then check no acknowledged message was lost.
     Durability(durability::Args),
+    /// One message to a large group with every device online: time until every device has it.
+    Fanout(fanout::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +52,7 @@ fn main() -> std::process::ExitCode {
             Mode::Connections(args) => connections::run(args).await,
             Mode::Throughput(args) => throughput::run(args).await,
             Mode::Durability(args) => durability::run(args).await,
+            Mode::Fanout(args) => fanout::run(args).await,
         }
     });
     match outcome {

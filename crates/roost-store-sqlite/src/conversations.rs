@@ -298,6 +298,21 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn positions(&self, device: &DeviceId) -> StoreResult<Vec<(ConversationId, u64)>> {
+        timed("positions", async {
+            let rows = sqlx::query(
+                "SELECT conversation_id, acked_seq FROM conversation_devices WHERE device_id = $1 AND removed_seq IS NULL",
+            )
+            .bind(device.as_bytes().as_slice())
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((conversation_id_at(row, "conversation_id")?, to_u64(row.try_get("acked_seq")?))))
+                .collect()
+        })
+        .await
+    }
+
     async fn queue_for_device(&self, device: &DeviceId, after_id: u64, limit: u32) -> StoreResult<Vec<QueueRecord>> {
         timed("queue_for_device", async {
             let mut conn = self.reader.acquire().await?;

@@ -294,6 +294,9 @@ pub trait ConversationStore: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<EntryRecord>>;
 
+    /// The device's acknowledged position in each conversation it is a current member of.
+    async fn positions(&self, device: &DeviceId) -> StoreResult<Vec<(ConversationId, u64)>>;
+
     /// The device's queue entries with ids above `after_id`, oldest first.
     async fn queue_for_device(&self, device: &DeviceId, after_id: u64, limit: u32) -> StoreResult<Vec<QueueRecord>>;
 

@@ -166,6 +166,13 @@ impl Connection {
     /// Sends everything stored for the device, then `queue_empty`.
     async fn drain(&mut self) -> Result<(), Exit> {
         self.send_frame(&ServerFrame::Ready { user_id: self.caller.user_id, device_id: self.caller.device_id }).await?;
+        // Start from the acknowledged positions, so the first live entry of a conversation with
+        // nothing pending is pushed as is instead of being fetched again from the store.
+        let positions = self.services.ctx.store.positions(&self.caller.device_id).await.map_err(|err| {
+            tracing::warn!(error = %err, "reading positions failed");
+            Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+        })?;
+        self.pushed.extend(positions);
         let mut cursor = SyncCursor::default();
         loop {
             let page = self.services.ctx.store.sync(&self.caller.device_id, cursor, PAGE).await.map_err(|err| {

@@ -127,6 +127,10 @@ pub async fn conversation_entries_are_sequenced_once_for_every_device<S: Store>(
     }
     assert!(everything(store, 30).await.entries.is_empty(), "non-members see nothing");
 
+    // Positions start where each device joined.
+    assert_eq!(store.positions(&device(20)).await.unwrap(), vec![(conversation(1), 0)]);
+    assert!(store.positions(&device(30)).await.unwrap().is_empty());
+
     // A live connection's targeted fetches agree with sync.
     let tail = store.entries_for_device(&device(20), &conversation(1), 1, 10).await.unwrap();
     assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);

@@ -1,0 +1,158 @@
+//! `fanout`: one message to a large group whose every device is online; how long until every
+//! device has it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{SinkExt, StreamExt, stream};
+use hdrhistogram::Histogram;
+use roost_proto::{ConversationId, bytes};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client;
+
+/// Arguments of the fan-out mode.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base URL of the running server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Users in the group besides the sender (1,499 + the sender = the 1,500-user maximum).
+    #[arg(long, default_value_t = 1499)]
+    users: usize,
+    /// Devices per user, all online.
+    #[arg(long, default_value_t = 3)]
+    devices: usize,
+    /// Messages to send, one after another, each measured on its own.
+    #[arg(long, default_value_t = 3)]
+    messages: usize,
+}
+
+/// Runs the mode and prints a summary and a JSON line.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let prepared = Instant::now();
+    eprintln!("registering {} users with {} devices each…", args.users, args.devices);
+    let sender = client::register_and_login(&http, &args.server).await?;
+    let members: Vec<client::Device> = stream::iter(0..args.users)
+        .map(|_| client::register_user(&http, &args.server, args.devices))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("preparing users (raise the server's registration, challenge and link rate limits)")?
+        .into_iter()
+        .flatten()
+        .collect();
+    let conversation = ConversationId::from_bytes(rand::random());
+    let ids: Vec<_> = members.iter().map(|d| d.device_id).collect();
+    let body = json!({"conversation_id": conversation, "kind": "group", "epoch": 1, "group_info": "AA",
+                      "members": ids, "welcome": "AA"});
+    let created =
+        http.post(format!("{}/v1/conversations", args.server)).bearer_auth(&sender.token).json(&body).send().await?;
+    if !created.status().is_success() {
+        bail!("creating the group: {} {}", created.status(), created.text().await.unwrap_or_default());
+    }
+    eprintln!("prepared {} devices in {:.1} s; connecting…", members.len(), prepared.elapsed().as_secs_f64());
+
+    // Every device online and drained before the first message.
+    let ws = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
+    let sockets: Vec<_> = stream::iter(members.iter())
+        .map(|device| open(&ws, &device.token))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let arrivals: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let arrivals = arrivals.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = socket.next().await {
+                    let Message::Text(text) = message else { continue };
+                    let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                    if frame["type"] == "entry" {
+                        let seq = frame["seq"].as_u64().unwrap_or(0);
+                        arrivals.lock().await.push((seq, Instant::now()));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let expected = members.len();
+    let mut all_ms = Vec::new();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for n in 0..args.messages {
+        let sent = Instant::now();
+        let body =
+            json!({"client_message_id": format!("fanout-{n}"), "epoch": 1, "ciphertext": bytes::encode(b"fan-out")});
+        let reply: Value = http
+            .post(format!("{}/v1/conversations/{conversation}/messages", args.server))
+            .bearer_auth(&sender.token)
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let seq = reply["seq"].as_u64().context("no sequence number")?;
+        let deadline = sent + Duration::from_secs(30);
+        loop {
+            let arrived: Vec<Instant> =
+                arrivals.lock().await.iter().filter(|(s, _)| *s == seq).map(|(_, at)| *at).collect();
+            if arrived.len() >= expected || Instant::now() > deadline {
+                for at in &arrived {
+                    let _ =
+                        histogram.record(u64::try_from(at.duration_since(sent).as_micros()).unwrap_or(u64::MAX).max(1));
+                }
+                let last = arrived.iter().max().map_or(f64::NAN, |at| at.duration_since(sent).as_secs_f64() * 1000.0);
+                eprintln!("message {n}: {} of {expected} devices, last after {last:.1} ms", arrived.len());
+                all_ms.push((arrived.len(), last));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for reader in readers {
+        reader.abort();
+    }
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let complete = all_ms.iter().all(|(n, _)| *n == expected);
+    let worst = all_ms.iter().map(|(_, last)| *last).fold(0.0_f64, f64::max);
+    println!(
+        "fanout: {} users x {} devices = {expected} online devices, {} messages: every device got each message: {complete}; \
+         delivery p50 {:.1} ms, p99 {:.1} ms, max (last device) {worst:.1} ms",
+        args.users,
+        args.devices,
+        args.messages,
+        ms(0.5),
+        ms(0.99)
+    );
+    println!(
+        "{}",
+        json!({"mode": "fanout", "devices": expected, "messages": args.messages, "complete": complete,
+               "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": worst})
+    );
+    Ok(())
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(url: &str, token: &str) -> anyhow::Result<Socket> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
+    while let Some(message) = socket.next().await {
+        if let Message::Text(text) = message? {
+            if text.contains("\"queue_empty\"") {
+                return Ok(socket);
+            }
+        }
+    }
+    bail!("the server closed a socket before queue_empty")
+}
