@@ -148,10 +148,10 @@ async fn open(url: &str, token: &str) -> anyhow::Result<Socket> {
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
     socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
     while let Some(message) = socket.next().await {
-        if let Message::Text(text) = message? {
-            if text.contains("\"queue_empty\"") {
-                return Ok(socket);
-            }
+        if let Message::Text(text) = message?
+            && text.contains("\"queue_empty\"")
+        {
+            return Ok(socket);
         }
     }
     bail!("the server closed a socket before queue_empty")
