@@ -84,3 +84,27 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result
     }
     Ok(value)
 }
+
+/// A client WebSocket.
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a device's WebSocket, authenticates it and waits for the initial drain to finish
+/// (`queue_empty`): the connection is then idle.
+pub async fn open_socket(url: &str, token: &str) -> anyhow::Result<Socket> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.context("websocket handshake")?;
+    socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
+    while let Some(message) = socket.next().await {
+        if let Message::Text(text) = message? {
+            if text.contains("\"queue_empty\"") {
+                return Ok(socket);
+            }
+            if text.contains("\"error\"") {
+                bail!("server refused the socket: {text}");
+            }
+        }
+    }
+    bail!("the server closed the socket before queue_empty")
+}

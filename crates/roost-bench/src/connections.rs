@@ -2,10 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use futures::{SinkExt, StreamExt, stream};
+use anyhow::Context as _;
+use futures::{StreamExt, stream};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::client;
 
@@ -50,7 +49,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
     let opened = Instant::now();
     let sockets: Vec<_> = stream::iter(devices.iter())
-        .map(|device| open(&ws_base, &device.token))
+        .map(|device| client::open_socket(&ws_base, &device.token))
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>()
         .await
@@ -84,25 +83,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                "bytes_per_connection": per_connection.round()})
     );
     Ok(())
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(url: &str, token: &str) -> anyhow::Result<Socket> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.context("websocket handshake")?;
-    socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
-    // Wait for the initial drain to finish: the connection is then idle.
-    while let Some(message) = socket.next().await {
-        if let Message::Text(text) = message? {
-            if text.contains("\"queue_empty\"") {
-                return Ok(socket);
-            }
-            if text.contains("\"error\"") {
-                bail!("server refused the socket: {text}");
-            }
-        }
-    }
-    bail!("the server closed the socket before queue_empty")
 }
 
 /// Resident set size of a process, from `/proc/PID/status` (Linux).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::{SinkExt, StreamExt, stream};
+use futures::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use roost_proto::{ConversationId, bytes};
 use serde_json::{Value, json};
@@ -62,7 +62,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Every device online and drained before the first message.
     let ws = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
     let sockets: Vec<_> = stream::iter(members.iter())
-        .map(|device| open(&ws, &device.token))
+        .map(|device| client::open_socket(&ws, &device.token))
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await
@@ -140,19 +140,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": worst})
     );
     Ok(())
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(url: &str, token: &str) -> anyhow::Result<Socket> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
-    socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
-    while let Some(message) = socket.next().await {
-        if let Message::Text(text) = message?
-            && text.contains("\"queue_empty\"")
-        {
-            return Ok(socket);
-        }
-    }
-    bail!("the server closed a socket before queue_empty")
 }
