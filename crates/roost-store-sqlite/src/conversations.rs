@@ -572,58 +572,6 @@ impl ConversationStore for SqliteStore {
     }
 }
 
-/// Appends one message inside the caller's transaction: membership, idempotency and epoch are
-/// checked before anything is written, so a refused message leaves the transaction untouched
-/// and the other messages of a group commit can proceed.
-pub(crate) async fn append_in(tx: &mut SqliteConnection, message: &MessageWrite) -> StoreResult<Appended> {
-    let id = message.conversation_id;
-    let conversation = conversation_in(tx, &id).await?.ok_or(StoreError::NotFound)?;
-    let sender = member_device_in(tx, &id, &message.sender.device_id).await?;
-    if !sender.is_some_and(|s| s.is_active()) {
-        return Err(StoreError::NotAMember);
-    }
-    // A retry returns the original result, even if the epoch has moved on since.
-    let earlier = sqlx::query(
-        "SELECT seq, created_at FROM message_ids \
-         WHERE conversation_id = $1 AND sender_device = $2 AND client_message_id = $3",
-    )
-    .bind(id.as_bytes().as_slice())
-    .bind(message.sender.device_id.as_bytes().as_slice())
-    .bind(&message.client_message_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = earlier {
-        return Ok(Appended {
-            seq: to_u64(row.try_get("seq")?),
-            created_at: row.try_get("created_at")?,
-            duplicate: true,
-        });
-    }
-    if conversation.epoch != message.epoch {
-        return Err(StoreError::StaleEpoch { current: conversation.epoch });
-    }
-    let seq = conversation.last_seq + 1;
-    append_entry(tx, &id, seq, EntryKind::Message, &message.sender, message.epoch, &message.payload, message.now)
-        .await?;
-    sqlx::query("UPDATE conversations SET last_seq = $1 WHERE id = $2")
-        .bind(to_i64(seq))
-        .bind(id.as_bytes().as_slice())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO message_ids (conversation_id, sender_device, client_message_id, seq, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(id.as_bytes().as_slice())
-    .bind(message.sender.device_id.as_bytes().as_slice())
-    .bind(&message.client_message_id)
-    .bind(to_i64(seq))
-    .bind(message.now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(Appended { seq, created_at: message.now, duplicate: false })
-}
-
 async fn queue_in(
     conn: &mut SqliteConnection,
     device: &DeviceId,
@@ -921,7 +869,7 @@ fn queue_row(row: &SqliteRow) -> StoreResult<QueueRecord> {
     })
 }
 
-fn conversation_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<ConversationId> {
+pub(crate) fn conversation_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<ConversationId> {
     let raw: Vec<u8> = row.try_get(column)?;
     ConversationId::from_slice(&raw).map_err(|_| corrupt(column))
 }
@@ -945,10 +893,10 @@ fn decode_retention(kind: &str, ttl_ms: Option<i64>) -> StoreResult<RetentionPol
 
 /// Sequence numbers and epochs are u64 on the wire and i64 in SQL; real values stay far below
 /// 2^63, and anything beyond saturates rather than wraps.
-fn to_i64(value: u64) -> i64 {
+pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_u64(value: i64) -> u64 {
+pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }

@@ -94,7 +94,7 @@ async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Durati
     let Ok(ClientFrame::Auth { token }) = serde_json::from_str::<ClientFrame>(&text) else {
         return Err(refused);
     };
-    services.auth.authenticate(&token).await.map_err(|_| refused)
+    services.auth.authenticate_once(&token).await.map_err(|_| refused)
 }
 
 async fn finish(mut socket: WebSocket, exit: Exit) {

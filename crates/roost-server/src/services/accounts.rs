@@ -91,7 +91,12 @@ impl Accounts {
             signature.as_bytes(),
             ErrorCode::SignatureInvalid,
         )?;
-        self.ctx.store.revoke_device(&caller.user_id, device_id, self.ctx.now()).await?;
+        let revoked = self.ctx.store.revoke_device(&caller.user_id, device_id, self.ctx.now()).await;
+        // Its sessions and memberships are gone from the store (or the store failed midway):
+        // nothing cached about them may be used again.
+        self.ctx.sessions.invalidate(|_, session| session.device_id == *device_id);
+        self.ctx.members.invalidate(|_, _| true);
+        revoked?;
         self.hub.kick(device_id, CloseReason::Revoked);
         self.announce_device_list(&caller.user_id).await;
         Ok(())

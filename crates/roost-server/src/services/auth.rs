@@ -104,13 +104,34 @@ impl Auth {
         Ok(SessionResponse { token, user_id: device.user_id, device_id: request.device_id, expires_at })
     }
 
-    /// Resolves a bearer token to its caller.
+    /// Resolves a bearer token to its caller, through the session cache (HTTP requests repeat
+    /// the same token).
     pub async fn authenticate(&self, token: &str) -> Result<Caller> {
+        self.resolve(token, true).await
+    }
+
+    /// Resolves a bearer token without remembering the session (a WebSocket authenticates once;
+    /// caching its session would only cost memory for every open connection).
+    pub async fn authenticate_once(&self, token: &str) -> Result<Caller> {
+        self.resolve(token, false).await
+    }
+
+    async fn resolve(&self, token: &str, remember: bool) -> Result<Caller> {
         let unknown = || Error::new(ErrorCode::Unauthenticated, "the bearer token is not valid");
         if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
             return Err(unknown());
         }
-        let session = self.ctx.store.session(&token_hash(token)).await?.ok_or_else(unknown)?;
+        let hash = token_hash(token);
+        let session = match self.ctx.sessions.get(&hash) {
+            Ok(session) => session,
+            Err(ticket) => {
+                let session = self.ctx.store.session(&hash).await?.ok_or_else(unknown)?;
+                if remember {
+                    self.ctx.sessions.fill(hash, ticket, session.clone());
+                }
+                session
+            }
+        };
         if session.expires_at <= self.ctx.now() {
             return Err(Error::new(ErrorCode::SessionExpired, "the session has expired; authenticate again"));
         }
@@ -125,7 +146,10 @@ impl Auth {
 
     /// Ends the session of `token` (logout).
     pub async fn close_session(&self, token: &str) -> Result<()> {
-        self.ctx.store.delete_session(&token_hash(token)).await?;
+        let hash = token_hash(token);
+        let deleted = self.ctx.store.delete_session(&hash).await;
+        self.ctx.sessions.invalidate(|cached, _| *cached == hash);
+        deleted?;
         Ok(())
     }
 

@@ -64,7 +64,8 @@ impl Conversations {
                 "a direct chat holds exactly two users, a note to self one, a group at most the configured maximum",
             ));
         }
-        self.ctx
+        let created = self
+            .ctx
             .store
             .create_conversation(NewConversation {
                 id: request.conversation_id,
@@ -77,7 +78,10 @@ impl Conversations {
                 welcome: request.welcome.map(Base64Bytes::into_vec),
                 created_at: self.ctx.now(),
             })
-            .await?;
+            .await;
+        // A typing frame may have cached "no members" for this id before it existed.
+        self.ctx.members.invalidate(|id, _| *id == request.conversation_id);
+        created?;
         self.hub.publish(welcomed, LiveEvent::Queued);
         self.summary(caller, &request.conversation_id).await
     }
@@ -171,7 +175,10 @@ impl Conversations {
         // The pushed frame needs the commit bytes the store consumes; copy them only when some
         // device is connected to receive them.
         let pushed = (!self.hub.is_idle()).then(|| write.clone());
-        let outcome = self.ctx.store.commit(write).await?;
+        let id = write.conversation_id;
+        let outcome = self.ctx.store.commit(write).await;
+        self.ctx.members.invalidate(|cached, _| *cached == id);
+        let outcome = outcome?;
         if let Some(write) = pushed {
             let entry = Entry {
                 conversation_id: write.conversation_id,
@@ -255,14 +262,14 @@ impl Conversations {
     ) -> Result<SendAccepted> {
         let conversation =
             self.ctx.store.conversation(id).await?.ok_or_else(|| Error::not_found("no such conversation"))?;
-        let members = self.ctx.store.active_member_devices(id).await?;
-        if !members.iter().any(|m| m.member.device_id == caller.device_id) {
+        let members = self.members(id).await?;
+        if !members.iter().any(|m| m.device_id == caller.device_id) {
             return Err(Error::not_a_member());
         }
         if conversation.epoch != request.epoch {
             return Err(roost_store::StoreError::StaleEpoch { current: conversation.epoch }.into());
         }
-        let others = members.iter().map(|m| m.member.device_id).filter(|d| *d != caller.device_id);
+        let others = members.iter().map(|m| m.device_id).filter(|d| *d != caller.device_id);
         let frame = ServerFrame::Ephemeral {
             conversation_id: *id,
             sender_user: caller.user_id,
@@ -282,7 +289,9 @@ impl Conversations {
         // The leaving user's devices get the leave entry too: look the recipients up first.
         let recipients = self.live_recipients(id).await;
         let pushed = (!recipients.is_empty()).then(|| payload.clone());
-        let seq = self.ctx.store.leave(id, member_of(caller), payload, now).await?;
+        let seq = self.ctx.store.leave(id, member_of(caller), payload, now).await;
+        self.ctx.members.invalidate(|cached, _| cached == id);
+        let seq = seq?;
         if let Some(payload) = pushed {
             let conversation = self.ctx.store.conversation(id).await?;
             let entry = Entry {
@@ -337,15 +346,14 @@ impl Conversations {
             let current = view.and_then(|v| v.members.iter().find(|m| m.user_id == caller.user_id).map(|m| m.read_seq));
             return Ok(current.unwrap_or(0));
         };
-        let devices = store.active_member_devices(id).await?;
-        let (own, others): (Vec<MemberDevice>, Vec<MemberDevice>) =
-            devices.into_iter().partition(|m| m.member.user_id == caller.user_id);
+        let devices = self.members(id).await?;
+        let (own, others): (Vec<MemberRef>, Vec<MemberRef>) = devices.iter().partition(|m| m.user_id == caller.user_id);
         let payload = serde_json::to_vec(&serde_json::json!({ "seq": read_seq })).unwrap_or_default();
         let sync_to_own: Vec<QueueWrite> = own
             .iter()
-            .filter(|m| m.member.device_id != caller.device_id)
+            .filter(|m| m.device_id != caller.device_id)
             .map(|m| QueueWrite {
-                device_id: m.member.device_id,
+                device_id: m.device_id,
                 kind: QueueKind::ReadMarker,
                 conversation_id: Some(*id),
                 seq: Some(read_seq),
@@ -355,11 +363,11 @@ impl Conversations {
             .collect();
         if !sync_to_own.is_empty() {
             store.enqueue(sync_to_own, self.ctx.now()).await?;
-            self.hub.publish(own.iter().map(|m| m.member.device_id), LiveEvent::Queued);
+            self.hub.publish(own.iter().map(|m| m.device_id), LiveEvent::Queued);
         }
         if store.read_receipts(&caller.user_id).await? {
             let receipt = ServerFrame::ReadReceipt { conversation_id: *id, user_id: caller.user_id, seq: read_seq };
-            self.hub.publish(others.iter().map(|m| m.member.device_id), LiveEvent::Frame(encode_frame(&receipt)));
+            self.hub.publish(others.iter().map(|m| m.device_id), LiveEvent::Frame(encode_frame(&receipt)));
         }
         Ok(read_seq)
     }
@@ -367,13 +375,13 @@ impl Conversations {
     /// Tells the other connected member devices that the caller is typing (or stopped). Never
     /// stored.
     pub async fn typing(&self, caller: &Caller, id: &ConversationId, active: bool) -> Result<()> {
-        let members = self.ctx.store.active_member_devices(id).await?;
-        if !members.iter().any(|m| m.member.device_id == caller.device_id) {
+        let members = self.members(id).await?;
+        if !members.iter().any(|m| m.device_id == caller.device_id) {
             return Err(self.absent_or_forbidden(id).await);
         }
         let frame =
             ServerFrame::Typing { conversation_id: *id, user_id: caller.user_id, device_id: caller.device_id, active };
-        let others = members.into_iter().map(|m| m.member.device_id).filter(|d| *d != caller.device_id);
+        let others = members.iter().map(|m| m.device_id).filter(|d| *d != caller.device_id);
         self.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
         Ok(())
     }
@@ -442,11 +450,25 @@ impl Conversations {
         if self.hub.is_idle() {
             return Vec::new();
         }
-        match self.ctx.store.active_member_devices(id).await {
-            Ok(devices) => devices.into_iter().map(|m| m.member.device_id).collect(),
+        match self.members(id).await {
+            Ok(devices) => devices.iter().map(|m| m.device_id).collect(),
             Err(err) => {
                 tracing::warn!(error = %err, "could not list members to push to");
                 Vec::new()
+            }
+        }
+    }
+
+    /// The conversation's current member devices, through the member cache (read on every send
+    /// to find whom to push to).
+    async fn members(&self, id: &ConversationId) -> Result<Arc<[MemberRef]>> {
+        match self.ctx.members.get(id) {
+            Ok(members) => Ok(members),
+            Err(ticket) => {
+                let devices = self.ctx.store.active_member_devices(id).await?;
+                let members: Arc<[MemberRef]> = devices.into_iter().map(|m| m.member).collect();
+                self.ctx.members.fill(*id, ticket, members.clone());
+                Ok(members)
             }
         }
     }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod auth;
+pub mod cache;
 mod conversations;
 pub(crate) mod delivery;
 mod keys;
@@ -17,12 +18,14 @@ pub use delivery::Delivery;
 pub use keys::Keys;
 use roost_store::Store;
 
+use self::cache::{MAX_CONVERSATIONS, MAX_SESSIONS, MemberCache, SessionCache};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ratelimit::RateLimiters;
 
-/// What every service needs: the store, the clock, the configuration and the rate limiters.
+/// What every service needs: the store, the clock, the configuration, the rate limiters and the
+/// caches of the hot path.
 pub struct Context {
     /// Persistent state.
     pub store: Arc<dyn Store>,
@@ -32,13 +35,24 @@ pub struct Context {
     pub config: Config,
     /// Abuse controls.
     pub limits: RateLimiters,
+    /// Sessions read recently.
+    pub sessions: SessionCache,
+    /// Member devices of conversations read recently.
+    pub members: MemberCache,
 }
 
 impl Context {
     /// Builds the context.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let limits = RateLimiters::new(&config.rate_limits);
-        Self { store, clock, config, limits }
+        Self {
+            store,
+            clock,
+            config,
+            limits,
+            sessions: SessionCache::new(MAX_SESSIONS),
+            members: MemberCache::new(MAX_CONVERSATIONS),
+        }
     }
 
     fn now(&self) -> i64 {

@@ -145,6 +145,49 @@ async fn entries_reach_every_device_of_the_recipient_and_the_senders_other_devic
 }
 
 #[tokio::test]
+async fn a_removed_members_socket_gets_its_removal_and_nothing_after_it() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let group = direct(&server, &alice, &[&bob, &carol]).await;
+    let marker = direct(&server, &alice, &[&carol]).await;
+    let mut carols = Socket::connect(&server, &carol.token()).await;
+    carols.drain().await;
+
+    // A first send makes the server look up (and remember) the group's members.
+    let first = send(&server, &alice.token(), &group, "before").await;
+    let frame = carols.next_frame().await;
+    assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(first)), "{frame}");
+
+    let remove =
+        json!({"epoch": 1, "commit": b64("remove carol"), "group_info": b64("g2"), "remove": [carol.devices[0].id()]});
+    let (status, removal) =
+        server.post(&format!("/v1/conversations/{group}/commits"), Some(&alice.token()), remove).await;
+    assert_eq!(status, StatusCode::CREATED, "{removal}");
+    let after = json!({"client_message_id": "after", "epoch": 2, "ciphertext": b64("after")});
+    let (status, sent) = server.post(&format!("/v1/conversations/{group}/messages"), Some(&alice.token()), after).await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    // Pushes to one device arrive in order: once the marker is in, the group's later entry would
+    // have been too.
+    let marker_seq = send(&server, &alice.token(), &marker, "marker").await;
+
+    let mut group_seqs = Vec::new();
+    loop {
+        let frame = carols.next_frame().await;
+        if frame["type"] != "entry" {
+            continue;
+        }
+        if frame["conversation_id"] == marker.to_string() {
+            assert_eq!(frame["seq"].as_u64(), Some(marker_seq));
+            break;
+        }
+        group_seqs.push(frame["seq"].as_u64().unwrap());
+    }
+    assert_eq!(group_seqs, vec![removal["seq"].as_u64().unwrap()], "the removal only, nothing after it");
+}
+
+#[tokio::test]
 async fn unacknowledged_entries_are_delivered_again_after_a_reconnect() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;

@@ -189,6 +189,54 @@ pub async fn refused_sends_in_a_burst_leave_no_trace<S: Store>(store: &S) {
     assert!(page.entries.iter().all(|e| e.payload.starts_with(b"ciphertext ok")));
 }
 
+/// A burst larger than one statement's rows, over several conversations, with retries of the
+/// same id inside the burst and sends to an unknown conversation: each conversation's log is
+/// gap-free, each retry returns the sequence number of its original, and the payloads land
+/// under the right numbers.
+pub async fn bursts_across_conversations_keep_each_log_and_retry_exact<S: Store>(store: &S) {
+    people(store).await;
+    create(store, 1, ConversationKind::Direct, &[(2, 20)], RetentionPolicy::Permanent).await;
+    create(store, 2, ConversationKind::Group, &[(2, 20), (3, 30)], RetentionPolicy::Permanent).await;
+    let writes: Vec<_> = (0..150)
+        .map(|i| match i % 5 {
+            0 | 1 => message(1, member(1, 10), &format!("a{}", i / 2), 1, NOW + i),
+            2 | 3 => message(2, member(3, 30), &format!("b{i}"), 1, NOW + i),
+            _ => message(9, member(1, 10), &format!("lost{i}"), 1, NOW + i),
+        })
+        .collect();
+    let results = join_all(writes.iter().cloned().map(|w| store.append_message(w))).await;
+
+    let mut by_id = std::collections::HashMap::new();
+    for (write, result) in writes.iter().zip(&results) {
+        if write.conversation_id == conversation(9) {
+            assert!(matches!(result, Err(StoreError::NotFound)), "{result:?}");
+            continue;
+        }
+        let appended = result.as_ref().unwrap();
+        let key = (write.conversation_id, write.client_message_id.clone());
+        match by_id.get(&key) {
+            None => {
+                assert!(!appended.duplicate);
+                by_id.insert(key, (appended.seq, write.payload.clone()));
+            }
+            Some((seq, _)) => assert_eq!((appended.seq, appended.duplicate), (*seq, true)),
+        }
+    }
+    for n in [1u8, 2] {
+        let stored = store.history(&conversation(n), 0, u64::MAX, 1000).await.unwrap();
+        let expected: BTreeSet<u64> =
+            by_id.iter().filter(|((c, _), _)| *c == conversation(n)).map(|(_, (seq, _))| *seq).collect();
+        assert_eq!(stored.iter().map(|e| e.seq).collect::<BTreeSet<u64>>(), expected);
+        assert_eq!(expected, (1..=expected.len() as u64).collect::<BTreeSet<u64>>(), "gap-free log of {n}");
+        for entry in &stored {
+            let original = by_id.values().find(|(seq, payload)| *seq == entry.seq && *payload == entry.payload);
+            assert!(original.is_some(), "entry {} of {n} carries its own payload", entry.seq);
+        }
+        let record = store.conversation(&conversation(n)).await.unwrap().unwrap();
+        assert_eq!(record.last_seq, expected.len() as u64);
+    }
+}
+
 /// A retry with the same client message id returns the original result and stores nothing.
 pub async fn retried_client_message_ids_store_nothing_new<S: Store>(store: &S) {
     people(store).await;

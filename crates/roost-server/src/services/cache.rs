@@ -1,0 +1,133 @@
+//! In-memory caches for what every send reads: the caller's session and the conversation's
+//! member devices.
+//!
+//! Both are read-through: a miss reads the store. Every path that changes a session or a
+//! membership in this process invalidates them right after its store write, so a logout, a
+//! revocation or a member's removal takes effect for the very next request. Entries are also
+//! short-lived and the caches are bounded, so a change made outside this process (an operator
+//! editing the database) is seen within [`TTL`] at the latest.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use roost_proto::ConversationId;
+use roost_store::{MemberRef, SessionRecord};
+
+/// How long a cached value is trusted without reading the store again.
+pub const TTL: Duration = Duration::from_secs(60);
+
+/// A bounded read-through cache whose fills cannot outlive an invalidation.
+///
+/// A reader that misses gets a [`Ticket`] before it reads the store, and may fill the cache only
+/// if no invalidation happened since: a value read before a change can never be stored after
+/// that change was invalidated, however the two interleave.
+pub struct ReadThrough<K, V> {
+    inner: Mutex<Entries<K, V>>,
+    capacity: usize,
+}
+
+struct Entries<K, V> {
+    generation: u64,
+    values: HashMap<K, (V, Instant)>,
+}
+
+/// Which invalidations a reader had seen when it missed; see [`ReadThrough`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
+    /// An empty cache of at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        Self { inner: Mutex::new(Entries { generation: 0, values: HashMap::new() }), capacity }
+    }
+
+    /// The cached value, or a ticket to fill it after reading the store.
+    pub fn get(&self, key: &K) -> Result<V, Ticket> {
+        let inner = self.lock();
+        match inner.values.get(key) {
+            Some((value, read_at)) if read_at.elapsed() < TTL => Ok(value.clone()),
+            _ => Err(Ticket(inner.generation)),
+        }
+    }
+
+    /// Stores a value read from the store under `ticket`, unless it may be stale.
+    pub fn fill(&self, key: K, ticket: Ticket, value: V) {
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return;
+        }
+        if inner.values.len() >= self.capacity {
+            inner.values.retain(|_, (_, read_at)| read_at.elapsed() < TTL);
+            if inner.values.len() >= self.capacity {
+                inner.values.clear();
+            }
+        }
+        inner.values.insert(key, (value, Instant::now()));
+    }
+
+    /// Forgets the entries `stale` picks; readers in flight may not fill theirs.
+    pub fn invalidate(&self, mut stale: impl FnMut(&K, &V) -> bool) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.values.retain(|key, (value, _)| !stale(key, value));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Entries<K, V>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Sessions by token hash.
+pub type SessionCache = ReadThrough<[u8; 32], SessionRecord>;
+
+/// The current member devices of conversations.
+pub type MemberCache = ReadThrough<ConversationId, Arc<[MemberRef]>>;
+
+/// Most sessions kept.
+pub const MAX_SESSIONS: usize = 65_536;
+/// Most conversations whose members are kept.
+pub const MAX_CONVERSATIONS: usize = 16_384;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_forgets_what_it_picks() {
+        let cache: ReadThrough<u8, u8> = ReadThrough::new(10);
+        for key in 1..=3 {
+            let ticket = cache.get(&key).unwrap_err();
+            cache.fill(key, ticket, key * 10);
+        }
+        assert_eq!(cache.get(&1), Ok(10));
+        cache.invalidate(|key, _| *key == 1);
+        assert!(cache.get(&1).is_err());
+        cache.invalidate(|_, value| *value == 20);
+        assert!(cache.get(&2).is_err());
+        assert_eq!(cache.get(&3), Ok(30));
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_dropped() {
+        let cache: ReadThrough<u8, u8> = ReadThrough::new(10);
+        let stale = cache.get(&1).unwrap_err();
+        cache.invalidate(|key, _| *key == 2);
+        cache.fill(1, stale, 10);
+        let fresh = cache.get(&1).expect_err("the stale fill was kept");
+        cache.fill(1, fresh, 11);
+        assert_eq!(cache.get(&1), Ok(11));
+    }
+
+    #[test]
+    fn a_full_cache_starts_over_instead_of_growing() {
+        let cache: ReadThrough<u32, u32> = ReadThrough::new(4);
+        for key in 0..9 {
+            let ticket = cache.get(&key).unwrap_err();
+            cache.fill(key, ticket, key);
+        }
+        assert!(cache.lock().values.len() <= 4);
+        assert_eq!(cache.get(&8), Ok(8));
+    }
+}
