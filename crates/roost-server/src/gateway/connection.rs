@@ -1,6 +1,7 @@
 //! One device's connection: authenticate, drain what is stored, then push live.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -9,12 +10,16 @@ use roost_proto::{ConversationId, ErrorCode};
 use roost_store::SyncCursor;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
-use crate::hub::{CloseReason, LiveEvent, Subscription};
+use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
 use crate::services::{Caller, Services, encode_frame};
 
 /// Entries or queue items fetched from the store per round trip.
 const PAGE: u32 = 200;
+/// Entries that arrived ahead of an earlier one kept waiting for it, at most.
+const MAX_HELD: usize = 64;
+/// How long an entry waits for an earlier one before the connection reads the gap from the store.
+const HOLD: Duration = Duration::from_millis(50);
 
 /// How a connection ended.
 enum Exit {
@@ -50,6 +55,8 @@ pub(super) async fn run(mut socket: WebSocket, services: Services) {
         caller,
         send_timeout: Duration::from_secs(gateway.send_timeout_secs),
         pushed: HashMap::new(),
+        held: Vec::new(),
+        held_since: None,
         queue_pushed: 0,
         visible: false,
     };
@@ -97,6 +104,14 @@ async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Durati
     services.auth.authenticate_once(&token).await.map_err(|_| refused)
 }
 
+/// Completes when entries have been held for [`HOLD`]; never while none are.
+async fn hold_expired(since: Option<Instant>) {
+    match since {
+        Some(since) => Box::pin(tokio::time::sleep_until(since + HOLD)).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn finish(mut socket: WebSocket, exit: Exit) {
     if let Exit::Close(code, reason) = exit {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
@@ -111,6 +126,12 @@ struct Connection {
     send_timeout: Duration,
     /// The last sequence number pushed per conversation on this connection.
     pushed: HashMap<ConversationId, u64>,
+    /// Live entries that overtook an earlier entry of their conversation. Concurrent sends are
+    /// committed together and their pushes race, so a later entry often arrives a moment before
+    /// an earlier one; it waits here (briefly, and only a few) instead of costing a store read.
+    held: Vec<Arc<PushedEntry>>,
+    /// When the oldest held entry arrived.
+    held_since: Option<Instant>,
     /// The last queue id pushed.
     queue_pushed: u64,
     /// Whether the device opted in to presence on this connection.
@@ -155,6 +176,7 @@ impl Connection {
                         Box::pin(self.send(Message::Ping(Default::default()))).await
                     }
                 }
+                _ = hold_expired(self.held_since) => Box::pin(self.release_held()).await,
                 _ = shutdown.changed() => Err(Exit::Close(close::GOING_AWAY, "the server is shutting down")),
             };
             if let Err(exit) = step {
@@ -206,15 +228,64 @@ impl Connection {
         match event {
             LiveEvent::Entry(entry) => match self.pushed.get(&entry.conversation_id).copied() {
                 Some(last) if entry.seq <= last => Ok(()),
-                Some(last) if entry.seq == last + 1 => {
-                    self.pushed.insert(entry.conversation_id, entry.seq);
-                    self.send(Message::Text(Utf8Bytes::from(entry.frame.as_ref()))).await
+                Some(last) if entry.seq == last + 1 => self.push_in_order(entry).await,
+                Some(_) if self.held.len() < MAX_HELD => {
+                    self.held_since.get_or_insert_with(Instant::now);
+                    self.held.push(entry);
+                    Ok(())
                 }
-                last => self.catch_up(entry.conversation_id, last.unwrap_or(0)).await,
+                last => {
+                    let conversation_id = entry.conversation_id;
+                    self.catch_up(conversation_id, last.unwrap_or(0)).await?;
+                    self.forget_held(&conversation_id);
+                    Ok(())
+                }
             },
             LiveEvent::Queued => self.catch_up_queue().await,
             LiveEvent::Frame(frame) => self.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await,
         }
+    }
+
+    /// Pushes the next entry of its conversation, then every held entry it makes next in turn.
+    async fn push_in_order(&mut self, entry: Arc<PushedEntry>) -> Result<(), Exit> {
+        let conversation_id = entry.conversation_id;
+        let mut next = Some(entry);
+        while let Some(entry) = next {
+            self.pushed.insert(conversation_id, entry.seq);
+            self.send(Message::Text(Utf8Bytes::from(entry.frame.as_ref()))).await?;
+            let wanted = entry.seq + 1;
+            next = self
+                .held
+                .iter()
+                .position(|h| h.conversation_id == conversation_id && h.seq == wanted)
+                .map(|at| self.held.swap_remove(at));
+        }
+        self.forget_held(&conversation_id);
+        Ok(())
+    }
+
+    /// Drops held entries of a conversation that were pushed already.
+    fn forget_held(&mut self, conversation_id: &ConversationId) {
+        let pushed = self.pushed.get(conversation_id).copied().unwrap_or(0);
+        self.held.retain(|h| h.conversation_id != *conversation_id || h.seq > pushed);
+        if self.held.is_empty() {
+            self.held_since = None;
+        }
+    }
+
+    /// The entries a held one was waiting for never came live (a send that failed between its
+    /// commit and its push): read the gaps from the store.
+    async fn release_held(&mut self) -> Result<(), Exit> {
+        let held = std::mem::take(&mut self.held);
+        self.held_since = None;
+        let mut conversations: Vec<ConversationId> = held.iter().map(|h| h.conversation_id).collect();
+        conversations.sort_unstable();
+        conversations.dedup();
+        for conversation_id in conversations {
+            let after = self.pushed.get(&conversation_id).copied().unwrap_or(0);
+            self.catch_up(conversation_id, after).await?;
+        }
+        Ok(())
     }
 
     async fn catch_up(&mut self, conversation_id: ConversationId, after: u64) -> Result<(), Exit> {

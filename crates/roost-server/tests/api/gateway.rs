@@ -188,6 +188,66 @@ async fn a_removed_members_socket_gets_its_removal_and_nothing_after_it() {
 }
 
 #[tokio::test]
+async fn concurrent_sends_arrive_once_each_and_in_order() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&server, &bob.token()).await;
+    bobs.drain().await;
+
+    // Sent at once, the messages share group commits and their pushes race each other.
+    let token = alice.token();
+    let sends = (0..150).map(|i| {
+        let (server, token) = (&server, &token);
+        async move { send(server, token, &id, &format!("burst{i}")).await }
+    });
+    let mut seqs = futures::future::join_all(sends).await;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=150).collect::<Vec<u64>>());
+
+    for expected in 1..=150u64 {
+        let frame = bobs.next_frame().await;
+        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(expected)), "{frame}");
+    }
+    // Nothing twice: the next frame is the marker sent after the burst.
+    let last = send(&server, &alice.token(), &id, "after").await;
+    let frame = bobs.next_frame().await;
+    assert_eq!(frame["seq"].as_u64(), Some(last), "{frame}");
+}
+
+#[tokio::test]
+async fn an_entry_whose_push_never_came_is_read_from_the_store() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&server, &bob.token()).await;
+    bobs.drain().await;
+    assert_eq!(send(&server, &alice.token(), &id, "first").await, 1);
+    assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(1));
+
+    // Stored without a push (as when a send fails between its commit and its push)…
+    let alices = &alice.devices[0];
+    let silent = roost_store::MessageWrite {
+        conversation_id: id,
+        sender: roost_store::MemberRef { user_id: alice.id(), device_id: alices.id() },
+        client_message_id: "silent".into(),
+        epoch: 1,
+        payload: b"silent".to_vec(),
+        now: roost_server::clock::Clock::now_ms(server.clock.as_ref()),
+    };
+    let stored = server.services.ctx.store.append_message(silent).await.unwrap();
+    assert_eq!(stored.seq, 2);
+    // …then the next entry is pushed: the connection holds it, gives up waiting for 2 and reads
+    // the gap from the store, so both arrive, in order.
+    assert_eq!(send(&server, &alice.token(), &id, "third").await, 3);
+    let frame = bobs.next_frame().await;
+    assert_eq!((frame["seq"].as_u64(), frame["payload"].as_str()), (Some(2), Some(b64("silent").as_str())));
+    assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(3));
+}
+
+#[tokio::test]
 async fn unacknowledged_entries_are_delivered_again_after_a_reconnect() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;
