@@ -869,7 +869,7 @@ fn queue_row(row: &SqliteRow) -> StoreResult<QueueRecord> {
     })
 }
 
-pub(crate) fn conversation_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<ConversationId> {
+fn conversation_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<ConversationId> {
     let raw: Vec<u8> = row.try_get(column)?;
     ConversationId::from_slice(&raw).map_err(|_| corrupt(column))
 }

@@ -5,14 +5,14 @@
 //! sends wait for the writer at once; the appender takes all of them (up to a cap) into one
 //! transaction instead of paying one fsync each.
 //!
-//! The batch is also written set-wise: one statement reads the conversations it touches, one the
-//! senders' memberships, one the earlier ids of retried messages, and one multi-row statement
-//! writes each table. The statement count per batch stays nearly flat however many messages it
-//! holds, which matters because every SQLite statement is a round trip to the connection's
-//! worker thread.
+//! The batch is also written set-wise, in two round trips to the connection's worker thread
+//! whatever its size: one statement list begins the transaction and reads what every message's
+//! checks need (one joined row per message), one inserts every row, moves the conversations'
+//! heads and commits. Round trips matter more than statements here: each is a hand-off between
+//! threads, and on a small machine those cost more than the SQL. Statements carry their values
+//! in `VALUES` lists padded to a power of two, so each comes in a few shapes, prepared once.
 
-use std::collections::{HashMap, HashSet};
-use std::ops::Range;
+use std::collections::HashMap;
 
 use roost_proto::conversation::EntryKind;
 use roost_proto::{ConversationId, DeviceId};
@@ -21,8 +21,7 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conversations::{conversation_id_at, to_i64, to_u64};
-use crate::store::device_id_at;
+use crate::conversations::{to_i64, to_u64};
 
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 512;
@@ -42,10 +41,22 @@ pub(crate) struct Appender {
 
 impl Appender {
     /// Starts the appender on the writer pool. It stops when every handle is dropped.
-    pub(crate) fn start(writer: SqlitePool) -> Self {
+    ///
+    /// It runs on a thread of its own (a single-threaded runtime): between the statements of a
+    /// batch it waits for the connection's worker, and on the server's shared runtime each of
+    /// those waits would end behind every queued request task, stretching every commit under
+    /// load.
+    pub(crate) fn start(writer: SqlitePool) -> StoreResult<Self> {
         let (jobs, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, receiver));
-        Self { jobs }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| StoreError::Backend(format!("starting the message appender: {err}")))?;
+        std::thread::Builder::new()
+            .name("roost-appender".into())
+            .spawn(move || runtime.block_on(run(writer, receiver)))
+            .map_err(|err| StoreError::Backend(format!("starting the message appender: {err}")))?;
+        Ok(Self { jobs })
     }
 
     /// Appends a message; returns once it is committed.
@@ -86,12 +97,18 @@ async fn run(writer: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
 /// Appends every message of the batch in one transaction. A message refused on its own merits
 /// (unknown conversation, not a member, stale epoch) gets its error and writes nothing; a storage
 /// failure fails the whole batch, and none of it is acknowledged.
+///
+/// The transaction takes two round trips to the connection's worker thread: one statement list
+/// opens it and reads everything the checks need, one writes every row and commits.
 async fn commit_batch(writer: &SqlitePool, batch: &[Job]) -> StoreResult<Vec<StoreResult<Appended>>> {
-    let mut tx = writer.begin().await?;
+    let mut conn = writer.acquire().await?;
     let messages: Vec<&MessageWrite> = batch.iter().map(|job| &job.message).collect();
-    let results = append_batch(&mut tx, &messages).await?;
-    tx.commit().await?;
-    Ok(results)
+    let outcome = append_batch(&mut conn, &messages).await;
+    if outcome.is_err() {
+        // The transaction may still be open. If there is none, this fails harmlessly.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    outcome
 }
 
 /// Where a conversation's log stands.
@@ -103,6 +120,13 @@ struct Head {
     moved: bool,
 }
 
+/// What the checks of one message found in the store.
+struct Found {
+    head: Option<Head>,
+    active_sender: bool,
+    earlier: Option<(u64, i64)>,
+}
+
 /// A sender's id for one message: (conversation, sending device, client message id).
 type MessageKey = (ConversationId, DeviceId, String);
 
@@ -112,33 +136,33 @@ fn key_of(message: &MessageWrite) -> MessageKey {
 
 /// Appends the messages in order, checking each as a lone send would be checked: the
 /// conversation exists, the sender is a current member, a retried id returns its original result
-/// (even if the epoch has moved on since), and the epoch is the current one.
+/// (even if the epoch has moved on since), and the epoch is the current one. Begins the
+/// transaction and, unless it fails, commits it.
 pub(crate) async fn append_batch(
     conn: &mut SqliteConnection,
     messages: &[&MessageWrite],
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
-    let conversation_ids: Vec<ConversationId> = distinct(messages.iter().map(|m| m.conversation_id));
-    let senders: Vec<(ConversationId, DeviceId)> =
-        distinct(messages.iter().map(|m| (m.conversation_id, m.sender.device_id)));
-    let keys: Vec<MessageKey> = distinct(messages.iter().map(|m| key_of(m)));
-
-    let mut heads = heads(conn, &conversation_ids).await?;
-    let active = active_senders(conn, &senders).await?;
-    let mut earlier = earlier_ids(conn, &keys).await?;
-
+    let found = begin_and_check(conn, messages).await?;
+    let mut heads: HashMap<ConversationId, Head> = HashMap::new();
+    for (message, found) in messages.iter().zip(&found) {
+        if let Some(head) = found.head {
+            heads.entry(message.conversation_id).or_insert(head);
+        }
+    }
+    let mut earlier: HashMap<MessageKey, (u64, i64)> = HashMap::new();
     let mut results = Vec::with_capacity(messages.len());
     let mut written: Vec<(&MessageWrite, u64)> = Vec::with_capacity(messages.len());
-    for message in messages {
+    for (message, found) in messages.iter().zip(found) {
         let Some(head) = heads.get_mut(&message.conversation_id) else {
             results.push(Err(StoreError::NotFound));
             continue;
         };
-        if !active.contains(&(message.conversation_id, message.sender.device_id)) {
+        if !found.active_sender {
             results.push(Err(StoreError::NotAMember));
             continue;
         }
         let key = key_of(message);
-        if let Some(&(seq, created_at)) = earlier.get(&key) {
+        if let Some((seq, created_at)) = found.earlier.or_else(|| earlier.get(&key).copied()) {
             results.push(Ok(Appended { seq, created_at, duplicate: true }));
             continue;
         }
@@ -152,160 +176,129 @@ pub(crate) async fn append_batch(
         written.push((message, head.last_seq));
         results.push(Ok(Appended { seq: head.last_seq, created_at: message.now, duplicate: false }));
     }
-
-    insert_entries(conn, &written).await?;
-    insert_message_ids(conn, &written).await?;
     let moved: Vec<(ConversationId, u64)> =
         heads.into_iter().filter(|(_, head)| head.moved).map(|(id, head)| (id, head.last_seq)).collect();
-    update_last_seqs(conn, &moved).await?;
+    write_and_commit(conn, &written, &moved).await?;
     Ok(results)
 }
 
-async fn heads(conn: &mut SqliteConnection, ids: &[ConversationId]) -> StoreResult<HashMap<ConversationId, Head>> {
-    let mut heads = HashMap::with_capacity(ids.len());
-    for range in chunks(ids.len()) {
-        let sql = format!(
-            "SELECT id, epoch, last_seq FROM conversations WHERE id IN (VALUES {})",
-            placeholders(range.len(), 1)
-        );
-        let mut args = SqliteArguments::default();
-        for id in &ids[range] {
-            bind(&mut args, id.as_bytes().as_slice())?;
-        }
-        for row in sqlx::query_with(AssertSqlSafe(sql), args).fetch_all(&mut *conn).await? {
-            let id = conversation_id_at(&row, "id")?;
-            let head =
-                Head { epoch: to_u64(row.try_get("epoch")?), last_seq: to_u64(row.try_get("last_seq")?), moved: false };
-            heads.insert(id, head);
-        }
+/// Opens the write transaction and reads, for every message, its conversation's head, whether
+/// its sender is a current member and the result of an earlier message with the same id.
+async fn begin_and_check(conn: &mut SqliteConnection, messages: &[&MessageWrite]) -> StoreResult<Vec<Found>> {
+    let rows = padded(messages.len());
+    let sql = format!(
+        "BEGIN IMMEDIATE; \
+         SELECT v.column1 AS idx, c.epoch, c.last_seq, \
+                d.device_id IS NOT NULL AND d.removed_seq IS NULL AS active_sender, \
+                m.seq AS earlier_seq, m.created_at AS earlier_at \
+         FROM (VALUES {}) AS v \
+         LEFT JOIN conversations c ON c.id = v.column2 \
+         LEFT JOIN conversation_devices d ON d.conversation_id = v.column2 AND d.device_id = v.column3 \
+         LEFT JOIN message_ids m ON m.conversation_id = v.column2 AND m.sender_device = v.column3 \
+                                AND m.client_message_id = v.column4",
+        placeholders(rows, 4)
+    );
+    let mut args = SqliteArguments::default();
+    for i in 0..rows {
+        // Padding rows repeat the last message; their results are ignored.
+        let message = messages[i.min(messages.len() - 1)];
+        bind(&mut args, i64::try_from(i).unwrap_or(i64::MAX))?;
+        bind(&mut args, message.conversation_id.as_bytes().as_slice())?;
+        bind(&mut args, message.sender.device_id.as_bytes().as_slice())?;
+        bind(&mut args, message.client_message_id.as_str())?;
     }
-    Ok(heads)
+    let mut found: Vec<Option<Found>> = (0..messages.len()).map(|_| None).collect();
+    for row in sqlx::query_with(AssertSqlSafe(sql), args).fetch_all(&mut *conn).await? {
+        let idx: i64 = row.try_get("idx")?;
+        let Some(slot) = usize::try_from(idx).ok().and_then(|i| found.get_mut(i)) else { continue };
+        let head = match row.try_get::<Option<i64>, _>("epoch")? {
+            Some(epoch) => {
+                Some(Head { epoch: to_u64(epoch), last_seq: to_u64(row.try_get("last_seq")?), moved: false })
+            }
+            None => None,
+        };
+        let earlier = match row.try_get::<Option<i64>, _>("earlier_seq")? {
+            Some(seq) => Some((to_u64(seq), row.try_get("earlier_at")?)),
+            None => None,
+        };
+        *slot = Some(Found { head, active_sender: row.try_get("active_sender")?, earlier });
+    }
+    found
+        .into_iter()
+        .map(|f| f.ok_or_else(|| StoreError::Backend("a message's checks returned no row".into())))
+        .collect()
 }
 
-async fn active_senders(
+/// Writes the accepted messages' entries and ids, moves the conversations' last sequence
+/// numbers, and commits.
+async fn write_and_commit(
     conn: &mut SqliteConnection,
-    senders: &[(ConversationId, DeviceId)],
-) -> StoreResult<HashSet<(ConversationId, DeviceId)>> {
-    let mut active = HashSet::with_capacity(senders.len());
-    for range in chunks(senders.len()) {
-        let sql = format!(
-            "SELECT conversation_id, device_id FROM conversation_devices \
-             WHERE removed_seq IS NULL AND (conversation_id, device_id) IN (VALUES {})",
-            placeholders(range.len(), 2)
-        );
-        let mut args = SqliteArguments::default();
-        for (conversation, device) in &senders[range] {
-            bind(&mut args, conversation.as_bytes().as_slice())?;
-            bind(&mut args, device.as_bytes().as_slice())?;
-        }
-        for row in sqlx::query_with(AssertSqlSafe(sql), args).fetch_all(&mut *conn).await? {
-            active.insert((conversation_id_at(&row, "conversation_id")?, device_id_at(&row, "device_id")?));
+    written: &[(&MessageWrite, u64)],
+    moved: &[(ConversationId, u64)],
+) -> StoreResult<()> {
+    if written.is_empty() {
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        return Ok(());
+    }
+    let (rows, heads) = (padded(written.len()), padded(moved.len()));
+    // Padding rows are all NULL and filtered out.
+    let sql = format!(
+        "INSERT INTO entries (conversation_id, seq, kind, sender_user, sender_device, epoch, payload, created_at) \
+         SELECT * FROM (VALUES {entries}) WHERE column1 IS NOT NULL; \
+         INSERT INTO message_ids (conversation_id, sender_device, client_message_id, seq, created_at) \
+         SELECT * FROM (VALUES {ids}) WHERE column1 IS NOT NULL; \
+         UPDATE conversations SET last_seq = moved.column2 FROM (VALUES {heads}) AS moved \
+         WHERE conversations.id = moved.column1; \
+         COMMIT",
+        entries = placeholders(rows, 8),
+        ids = placeholders(rows, 5),
+        heads = placeholders(heads, 2),
+    );
+    let mut args = SqliteArguments::default();
+    for i in 0..rows {
+        match written.get(i) {
+            Some((message, seq)) => {
+                bind(&mut args, message.conversation_id.as_bytes().as_slice())?;
+                bind(&mut args, to_i64(*seq))?;
+                bind(&mut args, EntryKind::Message.as_str())?;
+                bind(&mut args, message.sender.user_id.as_bytes().as_slice())?;
+                bind(&mut args, message.sender.device_id.as_bytes().as_slice())?;
+                bind(&mut args, to_i64(message.epoch))?;
+                bind(&mut args, message.payload.as_slice())?;
+                bind(&mut args, message.now)?;
+            }
+            None => bind_nulls(&mut args, 8)?,
         }
     }
-    Ok(active)
-}
-
-async fn earlier_ids(conn: &mut SqliteConnection, keys: &[MessageKey]) -> StoreResult<HashMap<MessageKey, (u64, i64)>> {
-    let mut earlier = HashMap::new();
-    for range in chunks(keys.len()) {
-        let sql = format!(
-            "SELECT conversation_id, sender_device, client_message_id, seq, created_at FROM message_ids \
-             WHERE (conversation_id, sender_device, client_message_id) IN (VALUES {})",
-            placeholders(range.len(), 3)
-        );
-        let mut args = SqliteArguments::default();
-        for (conversation, device, client_id) in &keys[range] {
-            bind(&mut args, conversation.as_bytes().as_slice())?;
-            bind(&mut args, device.as_bytes().as_slice())?;
-            bind(&mut args, client_id.as_str())?;
-        }
-        for row in sqlx::query_with(AssertSqlSafe(sql), args).fetch_all(&mut *conn).await? {
-            let key = (
-                conversation_id_at(&row, "conversation_id")?,
-                device_id_at(&row, "sender_device")?,
-                row.try_get::<String, _>("client_message_id")?,
-            );
-            earlier.insert(key, (to_u64(row.try_get("seq")?), row.try_get("created_at")?));
+    for i in 0..rows {
+        match written.get(i) {
+            Some((message, seq)) => {
+                bind(&mut args, message.conversation_id.as_bytes().as_slice())?;
+                bind(&mut args, message.sender.device_id.as_bytes().as_slice())?;
+                bind(&mut args, message.client_message_id.as_str())?;
+                bind(&mut args, to_i64(*seq))?;
+                bind(&mut args, message.now)?;
+            }
+            None => bind_nulls(&mut args, 5)?,
         }
     }
-    Ok(earlier)
-}
-
-async fn insert_entries(conn: &mut SqliteConnection, written: &[(&MessageWrite, u64)]) -> StoreResult<()> {
-    for range in chunks(written.len()) {
-        let sql = format!(
-            "INSERT INTO entries (conversation_id, seq, kind, sender_user, sender_device, epoch, payload, created_at) \
-             VALUES {}",
-            placeholders(range.len(), 8)
-        );
-        let mut args = SqliteArguments::default();
-        for (message, seq) in &written[range] {
-            bind(&mut args, message.conversation_id.as_bytes().as_slice())?;
-            bind(&mut args, to_i64(*seq))?;
-            bind(&mut args, EntryKind::Message.as_str())?;
-            bind(&mut args, message.sender.user_id.as_bytes().as_slice())?;
-            bind(&mut args, message.sender.device_id.as_bytes().as_slice())?;
-            bind(&mut args, to_i64(message.epoch))?;
-            bind(&mut args, message.payload.as_slice())?;
-            bind(&mut args, message.now)?;
+    for i in 0..heads {
+        match moved.get(i) {
+            Some((id, last_seq)) => {
+                bind(&mut args, id.as_bytes().as_slice())?;
+                bind(&mut args, to_i64(*last_seq))?;
+            }
+            None => bind_nulls(&mut args, 2)?,
         }
-        sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *conn).await?;
     }
+    sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *conn).await?;
     Ok(())
 }
 
-async fn insert_message_ids(conn: &mut SqliteConnection, written: &[(&MessageWrite, u64)]) -> StoreResult<()> {
-    for range in chunks(written.len()) {
-        let sql = format!(
-            "INSERT INTO message_ids (conversation_id, sender_device, client_message_id, seq, created_at) VALUES {}",
-            placeholders(range.len(), 5)
-        );
-        let mut args = SqliteArguments::default();
-        for (message, seq) in &written[range] {
-            bind(&mut args, message.conversation_id.as_bytes().as_slice())?;
-            bind(&mut args, message.sender.device_id.as_bytes().as_slice())?;
-            bind(&mut args, message.client_message_id.as_str())?;
-            bind(&mut args, to_i64(*seq))?;
-            bind(&mut args, message.now)?;
-        }
-        sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-async fn update_last_seqs(conn: &mut SqliteConnection, moved: &[(ConversationId, u64)]) -> StoreResult<()> {
-    for range in chunks(moved.len()) {
-        let sql = format!(
-            "UPDATE conversations SET last_seq = moved.column2 FROM (VALUES {}) AS moved \
-             WHERE conversations.id = moved.column1",
-            placeholders(range.len(), 2)
-        );
-        let mut args = SqliteArguments::default();
-        for (id, last_seq) in &moved[range] {
-            bind(&mut args, id.as_bytes().as_slice())?;
-            bind(&mut args, to_i64(*last_seq))?;
-        }
-        sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// Most rows in one multi-row statement (8 columns × 64 rows stays far below SQLite's limit on
-/// bound parameters).
-const MAX_ROWS: usize = 64;
-
-/// Cuts `n` rows into statements of `MAX_ROWS`, then of decreasing powers of two, so the
-/// connection's statement cache only ever sees a few shapes of each statement.
-fn chunks(n: usize) -> Vec<Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let left = n - start;
-        let size = if left >= MAX_ROWS { MAX_ROWS } else { 1 << left.ilog2() };
-        ranges.push(start..start + size);
-        start += size;
-    }
-    ranges
+/// The rows a statement gets for `n` values: the next power of two, so each statement comes in
+/// only a few shapes (and each shape is prepared once per connection).
+fn padded(n: usize) -> usize {
+    n.max(1).next_power_of_two()
 }
 
 /// `(?, ?), (?, ?)` for `rows` rows of `columns` values.
@@ -321,9 +314,8 @@ where
     args.add(value).map_err(|err| StoreError::Backend(err.to_string()))
 }
 
-fn distinct<T: Clone + Eq + std::hash::Hash>(items: impl Iterator<Item = T>) -> Vec<T> {
-    let mut seen = HashSet::new();
-    items.filter(|item| seen.insert(item.clone())).collect()
+fn bind_nulls(args: &mut SqliteArguments, n: usize) -> StoreResult<()> {
+    (0..n).try_for_each(|_| bind(args, Option::<i64>::None))
 }
 
 #[cfg(test)]
@@ -331,15 +323,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_cover_every_row_in_few_shapes() {
-        for n in 0..300 {
-            let ranges = chunks(n);
-            assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), n);
-            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
-            assert!(ranges.iter().all(|r| r.len().is_power_of_two() && r.len() <= MAX_ROWS));
-        }
-        assert_eq!(chunks(0), Vec::<Range<usize>>::new());
-        assert_eq!(chunks(70), vec![0..64, 64..68, 68..70]);
+    fn statements_come_in_power_of_two_shapes() {
+        assert_eq!([0, 1, 2, 3, 64, 65, 512].map(padded), [1, 1, 2, 4, 64, 128, 512]);
     }
 
     #[test]
