@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::{SinkExt, StreamExt, stream};
+use futures::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use roost_proto::{ConversationId, bytes};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -44,9 +44,11 @@ pub struct Args {
 }
 
 struct Pair {
-    sender_token: String,
+    /// `Bearer <sender's token>`, ready to send.
+    authorization: reqwest::header::HeaderValue,
     receiver_token: String,
-    conversation: ConversationId,
+    /// The conversation's messages endpoint, parsed once.
+    messages_url: reqwest::Url,
 }
 
 /// Runs the mode and prints a summary and a JSON line.
@@ -71,19 +73,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
     let mut receivers = Vec::new();
     for pair in &pairs {
-        let (mut socket, _) = tokio_tungstenite::connect_async(ws_base.as_str()).await?;
-        socket.send(Message::Text(json!({"type": "auth", "token": pair.receiver_token}).to_string().into())).await?;
+        let mut socket = client::open_socket(&ws_base, &pair.receiver_token).await?;
         let (histogram, delivered) = (histogram.clone(), delivered.clone());
         receivers.push(tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
                 let Message::Text(text) = message else { continue };
-                let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
-                if frame["type"] != "entry" {
-                    continue;
-                }
-                let Some(payload) = frame["payload"].as_str().and_then(|p| bytes::decode(p).ok()) else { continue };
-                let Some(sent) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
-                let sent_ns = u64::from_be_bytes(sent);
+                let Some(sent_ns) = sent_at(&text) else { continue };
                 let now_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 delivered.fetch_add(1, Ordering::Relaxed);
                 let _ = histogram.lock().await.record(now_ns.saturating_sub(sent_ns).max(1_000));
@@ -102,6 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut payload = vec![0u8; args.size];
     let load_started = Instant::now();
     for i in 0..total {
         // Open loop: each send is due at its own time, whether or not earlier ones finished.
@@ -109,14 +105,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep_until(due.into()).await;
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let pair = &pairs[(i as usize) % pairs.len()];
-        let mut payload = vec![0u8; args.size];
         let sent_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
-        let body = json!({"client_message_id": format!("b{i}"), "epoch": 1, "ciphertext": bytes::encode(&payload)});
+        let body = format!(r#"{{"client_message_id":"b{i}","epoch":1,"ciphertext":"{}"}}"#, bytes::encode(&payload));
         let request = http
-            .post(format!("{}/v1/conversations/{}/messages", args.server, pair.conversation))
-            .bearer_auth(&pair.sender_token)
-            .json(&body);
+            .post(pair.messages_url.clone())
+            .header(reqwest::header::AUTHORIZATION, pair.authorization.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         let (accepted, errors) = (accepted.clone(), errors.clone());
         tokio::spawn(async move {
             match request.send().await {
@@ -179,5 +175,46 @@ async fn prepare_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<Pair
     if !response.status().is_success() {
         bail!("creating a conversation: {}", response.status());
     }
-    Ok(Pair { sender_token: sender.token, receiver_token: receiver.token, conversation })
+    let authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", sender.token))?;
+    let messages_url = reqwest::Url::parse(&format!("{base}/v1/conversations/{conversation}/messages"))?;
+    Ok(Pair { authorization, receiver_token: receiver.token, messages_url })
+}
+
+/// The send time (nanoseconds since the run started) carried in the first 8 bytes of an `entry`
+/// frame's payload. Reads only what it needs: the receivers must stay cheap, since the load
+/// generator shares the machine with the server.
+fn sent_at(frame: &str) -> Option<u64> {
+    if !frame.starts_with(r#"{"type":"entry""#) {
+        return None;
+    }
+    const KEY: &str = r#""payload":""#;
+    let start = frame.find(KEY)? + KEY.len();
+    // 12 base64 characters hold the first 9 bytes.
+    let head = bytes::decode(frame.get(start..start + 12)?).ok()?;
+    Some(u64::from_be_bytes(head.get(..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_time_is_read_from_an_entry_frame() {
+        let mut payload = vec![7u8; 40];
+        payload[..8].copy_from_slice(&123_456_789u64.to_be_bytes());
+        // Encoded exactly as the server encodes it.
+        let entry = roost_proto::conversation::Entry {
+            conversation_id: ConversationId::from_bytes([1; 16]),
+            seq: 1,
+            kind: roost_proto::conversation::EntryKind::Message,
+            sender_user: roost_proto::UserId::from_bytes([2; 32]),
+            sender_device: roost_proto::DeviceId::from_bytes([3; 32]),
+            epoch: 1,
+            payload: payload.into(),
+            created_at: 0,
+        };
+        let frame = serde_json::to_string(&roost_proto::socket::ServerFrame::Entry(entry)).unwrap();
+        assert_eq!(sent_at(&frame), Some(123_456_789));
+        assert_eq!(sent_at(r#"{"type":"queue_empty"}"#), None);
+    }
 }

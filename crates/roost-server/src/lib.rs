@@ -95,7 +95,7 @@ impl Server {
     ) -> Result<(), ServeError> {
         let services = self.services;
         let hub = services.hub.clone();
-        let state = AppState { services: services.clone(), metrics: crate::metrics::prometheus() };
+        let state = AppState::new(services.clone(), crate::metrics::prometheus());
         let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
         let app = http::router(state);
         tracing::info!(address = %listener.local_addr()?, "roostd listening");

@@ -37,11 +37,6 @@ const STATEMENT_CACHE: usize = 512;
 /// The writer's page cache, in SQLite's notation (negative: KiB). The group commit touches the
 /// right edge of every index it inserts into; keeping those pages in memory saves a read per page.
 const WRITER_CACHE_SIZE: &str = "-65536";
-/// WAL pages written before the writer copies them back into the database (SQLite's default is
-/// 1,000). Under load the same index pages are written again and again; checkpointing less often
-/// copies each of them once per checkpoint instead of once per 4 MB of log. The log grows to
-/// about 40 MB before it is checkpointed and reused.
-const WAL_CHECKPOINT_PAGES: &str = "10000";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, creating its directory, and runs
@@ -81,12 +76,7 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .test_before_acquire(false)
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("cache_size", WRITER_CACHE_SIZE)
-                    .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES),
-            )
+            .connect_with(options.clone().pragma("cache_size", WRITER_CACHE_SIZE))
             .await?;
         sqlx::migrate!("./migrations")
             .run(&writer)

@@ -46,5 +46,5 @@ pub async fn upgrade(
         .max_write_buffer_size(largest_out * 2)
         .max_message_size(config.gateway.max_client_frame_bytes)
         .max_frame_size(config.gateway.max_client_frame_bytes)
-        .on_upgrade(move |socket| connection::run(socket, state.services))
+        .on_upgrade(move |socket| connection::run(socket, state.services.clone()))
 }

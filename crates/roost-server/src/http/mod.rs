@@ -5,7 +5,7 @@ pub mod extract;
 pub mod routes;
 
 use std::any::Any;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -23,13 +23,31 @@ use utoipa_axum::routes;
 use crate::error::Error;
 use crate::services::Services;
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request, so it is one shared pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
     /// The services.
     pub services: Services,
     /// The Prometheus registry to render.
     pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Wraps the services and the metrics registry.
+    pub fn new(services: Services, metrics: PrometheusHandle) -> Self {
+        Self(Arc::new(Shared { services, metrics }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 #[derive(OpenApi)]
