@@ -5,13 +5,17 @@
 //! entries to connected devices as they are committed. Nobody listening is normal. A subscriber
 //! whose buffer is full is cut off as a slow consumer; it reconnects and catches up from the
 //! store, so memory per connection stays bounded.
+//!
+//! Each subscriber has a mailbox rather than a channel: a bounded queue that holds no memory
+//! while empty (a tokio channel allocates a block of slots and padded counters up front, over a
+//! kilobyte per idle connection).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use roost_proto::{ConversationId, DeviceId, UserId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 /// Something a connected device should learn now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +61,64 @@ pub struct TooManyConnections;
 struct Subscriber {
     id: u64,
     user: UserId,
-    sender: mpsc::Sender<LiveEvent>,
-    closed: Arc<OnceLock<CloseReason>>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// One subscriber's bounded queue of events.
+struct Mailbox {
+    inbox: Mutex<Inbox>,
+    /// Wakes the one consumer.
+    arrived: Notify,
+}
+
+struct Inbox {
+    events: VecDeque<LiveEvent>,
+    capacity: usize,
+    /// Set once the hub ends the subscription; queued events are still delivered first.
+    closed: Option<CloseReason>,
+}
+
+/// Queues kept after a burst are given back once drained, beyond this many slots.
+const KEPT_SLOTS: usize = 16;
+
+/// What offering an event to a mailbox did.
+enum Offer {
+    Taken,
+    Full,
+    Closed,
+}
+
+impl Mailbox {
+    fn new(capacity: usize) -> Self {
+        Self { inbox: Mutex::new(Inbox { events: VecDeque::new(), capacity, closed: None }), arrived: Notify::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn offer(&self, event: &LiveEvent) -> Offer {
+        let offer = {
+            let mut inbox = self.lock();
+            if inbox.closed.is_some() {
+                Offer::Closed
+            } else if inbox.events.len() >= inbox.capacity {
+                Offer::Full
+            } else {
+                inbox.events.push_back(event.clone());
+                Offer::Taken
+            }
+        };
+        if matches!(offer, Offer::Taken) {
+            self.arrived.notify_one();
+        }
+        offer
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.lock().closed.get_or_insert(reason);
+        self.arrived.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -86,15 +146,34 @@ pub struct Subscription {
     hub: Arc<Hub>,
     device: DeviceId,
     id: u64,
-    /// Events for the device, at most the subscription's capacity at a time.
-    pub events: mpsc::Receiver<LiveEvent>,
-    closed: Arc<OnceLock<CloseReason>>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Subscription {
-    /// Why the hub ended this subscription, once `events` has run dry.
+    /// The next event for the device; `None` once the hub has ended the subscription and every
+    /// event queued before that was taken. Cancel-safe: an event is only taken when returned.
+    pub async fn next(&mut self) -> Option<LiveEvent> {
+        loop {
+            {
+                let mut inbox = self.mailbox.lock();
+                if let Some(event) = inbox.events.pop_front() {
+                    if inbox.events.is_empty() && inbox.events.capacity() > KEPT_SLOTS {
+                        inbox.events = VecDeque::new();
+                    }
+                    return Some(event);
+                }
+                if inbox.closed.is_some() {
+                    return None;
+                }
+            }
+            // A notification sent since the check above is kept as a permit, so none is lost.
+            self.mailbox.arrived.notified().await;
+        }
+    }
+
+    /// Why the hub ended this subscription, once `next` has returned `None`.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.closed.get().copied()
+        self.mailbox.lock().closed
     }
 }
 
@@ -114,14 +193,11 @@ impl Hub {
         capacity: usize,
         max_per_user: u32,
     ) -> Result<Subscription, TooManyConnections> {
-        let (sender, events) = mpsc::channel(capacity.max(1));
-        let closed = Arc::new(OnceLock::new());
+        let mailbox = Arc::new(Mailbox::new(capacity.max(1)));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         match state.devices.remove(&device) {
-            Some(previous) => {
-                let _ = previous.closed.set(CloseReason::Replaced);
-            }
+            Some(previous) => previous.mailbox.close(CloseReason::Replaced),
             None => {
                 let count = state.per_user.entry(user).or_insert(0);
                 if *count >= max_per_user {
@@ -130,9 +206,9 @@ impl Hub {
                 *count += 1;
             }
         }
-        state.devices.insert(device, Subscriber { id, user, sender, closed: closed.clone() });
+        state.devices.insert(device, Subscriber { id, user, mailbox: mailbox.clone() });
         metrics::gauge!("roost_gateway_subscriptions").set(state.devices.len() as f64);
-        Ok(Subscription { hub: self.clone(), device, id, events, closed })
+        Ok(Subscription { hub: self.clone(), device, id, mailbox })
     }
 
     /// Tells every connection the server is shutting down.
@@ -176,10 +252,10 @@ impl Hub {
                 let Some(subscriber) = state.devices.get(&device) else {
                     continue;
                 };
-                match subscriber.sender.try_send(event.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(device),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                match subscriber.mailbox.offer(&event) {
+                    Offer::Taken => delivered += 1,
+                    Offer::Full => slow.push(device),
+                    Offer::Closed => {}
                 }
             }
         }
@@ -200,7 +276,7 @@ impl Hub {
         }
         if let Some(subscriber) = state.devices.remove(device) {
             if let Some(reason) = reason {
-                let _ = subscriber.closed.set(reason);
+                subscriber.mailbox.close(reason);
             }
             if let Some(count) = state.per_user.get_mut(&subscriber.user) {
                 *count = count.saturating_sub(1);
@@ -215,7 +291,7 @@ impl Hub {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the maps half-updated in a way that
         // matters more than losing live delivery, so a poisoned lock is used as is.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -240,12 +316,12 @@ mod tests {
         assert_eq!(hub.connections_of(&user(1)), 2);
 
         let mut replacement = hub.subscribe(user(1), device(1), 4, 2).unwrap();
-        assert!(first.events.recv().await.is_none());
+        assert!(first.next().await.is_none());
         assert_eq!(first.close_reason(), Some(CloseReason::Replaced));
         drop(first);
         assert!(hub.is_online(&device(1)), "dropping the replaced subscription keeps the new one");
         assert_eq!(hub.publish([device(1)], LiveEvent::Queued), 1);
-        assert_eq!(replacement.events.recv().await, Some(LiveEvent::Queued));
+        assert_eq!(replacement.next().await, Some(LiveEvent::Queued));
         drop(replacement);
         assert_eq!(hub.connections_of(&user(1)), 1);
     }
@@ -257,9 +333,23 @@ mod tests {
         assert_eq!(hub.publish([device(1), device(2)], LiveEvent::Queued), 1);
         assert_eq!(hub.publish([device(1)], LiveEvent::Queued), 0);
         assert!(!hub.is_online(&device(1)));
-        assert_eq!(slow.events.recv().await, Some(LiveEvent::Queued), "what was buffered still arrives");
-        assert!(slow.events.recv().await.is_none());
+        assert_eq!(slow.next().await, Some(LiveEvent::Queued), "what was buffered still arrives");
+        assert!(slow.next().await.is_none());
         assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_drained_mailbox_gives_its_memory_back() {
+        let hub = Arc::new(Hub::default());
+        let mut subscription = hub.subscribe(user(1), device(1), 1000, 5).unwrap();
+        assert_eq!(subscription.mailbox.lock().events.capacity(), 0, "nothing is allocated while idle");
+        for _ in 0..100 {
+            hub.publish([device(1)], LiveEvent::Queued);
+        }
+        for _ in 0..100 {
+            assert_eq!(subscription.next().await, Some(LiveEvent::Queued));
+        }
+        assert_eq!(subscription.mailbox.lock().events.capacity(), 0);
     }
 
     #[tokio::test]
@@ -267,7 +357,7 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let mut subscription = hub.subscribe(user(1), device(1), 1, 5).unwrap();
         hub.kick(&device(1), CloseReason::Revoked);
-        assert!(subscription.events.recv().await.is_none());
+        assert!(subscription.next().await.is_none());
         assert_eq!(subscription.close_reason(), Some(CloseReason::Revoked));
         assert!(hub.is_idle());
     }

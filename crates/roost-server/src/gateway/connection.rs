@@ -10,6 +10,7 @@ use roost_proto::{ConversationId, ErrorCode};
 use roost_store::SyncCursor;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
+use crate::http::AppState;
 use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
 use crate::services::{Caller, Services, encode_frame};
@@ -30,11 +31,17 @@ enum Exit {
 }
 
 /// Runs one WebSocket connection to completion.
-pub(super) async fn run(mut socket: WebSocket, services: Services) {
-    let gateway = services.ctx.config.gateway.clone();
-    let caller = match authenticate(&mut socket, &services, Duration::from_secs(gateway.auth_timeout_secs)).await {
+///
+/// Only the serving state is held inline: this future lives as long as the connection, and its
+/// size is the largest of its states, so the short phases (authentication, presence, closing) are
+/// boxed and take memory only while they run.
+pub(super) async fn run(mut socket: WebSocket, app: AppState) {
+    let services = &app.services;
+    let gateway = &services.ctx.config.gateway;
+    let auth_timeout = Duration::from_secs(gateway.auth_timeout_secs);
+    let caller = match Box::pin(authenticate(&mut socket, services, auth_timeout)).await {
         Ok(caller) => caller,
-        Err(exit) => return finish(socket, exit).await,
+        Err(exit) => return Box::pin(finish(&mut socket, exit)).await,
     };
     let subscription = match services.hub.subscribe(
         caller.user_id,
@@ -45,13 +52,15 @@ pub(super) async fn run(mut socket: WebSocket, services: Services) {
         Ok(subscription) => subscription,
         Err(_) => {
             let exit = Exit::Close(close::TOO_MANY_CONNECTIONS, "this user has the maximum number of connections");
-            return finish(socket, exit).await;
+            return Box::pin(finish(&mut socket, exit)).await;
         }
     };
     metrics::counter!("roost_gateway_connections_total").increment(1);
+    // The connection borrows the socket: moving it in would leave a second, dead copy of its
+    // state in this future (an async fn's arguments keep their place for its whole life).
     let mut connection = Connection {
-        socket,
-        services,
+        socket: &mut socket,
+        app: app.clone(),
         caller,
         send_timeout: Duration::from_secs(gateway.send_timeout_secs),
         pushed: HashMap::new(),
@@ -60,13 +69,14 @@ pub(super) async fn run(mut socket: WebSocket, services: Services) {
         queue_pushed: 0,
         visible: false,
     };
-    let exit = connection.serve(subscription, &gateway).await;
+    let exit = connection.serve(subscription, gateway).await;
     if connection.visible {
         // The subscription is gone by now, so every counted connection is another one.
         let user = connection.caller.user_id;
-        announce_presence(&connection.services, user, false, connection.services.hub.connections_of(&user)).await;
+        let others = services.hub.connections_of(&user);
+        Box::pin(announce_presence(services, user, false, others)).await;
     }
-    finish(connection.socket, exit).await;
+    Box::pin(finish(connection.socket, exit)).await;
 }
 
 /// Tells the connected devices of users sharing a conversation with `user` that it came online
@@ -112,16 +122,17 @@ async fn hold_expired(since: Option<Instant>) {
     }
 }
 
-async fn finish(mut socket: WebSocket, exit: Exit) {
+async fn finish(socket: &mut WebSocket, exit: Exit) {
     if let Exit::Close(code, reason) = exit {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         let _ = timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
     }
 }
 
-struct Connection {
-    socket: WebSocket,
-    services: Services,
+struct Connection<'s> {
+    socket: &'s mut WebSocket,
+    /// The services, behind the one shared pointer of the HTTP state.
+    app: AppState,
     caller: Caller,
     send_timeout: Duration,
     /// The last sequence number pushed per conversation on this connection.
@@ -138,7 +149,7 @@ struct Connection {
     visible: bool,
 }
 
-impl Connection {
+impl Connection<'_> {
     async fn serve(&mut self, mut subscription: Subscription, gateway: &crate::config::GatewayConfig) -> Exit {
         // The futures of the rarely taken paths (store reads, frame handling) are boxed so the
         // long-lived state of an idle connection stays small; see docs/benchmarks.md.
@@ -149,11 +160,11 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(gateway.heartbeat_interval_secs));
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         heartbeat.reset();
-        let mut shutdown = self.services.hub.shutdown_signal();
+        let mut shutdown = self.app.services.hub.shutdown_signal();
         let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
-                event = subscription.events.recv() => match event {
+                event = subscription.next() => match event {
                     Some(event) => Box::pin(self.deliver(event)).await,
                     None => Err(match subscription.close_reason() {
                         Some(CloseReason::Replaced) => Exit::Close(close::REPLACED, "a newer connection of this device took over"),
@@ -190,14 +201,14 @@ impl Connection {
         self.send_frame(&ServerFrame::Ready { user_id: self.caller.user_id, device_id: self.caller.device_id }).await?;
         // Start from the acknowledged positions, so the first live entry of a conversation with
         // nothing pending is pushed as is instead of being fetched again from the store.
-        let positions = self.services.ctx.store.positions(&self.caller.device_id).await.map_err(|err| {
+        let positions = self.app.services.ctx.store.positions(&self.caller.device_id).await.map_err(|err| {
             tracing::warn!(error = %err, "reading positions failed");
             Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
         })?;
         self.pushed.extend(positions);
         let mut cursor = SyncCursor::default();
         loop {
-            let page = self.services.ctx.store.sync(&self.caller.device_id, cursor, PAGE).await.map_err(|err| {
+            let page = self.app.services.ctx.store.sync(&self.caller.device_id, cursor, PAGE).await.map_err(|err| {
                 tracing::warn!(error = %err, "initial drain failed");
                 Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
             })?;
@@ -291,7 +302,7 @@ impl Connection {
     async fn catch_up(&mut self, conversation_id: ConversationId, after: u64) -> Result<(), Exit> {
         let mut after = after;
         loop {
-            let store = &self.services.ctx.store;
+            let store = &self.app.services.ctx.store;
             let entries = store
                 .entries_for_device(&self.caller.device_id, &conversation_id, after, PAGE)
                 .await
@@ -310,7 +321,7 @@ impl Connection {
 
     async fn catch_up_queue(&mut self) -> Result<(), Exit> {
         loop {
-            let store = &self.services.ctx.store;
+            let store = &self.app.services.ctx.store;
             let items = store
                 .queue_for_device(&self.caller.device_id, self.queue_pushed, PAGE)
                 .await
@@ -343,15 +354,15 @@ impl Connection {
         let caller = self.caller;
         let outcome = match frame {
             ClientFrame::Auth { .. } => return self.refuse(ErrorCode::InvalidArgument, "already authenticated").await,
-            ClientFrame::Ack(request) => self.services.delivery.ack(&caller, &request).await,
+            ClientFrame::Ack(request) => self.app.services.delivery.ack(&caller, &request).await,
             ClientFrame::Typing { conversation_id, active } => {
-                self.services.conversations.typing(&caller, &conversation_id, active).await
+                self.app.services.conversations.typing(&caller, &conversation_id, active).await
             }
             ClientFrame::Presence { visible } => {
                 if visible != self.visible {
                     self.visible = visible;
-                    let others = self.services.hub.connections_of(&caller.user_id).saturating_sub(1);
-                    announce_presence(&self.services, caller.user_id, visible, others).await;
+                    let others = self.app.services.hub.connections_of(&caller.user_id).saturating_sub(1);
+                    announce_presence(&self.app.services, caller.user_id, visible, others).await;
                 }
                 Ok(())
             }

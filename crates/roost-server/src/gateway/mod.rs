@@ -46,5 +46,7 @@ pub async fn upgrade(
         .max_write_buffer_size(largest_out * 2)
         .max_message_size(config.gateway.max_client_frame_bytes)
         .max_frame_size(config.gateway.max_client_frame_bytes)
-        .on_upgrade(move |socket| connection::run(socket, state.services.clone()))
+        // Boxed: the upgrade task then holds a pointer to the connection's state, not a second
+        // copy of its size (see docs/benchmarks.md on memory per connection).
+        .on_upgrade(move |socket| Box::pin(connection::run(socket, state)))
 }
