@@ -105,6 +105,17 @@ async fn send(server: &TestServer, token: &str, id: &ConversationId, client_id: 
     sent["seq"].as_u64().unwrap()
 }
 
+/// A server where alice has a direct conversation with bob, whose socket is connected and drained.
+async fn alice_and_bob_online() -> (TestServer, TestUser, ConversationId, Socket) {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&server, &bob.token()).await;
+    bobs.drain().await;
+    (server, alice, id, bobs)
+}
+
 /// Polls a condition for up to `PATIENCE`.
 async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -189,12 +200,7 @@ async fn a_removed_members_socket_gets_its_removal_and_nothing_after_it() {
 
 #[tokio::test]
 async fn concurrent_sends_arrive_once_each_and_in_order() {
-    let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let id = direct(&server, &alice, &[&bob]).await;
-    let mut bobs = Socket::connect(&server, &bob.token()).await;
-    bobs.drain().await;
+    let (server, alice, id, mut bobs) = alice_and_bob_online().await;
 
     // Sent at once, the messages share group commits and their pushes race each other.
     let token = alice.token();
@@ -218,12 +224,7 @@ async fn concurrent_sends_arrive_once_each_and_in_order() {
 
 #[tokio::test]
 async fn an_entry_whose_push_never_came_is_read_from_the_store() {
-    let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let id = direct(&server, &alice, &[&bob]).await;
-    let mut bobs = Socket::connect(&server, &bob.token()).await;
-    bobs.drain().await;
+    let (server, alice, id, mut bobs) = alice_and_bob_online().await;
     assert_eq!(send(&server, &alice.token(), &id, "first").await, 1);
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(1));
 
