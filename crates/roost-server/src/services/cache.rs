@@ -25,12 +25,17 @@ pub const TTL: Duration = Duration::from_secs(60);
 /// that change was invalidated, however the two interleave.
 pub struct ReadThrough<K, V> {
     inner: Mutex<Entries<K, V>>,
+    /// Most total weight kept.
     capacity: usize,
+    /// What one value counts against the capacity.
+    weigh: fn(&V) -> usize,
 }
 
 struct Entries<K, V> {
     generation: u64,
     values: HashMap<K, (V, Instant)>,
+    /// Sum of the weights of `values`.
+    weight: usize,
 }
 
 /// Which invalidations a reader had seen when it missed; see [`ReadThrough`].
@@ -40,7 +45,14 @@ pub struct Ticket(u64);
 impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     /// An empty cache of at most `capacity` entries.
     pub fn new(capacity: usize) -> Self {
-        Self { inner: Mutex::new(Entries { generation: 0, values: HashMap::new() }), capacity }
+        Self::weighed(capacity, |_| 1)
+    }
+
+    /// An empty cache whose values weigh `weigh(value)` each (at least 1), at most `capacity` in
+    /// all. A value heavier than the whole capacity is not kept.
+    pub fn weighed(capacity: usize, weigh: fn(&V) -> usize) -> Self {
+        let entries = Entries { generation: 0, values: HashMap::new(), weight: 0 };
+        Self { inner: Mutex::new(entries), capacity, weigh }
     }
 
     /// The cached value, or a ticket to fill it after reading the store.
@@ -54,17 +66,24 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
 
     /// Stores a value read from the store under `ticket`, unless it may be stale.
     pub fn fill(&self, key: K, ticket: Ticket, value: V) {
+        let weight = (self.weigh)(&value).max(1);
         let mut inner = self.lock();
-        if inner.generation != ticket.0 {
+        if inner.generation != ticket.0 || weight > self.capacity {
             return;
         }
-        if inner.values.len() >= self.capacity {
+        if let Some((old, _)) = inner.values.remove(&key) {
+            inner.weight -= (self.weigh)(&old).max(1);
+        }
+        if inner.weight + weight > self.capacity {
             inner.values.retain(|_, (_, read_at)| read_at.elapsed() < TTL);
-            if inner.values.len() >= self.capacity {
+            self.reweigh(&mut inner);
+            if inner.weight + weight > self.capacity {
                 inner.values.clear();
+                inner.weight = 0;
             }
         }
         inner.values.insert(key, (value, Instant::now()));
+        inner.weight += weight;
     }
 
     /// Forgets the entries `stale` picks; readers in flight may not fill theirs.
@@ -72,6 +91,11 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.values.retain(|key, (value, _)| !stale(key, value));
+        self.reweigh(&mut inner);
+    }
+
+    fn reweigh(&self, inner: &mut Entries<K, V>) {
+        inner.weight = inner.values.values().map(|(value, _)| (self.weigh)(value).max(1)).sum();
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries<K, V>> {
@@ -87,8 +111,10 @@ pub type MemberCache = ReadThrough<ConversationId, Arc<[MemberRef]>>;
 
 /// Most sessions kept.
 pub const MAX_SESSIONS: usize = 65_536;
-/// Most conversations whose members are kept.
-pub const MAX_CONVERSATIONS: usize = 16_384;
+/// Most member devices kept over all cached conversations (64 bytes each: about 64 MiB). A
+/// conversation weighs its number of member devices, so a few large groups cannot hold more
+/// than many small chats.
+pub const MAX_MEMBER_DEVICES: usize = 1_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -118,6 +144,25 @@ mod tests {
         let fresh = cache.get(&1).expect_err("the stale fill was kept");
         cache.fill(1, fresh, 11);
         assert_eq!(cache.get(&1), Ok(11));
+    }
+
+    #[test]
+    fn weight_not_count_bounds_a_weighed_cache() {
+        let cache: ReadThrough<u8, Vec<u8>> = ReadThrough::weighed(10, Vec::len);
+        for (key, len) in [(1, 4), (2, 4)] {
+            let ticket = cache.get(&key).unwrap_err();
+            cache.fill(key, ticket, vec![0; len]);
+        }
+        assert_eq!(cache.lock().weight, 8);
+        let ticket = cache.get(&3).unwrap_err();
+        cache.fill(3, ticket, vec![0; 11]);
+        assert!(cache.get(&3).is_err(), "heavier than the whole cache: not kept");
+        let ticket = cache.get(&3).unwrap_err();
+        cache.fill(3, ticket, vec![0; 4]);
+        assert!(cache.lock().weight <= 10);
+        assert!(cache.get(&3).is_ok());
+        cache.invalidate(|key, _| *key == 3);
+        assert!(cache.lock().weight <= 8);
     }
 
     #[test]

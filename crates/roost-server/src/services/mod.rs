@@ -18,7 +18,7 @@ pub use delivery::Delivery;
 pub use keys::Keys;
 use roost_store::Store;
 
-use self::cache::{MAX_CONVERSATIONS, MAX_SESSIONS, MemberCache, SessionCache};
+use self::cache::{MAX_MEMBER_DEVICES, MAX_SESSIONS, MemberCache, SessionCache};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -51,7 +51,7 @@ impl Context {
             config,
             limits,
             sessions: SessionCache::new(MAX_SESSIONS),
-            members: MemberCache::new(MAX_CONVERSATIONS),
+            members: MemberCache::weighed(MAX_MEMBER_DEVICES, |members| members.len()),
         }
     }
 
