@@ -280,6 +280,8 @@ impl Connection<'_> {
         let pushed = self.pushed.get(conversation_id).copied().unwrap_or(0);
         self.held.retain(|h| h.conversation_id != *conversation_id || h.seq > pushed);
         if self.held.is_empty() {
+            // Give the room back too: an idle connection should hold nothing here.
+            self.held = Vec::new();
             self.held_since = None;
         }
     }
