@@ -112,3 +112,12 @@ pub async fn open_socket(url: &str, token: &str) -> anyhow::Result<Socket> {
     }
     bail!("the server closed the socket before queue_empty")
 }
+
+/// A progress bar over `len` steps labelled `what` (drawn on stderr when it is a terminal).
+pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(u64::try_from(len).unwrap_or(u64::MAX));
+    let style = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what}"))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}

@@ -33,14 +33,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     eprintln!("registering and authenticating {} devices…", args.count);
+    let bar = client::progress(args.count, "devices registered");
     let devices: Vec<client::Device> = stream::iter(0..args.count)
         .map(|_| client::register_and_login(&http, &args.server))
         .buffer_unordered(args.concurrency)
+        .inspect(|_| bar.inc(1))
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()
         .context("preparing devices (raise the server's registration and challenge rate limits)")?;
+    bar.finish_and_clear();
     eprintln!("prepared in {:.1} s", started.elapsed().as_secs_f64());
 
     // Let the server settle, then measure the baseline with no socket open.
@@ -48,13 +51,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let before = resident_bytes(args.server_pid)?;
     let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
     let opened = Instant::now();
+    let bar = client::progress(args.count, "sockets open");
     let sockets: Vec<_> = stream::iter(devices.iter())
         .map(|device| client::open_socket(&ws_base, &device.token))
         .buffer_unordered(args.concurrency)
+        .inspect(|_| bar.inc(1))
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
+    bar.finish_and_clear();
     eprintln!("{} sockets authenticated in {:.1} s", sockets.len(), opened.elapsed().as_secs_f64());
 
     // Keep every client reading (answering pings) while the server holds them idle.

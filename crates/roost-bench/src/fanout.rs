@@ -37,9 +37,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let prepared = Instant::now();
     eprintln!("registering {} users with {} devices each…", args.users, args.devices);
     let sender = client::register_and_login(&http, &args.server).await?;
+    let bar = client::progress(args.users, "users registered");
     let members: Vec<client::Device> = stream::iter(0..args.users)
         .map(|_| client::register_user(&http, &args.server, args.devices))
         .buffer_unordered(32)
+        .inspect(|_| bar.inc(1))
         .collect::<Vec<_>>()
         .await
         .into_iter()
@@ -48,6 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .collect();
+    bar.finish_and_clear();
     let conversation = ConversationId::from_bytes(rand::random());
     let ids: Vec<_> = members.iter().map(|d| d.device_id).collect();
     let body = json!({"conversation_id": conversation, "kind": "group", "epoch": 1, "group_info": "AA",
@@ -61,13 +64,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Every device online and drained before the first message.
     let ws = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
+    let bar = client::progress(members.len(), "devices online");
     let sockets: Vec<_> = stream::iter(members.iter())
         .map(|device| client::open_socket(&ws, &device.token))
         .buffer_unordered(64)
+        .inspect(|_| bar.inc(1))
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
+    bar.finish_and_clear();
     let arrivals: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let readers: Vec<_> = sockets
         .into_iter()

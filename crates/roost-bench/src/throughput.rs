@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt, stream};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use roost_proto::{ConversationId, bytes};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -91,11 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
     let total = args.rate * args.duration;
-    let progress = ProgressBar::new(total);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} sent · {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = client::progress(usize::try_from(total).unwrap_or(usize::MAX), "sent · {msg}");
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut payload = vec![0u8; args.size];
     let load_started = Instant::now();
