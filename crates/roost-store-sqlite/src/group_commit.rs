@@ -142,6 +142,9 @@ pub(crate) async fn append_batch(
     conn: &mut SqliteConnection,
     messages: &[&MessageWrite],
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
     let found = begin_and_check(conn, messages).await?;
     let mut heads: HashMap<ConversationId, Head> = HashMap::new();
     for (message, found) in messages.iter().zip(&found) {
@@ -201,7 +204,7 @@ async fn begin_and_check(conn: &mut SqliteConnection, messages: &[&MessageWrite]
     let mut args = SqliteArguments::default();
     for i in 0..rows {
         // Padding rows repeat the last message; their results are ignored.
-        let message = messages[i.min(messages.len() - 1)];
+        let Some(message) = messages.get(i).or(messages.last()) else { break };
         bind(&mut args, i64::try_from(i).unwrap_or(i64::MAX))?;
         bind(&mut args, message.conversation_id.as_bytes().as_slice())?;
         bind(&mut args, message.sender.device_id.as_bytes().as_slice())?;
