@@ -148,7 +148,7 @@ impl Auth {
     pub async fn close_session(&self, token: &str) -> Result<()> {
         let hash = token_hash(token);
         let deleted = self.ctx.store.delete_session(&hash).await;
-        self.ctx.sessions.invalidate(|cached, _| *cached == hash);
+        self.ctx.sessions.forget(&hash);
         deleted?;
         Ok(())
     }

@@ -86,7 +86,19 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
         inner.weight += weight;
     }
 
-    /// Forgets the entries `stale` picks; readers in flight may not fill theirs.
+    /// Forgets one entry; readers in flight may not fill theirs. Constant time, unlike
+    /// [`invalidate`](Self::invalidate), so the frequent single-key changes (a commit, a logout)
+    /// never scan the cache while holding its lock.
+    pub fn forget(&self, key: &K) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        if let Some((value, _)) = inner.values.remove(key) {
+            inner.weight -= (self.weigh)(&value).max(1);
+        }
+    }
+
+    /// Forgets the entries `stale` picks (a scan: for rare changes such as a revocation); readers
+    /// in flight may not fill theirs.
     pub fn invalidate(&self, mut stale: impl FnMut(&K, &V) -> bool) {
         let mut inner = self.lock();
         inner.generation += 1;
@@ -161,7 +173,8 @@ mod tests {
         cache.fill(3, ticket, vec![0; 4]);
         assert!(cache.lock().weight <= 10);
         assert!(cache.get(&3).is_ok());
-        cache.invalidate(|key, _| *key == 3);
+        cache.forget(&3);
+        assert!(cache.get(&3).is_err());
         assert!(cache.lock().weight <= 8);
     }
 

@@ -80,7 +80,7 @@ impl Conversations {
             })
             .await;
         // A typing frame may have cached "no members" for this id before it existed.
-        self.ctx.members.invalidate(|id, _| *id == request.conversation_id);
+        self.ctx.members.forget(&request.conversation_id);
         created?;
         self.hub.publish(welcomed, LiveEvent::Queued);
         self.summary(caller, &request.conversation_id).await
@@ -177,7 +177,7 @@ impl Conversations {
         let pushed = (!self.hub.is_idle()).then(|| write.clone());
         let id = write.conversation_id;
         let outcome = self.ctx.store.commit(write).await;
-        self.ctx.members.invalidate(|cached, _| *cached == id);
+        self.ctx.members.forget(&id);
         let outcome = outcome?;
         if let Some(write) = pushed {
             let entry = Entry {
@@ -290,7 +290,7 @@ impl Conversations {
         let recipients = self.live_recipients(id).await;
         let pushed = (!recipients.is_empty()).then(|| payload.clone());
         let seq = self.ctx.store.leave(id, member_of(caller), payload, now).await;
-        self.ctx.members.invalidate(|cached, _| cached == id);
+        self.ctx.members.forget(id);
         let seq = seq?;
         if let Some(payload) = pushed {
             let conversation = self.ctx.store.conversation(id).await?;
