@@ -16,19 +16,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use roost_proto::{ConversationId, DeviceId, UserId};
 use tokio::sync::{Notify, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Something a connected device should learn now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LiveEvent {
     /// A conversation entry was committed, encoded once for every recipient. (Behind an `Arc`
-    /// so every queued event stays two words: connection buffers are per device.)
+    /// so queued events stay small: connection buffers are per device.)
     Entry(Arc<PushedEntry>),
     /// Something was added to the device's queue; fetch it.
     Queued,
     /// Any other server frame, encoded once (ephemeral, typing, read receipt, presence, device
     /// list changes).
-    Frame(Arc<str>),
+    Frame(Utf8Bytes),
 }
 
 /// A committed entry as pushed to connections.
@@ -39,7 +40,7 @@ pub struct PushedEntry {
     /// The entry's sequence number.
     pub seq: u64,
     /// The encoded `entry` frame.
-    pub frame: Arc<str>,
+    pub frame: Utf8Bytes,
 }
 
 /// Why the hub ended a subscription.

@@ -4,11 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::{SinkExt as _, StreamExt as _};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use roost_proto::socket::{ClientFrame, ServerFrame, close};
 use roost_proto::{ConversationId, ErrorCode};
 use roost_store::SyncCursor;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::http::AppState;
 use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
@@ -22,6 +27,8 @@ const MAX_HELD: usize = 64;
 /// How long an entry waits for an earlier one before the connection reads the gap from the store.
 const HOLD: Duration = Duration::from_millis(50);
 
+type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
+
 /// How a connection ended.
 enum Exit {
     /// Close with this code and reason.
@@ -30,12 +37,16 @@ enum Exit {
     Gone,
 }
 
-/// Runs one WebSocket connection to completion.
+/// Runs one WebSocket connection to completion, once the handshake's response has been sent.
 ///
-/// Only the serving state is held inline: this future lives as long as the connection, and its
-/// size is the largest of its states, so the short phases (authentication, presence, closing) are
-/// boxed and take memory only while they run.
-pub(super) async fn run(mut socket: WebSocket, app: AppState) {
+/// This future is the connection's task and lives as long as the connection: its size is the
+/// largest of its states, so only the serving state is held inline and the short phases
+/// (authentication, presence, closing) are boxed and take memory only while they run.
+pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, app: AppState) {
+    let Ok(upgraded) = upgrade.await else {
+        return; // The peer went away before the switch.
+    };
+    let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let services = &app.services;
     let gateway = &services.ctx.config.gateway;
     let auth_timeout = Duration::from_secs(gateway.auth_timeout_secs);
@@ -100,7 +111,7 @@ async fn announce_presence(services: &Services, user: roost_proto::UserId, onlin
 /// Waits for the `auth` frame and checks its token.
 async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Duration) -> Result<Caller, Exit> {
     let refused = Exit::Close(close::UNAUTHENTICATED, "the first frame must be auth with a valid session token");
-    let first = match timeout(limit, socket.recv()).await {
+    let first = match timeout(limit, socket.next()).await {
         Err(_) => return Err(Exit::Close(close::UNAUTHENTICATED, "no auth frame in time")),
         Ok(None | Some(Err(_))) => return Err(Exit::Gone),
         Ok(Some(Ok(message))) => message,
@@ -124,7 +135,7 @@ async fn hold_expired(since: Option<Instant>) {
 
 async fn finish(socket: &mut WebSocket, exit: Exit) {
     if let Exit::Close(code, reason) = exit {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
         let _ = timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
     }
 }
@@ -173,7 +184,7 @@ impl Connection<'_> {
                         None => Exit::Close(close::GOING_AWAY, "the server is shutting down"),
                     }),
                 },
-                message = self.socket.recv() => {
+                message = self.socket.next() => {
                     last_heard = Instant::now();
                     match message {
                         Some(Ok(message)) => Box::pin(self.receive(message)).await,
@@ -253,7 +264,7 @@ impl Connection<'_> {
                 }
             },
             LiveEvent::Queued => self.catch_up_queue().await,
-            LiveEvent::Frame(frame) => self.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await,
+            LiveEvent::Frame(frame) => self.send(Message::Text(frame)).await,
         }
     }
 
@@ -263,7 +274,7 @@ impl Connection<'_> {
         let mut next = Some(entry);
         while let Some(entry) = next {
             self.pushed.insert(conversation_id, entry.seq);
-            self.send(Message::Text(Utf8Bytes::from(entry.frame.as_ref()))).await?;
+            self.send(Message::Text(entry.frame.clone())).await?;
             let wanted = entry.seq + 1;
             next = self
                 .held
@@ -344,7 +355,7 @@ impl Connection<'_> {
         let text = match message {
             Message::Text(text) => text,
             Message::Close(_) => return Err(Exit::Gone),
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
             Message::Binary(_) => return self.refuse(ErrorCode::MalformedRequest, "frames are JSON text").await,
         };
         let frame = match serde_json::from_str::<ClientFrame>(&text) {
@@ -380,8 +391,7 @@ impl Connection<'_> {
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), Exit> {
-        let text = encode_frame(frame);
-        self.send(Message::Text(Utf8Bytes::from(text.as_ref()))).await
+        self.send(Message::Text(encode_frame(frame))).await
     }
 
     /// Writes one frame, giving up on a peer that does not take it in time.
