@@ -43,6 +43,12 @@ const STATEMENT_CACHE: usize = 512;
 /// The writer's page cache, in SQLite's notation (negative: KiB). The group commit touches the
 /// right edge of every index it inserts into; keeping those pages in memory saves a read per page.
 const WRITER_CACHE_SIZE: &str = "-65536";
+/// Page cache of each reader connection, in KiB (as `PRAGMA cache_size` takes it: negative).
+/// Small on purpose: in WAL mode a reader drops its whole cache whenever the database changed
+/// since its last read, which under write load is almost every time, so a large cache buys
+/// little and only fills with pages no later read can use (eight readers at SQLite's default of
+/// 2 MiB were most of the memory an idle burst of WebSocket authentications left behind).
+const READER_CACHE_SIZE: &str = "-512";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, creating its directory, and runs
@@ -91,7 +97,7 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(options.clone().read_only(true))
+            .connect_with(options.clone().read_only(true).pragma("cache_size", READER_CACHE_SIZE))
             .await?;
         let appender = group_commit::Appender::start(writer.clone())?;
         let alive = Arc::new(());
