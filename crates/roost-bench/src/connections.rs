@@ -13,23 +13,65 @@ use crate::client;
 pub struct Args {
     /// Base URL of the running server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    server: String,
+    pub server: String,
     /// Process id of the server, to read its memory.
     #[arg(long)]
-    server_pid: u32,
+    pub server_pid: u32,
     /// How many idle authenticated connections to open.
     #[arg(long, default_value_t = 10_000)]
-    count: usize,
+    pub count: usize,
     /// Concurrent registrations and connection attempts.
     #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Seconds to hold the connections open before the final measurement.
     #[arg(long, default_value_t = 5)]
-    hold_secs: u64,
+    pub hold_secs: u64,
+}
+
+/// What the connections mode measured.
+pub struct Report {
+    /// Idle authenticated sockets held open.
+    pub count: usize,
+    /// Server RSS before the first socket, bytes.
+    pub rss_before: u64,
+    /// Server RSS with every socket open and idle, bytes.
+    pub rss_after: u64,
+}
+
+impl Report {
+    /// Growth of the server's RSS per connection, bytes.
+    pub fn bytes_per_connection(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.count.max(1) as f64
+    }
+}
+
+impl crate::Summary for Report {
+    fn summary(&self) -> String {
+        format!(
+            "connections: {} idle authenticated sockets; server RSS {:.1} MiB before, {:.1} MiB after; {:.0} bytes ({:.2} KiB) per connection",
+            self.count,
+            self.rss_before as f64 / 1048576.0,
+            self.rss_after as f64 / 1048576.0,
+            self.bytes_per_connection(),
+            self.bytes_per_connection() / 1024.0
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"mode": "connections", "count": self.count, "rss_before_bytes": self.rss_before,
+               "rss_after_bytes": self.rss_after, "bytes_per_connection": self.bytes_per_connection().round()})
+    }
 }
 
 /// Runs the mode and prints a summary and a JSON line.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let report = measure(&args).await?;
+    crate::print(&report);
+    Ok(())
+}
+
+/// Prepares the devices, opens the sockets and reads the server's memory before and after.
+pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     eprintln!("registering and authenticating {} devices…", args.count);
@@ -74,21 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reader.abort();
     }
 
-    let per_connection = after.saturating_sub(before) as f64 / args.count as f64;
-    println!(
-        "connections: {} idle authenticated sockets; server RSS {:.1} MiB before, {:.1} MiB after; {:.0} bytes ({:.2} KiB) per connection",
-        args.count,
-        before as f64 / 1048576.0,
-        after as f64 / 1048576.0,
-        per_connection,
-        per_connection / 1024.0
-    );
-    println!(
-        "{}",
-        json!({"mode": "connections", "count": args.count, "rss_before_bytes": before, "rss_after_bytes": after,
-               "bytes_per_connection": per_connection.round()})
-    );
-    Ok(())
+    Ok(Report { count: args.count, rss_before: before, rss_after: after })
 }
 
 /// Resident set size of a process, from `/proc/PID/status` (Linux).

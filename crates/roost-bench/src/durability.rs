@@ -4,46 +4,84 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use roost_proto::{ConversationId, bytes};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::client;
+use crate::server::{Launch, Roostd};
 
 /// Arguments of the durability mode.
 #[derive(clap::Args)]
 pub struct Args {
     /// The roostd binary to start and kill.
     #[arg(long, default_value = "./target/release/roostd")]
-    roostd: PathBuf,
+    pub roostd: PathBuf,
     /// Data directory for that server (wiped at the start).
     #[arg(long, default_value = "/tmp/roost-durability-data")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// Port to run it on.
     #[arg(long, default_value_t = 18080)]
-    port: u16,
+    pub port: u16,
     /// How many times to kill the server.
     #[arg(long, default_value_t = 5)]
-    rounds: usize,
+    pub rounds: usize,
     /// Seconds of load before each kill.
     #[arg(long, default_value_t = 2)]
-    seconds: u64,
+    pub seconds: u64,
     /// Concurrent senders.
     #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    pub concurrency: usize,
 }
 
-/// Runs the mode and prints a summary and a JSON line.
+/// What the durability mode measured.
+pub struct Report {
+    /// Kill -9 rounds.
+    pub rounds: usize,
+    /// Concurrent senders.
+    pub concurrency: usize,
+    /// Messages the server acknowledged with a sequence number.
+    pub acknowledged: usize,
+    /// Messages stored at the end.
+    pub stored: usize,
+    /// Acknowledged messages missing or different at the end.
+    pub lost: usize,
+}
+
+impl crate::Summary for Report {
+    fn summary(&self) -> String {
+        format!(
+            "durability: {} kill -9 rounds under {} concurrent senders; {} messages acknowledged, {} stored, {} lost",
+            self.rounds, self.concurrency, self.acknowledged, self.stored, self.lost
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({"mode": "durability", "rounds": self.rounds, "acknowledged": self.acknowledged,
+               "stored": self.stored, "lost": self.lost})
+    }
+}
+
+/// Runs the mode and prints a summary and a JSON line; fails if an acknowledged message was lost.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(&args.data_dir);
-    let base = format!("http://127.0.0.1:{}", args.port);
+    let report = measure(&args).await?;
+    crate::print(&report);
+    if report.lost > 0 {
+        bail!("{} acknowledged messages were lost", report.lost);
+    }
+    Ok(())
+}
+
+/// Runs the rounds against a server it starts on a wiped data directory.
+pub async fn measure(args: &Args) -> anyhow::Result<Report> {
+    let launch = Launch { binary: args.roostd.clone(), data_dir: args.data_dir.clone(), port: args.port };
+    let mut server = Roostd::start_fresh(&launch).await?;
+    let base = server.base().to_owned();
     let http = reqwest::Client::new();
-    let mut server = start(&args, &http, &base).await?;
     let sender = client::register_and_login(&http, &base).await?;
     let receiver = client::register_and_login(&http, &base).await?;
     let conversation = ConversationId::from_bytes(rand::random());
@@ -85,56 +123,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         next_id += args.concurrency as u64 * 1_000_000;
         tokio::time::sleep(Duration::from_secs(args.seconds) / 2).await;
         // SIGKILL in the middle of the load: no shutdown, no flush.
-        server.kill().context("killing roostd")?;
-        let _ = server.wait();
+        server.kill();
         for sender in senders {
             let _ = sender.await;
         }
         eprintln!("round {round}: killed with {} messages acknowledged so far", acknowledged.lock().await.len());
-        server = start(&args, &http, &base).await?;
+        server = Roostd::start(&launch).await?;
     }
 
     let stored = fetch_all(&http, &base, &receiver.token).await?;
     let acknowledged = acknowledged.lock().await;
-    let lost: Vec<&(u64, String)> =
-        acknowledged.iter().filter(|(seq, payload)| stored.get(seq) != Some(payload)).collect();
-    let _ = server.kill();
-    let _ = server.wait();
-    println!(
-        "durability: {} kill -9 rounds under {} concurrent senders; {} messages acknowledged, {} stored, {} lost",
-        args.rounds,
-        args.concurrency,
-        acknowledged.len(),
-        stored.len(),
-        lost.len()
-    );
-    println!(
-        "{}",
-        json!({"mode": "durability", "rounds": args.rounds, "acknowledged": acknowledged.len(), "stored": stored.len(), "lost": lost.len()})
-    );
-    if !lost.is_empty() {
-        bail!("{} acknowledged messages were lost, first: {:?}", lost.len(), lost.first());
-    }
-    Ok(())
-}
-
-async fn start(args: &Args, http: &reqwest::Client, base: &str) -> anyhow::Result<Child> {
-    let child = Command::new(&args.roostd)
-        .args(["--listen", &format!("127.0.0.1:{}", args.port), "--data-dir"])
-        .arg(&args.data_dir)
-        .env("ROOST_RATE_LIMITS__REGISTRATIONS_PER_ADDRESS", "1000000")
-        .env("ROOST_RATE_LIMITS__CHALLENGES_PER_ADDRESS", "1000000")
-        .env("ROOST_RATE_LIMITS__SENDS_PER_DEVICE", "100000000")
-        .env("ROOST_LOG", "error")
-        .spawn()
-        .with_context(|| format!("starting {}", args.roostd.display()))?;
-    for _ in 0..200 {
-        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(child);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("roostd did not become ready")
+    let lost = acknowledged.iter().filter(|(seq, payload)| stored.get(seq) != Some(payload)).count();
+    server.kill();
+    Ok(Report {
+        rounds: args.rounds,
+        concurrency: args.concurrency,
+        acknowledged: acknowledged.len(),
+        stored: stored.len(),
+        lost,
+    })
 }
 
 /// Every stored entry of the receiver, by sequence number (payload as base64url).

@@ -19,20 +19,67 @@ use crate::client;
 pub struct Args {
     /// Base URL of the running server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    server: String,
+    pub server: String,
     /// Users in the group besides the sender (1,499 + the sender = the 1,500-user maximum).
     #[arg(long, default_value_t = 1499)]
-    users: usize,
+    pub users: usize,
     /// Devices per user, all online.
     #[arg(long, default_value_t = 3)]
-    devices: usize,
+    pub devices: usize,
     /// Messages to send, one after another, each measured on its own.
     #[arg(long, default_value_t = 3)]
-    messages: usize,
+    pub messages: usize,
+}
+
+/// What the fan-out mode measured.
+pub struct Report {
+    /// Users in the group besides the sender.
+    pub users: usize,
+    /// Devices per user.
+    pub devices: usize,
+    /// Messages sent.
+    pub messages: usize,
+    /// Whether every online device got every message.
+    pub complete: bool,
+    /// Send→device delivery percentiles over all devices and messages, milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// The slowest device of the slowest message, milliseconds.
+    pub max_ms: f64,
+}
+
+impl crate::Summary for Report {
+    fn summary(&self) -> String {
+        format!(
+            "fanout: {} users x {} devices = {} online devices, {} messages: every device got each message: {}; \
+             delivery p50 {:.1} ms, p99 {:.1} ms, max (last device) {:.1} ms",
+            self.users,
+            self.devices,
+            self.users * self.devices,
+            self.messages,
+            self.complete,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({"mode": "fanout", "devices": self.users * self.devices, "messages": self.messages,
+               "complete": self.complete, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms})
+    }
 }
 
 /// Runs the mode and prints a summary and a JSON line.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let report = measure(&args).await?;
+    crate::print(&report);
+    Ok(())
+}
+
+/// Prepares the users and the group, connects every device and times each message.
+pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let http = reqwest::Client::new();
     let prepared = Instant::now();
     eprintln!("registering {} users with {} devices each…", args.users, args.devices);
@@ -131,19 +178,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let complete = all_ms.iter().all(|(n, _)| *n == expected);
     let worst = all_ms.iter().map(|(_, last)| *last).fold(0.0_f64, f64::max);
-    println!(
-        "fanout: {} users x {} devices = {expected} online devices, {} messages: every device got each message: {complete}; \
-         delivery p50 {:.1} ms, p99 {:.1} ms, max (last device) {worst:.1} ms",
-        args.users,
-        args.devices,
-        args.messages,
-        ms(0.5),
-        ms(0.99)
-    );
-    println!(
-        "{}",
-        json!({"mode": "fanout", "devices": expected, "messages": args.messages, "complete": complete,
-               "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": worst})
-    );
-    Ok(())
+    Ok(Report {
+        users: args.users,
+        devices: args.devices,
+        messages: args.messages,
+        complete,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        max_ms: worst,
+    })
 }

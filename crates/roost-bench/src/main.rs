@@ -1,6 +1,6 @@
 //! `roost-bench`: drives a running `roostd` over real sockets and reports what it measured.
 //!
-//! Modes so far:
+//! Modes:
 //! - `connections`: registers and authenticates K devices, opens K idle authenticated WebSockets
 //!   and reports the server's resident memory per connection (read from `/proc/PID/status`).
 //! - `throughput`: open-loop senders over HTTP, receivers on WebSockets; accepted and delivered
@@ -9,11 +9,15 @@
 //!   acknowledged message is stored with its sequence number and bytes.
 //! - `fanout`: a large group (default 1,500 users × 3 devices, all online), one message at a
 //!   time; how long until every device has it.
+//! - `targets`: every SPEC section 12 target in one run, each against a fresh server the bench
+//!   starts itself, reported as ratios of measured to target.
 
 mod client;
 mod connections;
 mod durability;
 mod fanout;
+mod server;
+mod targets;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +40,22 @@ enum Mode {
     Durability(durability::Args),
     /// One message to a large group with every device online: time until every device has it.
     Fanout(fanout::Args),
+    /// Every SPEC section 12 target in one run against fresh servers; ratios of measured to target.
+    Targets(targets::Args),
+}
+
+/// What a mode measured, as a human summary line and a machine-readable JSON line.
+pub trait Summary {
+    /// The human summary line.
+    fn summary(&self) -> String;
+    /// The machine-readable line.
+    fn json(&self) -> serde_json::Value;
+}
+
+/// Prints a report: its summary, then its JSON line.
+pub fn print(report: &impl Summary) {
+    println!("{}", report.summary());
+    println!("{}", report.json());
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +73,7 @@ fn main() -> std::process::ExitCode {
             Mode::Throughput(args) => throughput::run(args).await,
             Mode::Durability(args) => durability::run(args).await,
             Mode::Fanout(args) => fanout::run(args).await,
+            Mode::Targets(args) => targets::run(args).await,
         }
     });
     match outcome {

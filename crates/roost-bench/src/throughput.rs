@@ -24,22 +24,71 @@ use crate::client;
 pub struct Args {
     /// Base URL of the running server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    server: String,
+    pub server: String,
     /// Sender/receiver pairs (one direct conversation each).
     #[arg(long, default_value_t = 50)]
-    pairs: usize,
+    pub pairs: usize,
     /// Target rate over all senders, messages per second (open loop).
     #[arg(long, default_value_t = 1000)]
-    rate: u64,
+    pub rate: u64,
     /// Seconds of load.
     #[arg(long, default_value_t = 10)]
-    duration: u64,
+    pub duration: u64,
     /// Ciphertext size in bytes.
     #[arg(long, default_value_t = 256)]
-    size: usize,
+    pub size: usize,
     /// Most requests in flight at once.
     #[arg(long, default_value_t = 512)]
-    max_in_flight: usize,
+    pub max_in_flight: usize,
+}
+
+/// What the throughput mode measured.
+pub struct Report {
+    /// The offered rate, messages per second.
+    pub target_rate: u64,
+    /// Seconds of load.
+    pub duration: u64,
+    /// Sender/receiver pairs.
+    pub pairs: usize,
+    /// Ciphertext size in bytes.
+    pub size: usize,
+    /// Messages acknowledged per second of load.
+    pub accepted_per_s: f64,
+    /// Messages pushed to the receivers' sockets per second of load.
+    pub delivered_per_s: f64,
+    /// Sends refused or failed.
+    pub errors: u64,
+    /// Send→socket latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// See `p50_ms`.
+    pub p999_ms: f64,
+}
+
+impl crate::Summary for Report {
+    fn summary(&self) -> String {
+        format!(
+            "throughput: target {} msg/s for {} s over {} pairs, {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            self.target_rate,
+            self.duration,
+            self.pairs,
+            self.size,
+            self.accepted_per_s,
+            self.delivered_per_s,
+            self.errors,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"mode": "throughput", "target_rate": self.target_rate, "duration_s": self.duration, "pairs": self.pairs,
+               "size": self.size, "accepted_per_s": self.accepted_per_s.round(),
+               "delivered_per_s": self.delivered_per_s.round(), "errors": self.errors,
+               "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms})
+    }
 }
 
 struct Pair {
@@ -52,6 +101,13 @@ struct Pair {
 
 /// Runs the mode and prints a summary and a JSON line.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let report = measure(&args).await?;
+    crate::print(&report);
+    Ok(())
+}
+
+/// Prepares the pairs, runs the load and collects what arrived.
+pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.size < 8 {
         bail!("--size must be at least 8 bytes");
     }
@@ -134,30 +190,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let histogram = histogram.lock().await;
-    let (accepted, delivered, errors) =
-        (accepted.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e6;
-    println!(
-        "throughput: target {} msg/s for {} s over {} pairs, {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
-        args.rate,
-        args.duration,
-        args.pairs,
-        args.size,
-        accepted as f64 / load_secs,
-        delivered as f64 / load_secs,
-        errors,
-        ms(0.5),
-        ms(0.99),
-        ms(0.999)
-    );
-    println!(
-        "{}",
-        json!({"mode": "throughput", "target_rate": args.rate, "duration_s": args.duration, "pairs": args.pairs,
-               "size": args.size, "accepted_per_s": (accepted as f64 / load_secs).round(),
-               "delivered_per_s": (delivered as f64 / load_secs).round(), "errors": errors,
-               "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999)})
-    );
-    Ok(())
+    Ok(Report {
+        target_rate: args.rate,
+        duration: args.duration,
+        pairs: args.pairs,
+        size: args.size,
+        accepted_per_s: accepted.load(Ordering::Relaxed) as f64 / load_secs,
+        delivered_per_s: delivered.load(Ordering::Relaxed) as f64 / load_secs,
+        errors: errors.load(Ordering::Relaxed),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+    })
 }
 
 async fn prepare_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<Pair> {
