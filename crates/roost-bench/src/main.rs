@@ -1,6 +1,8 @@
 //! `roost-bench`: drives a running `roostd` over real sockets and reports what it measured.
 //!
 //! Modes:
+//! - `ceiling`: a raw SQLite insert loop of the server's rows with its durability settings: what
+//!   the disk allows, to compare the server's throughput with.
 //! - `connections`: registers and authenticates K devices, opens K idle authenticated WebSockets
 //!   and reports the server's resident memory per connection (read from `/proc/PID/status`).
 //! - `throughput`: open-loop senders over HTTP, receivers on WebSockets; accepted and delivered
@@ -12,6 +14,7 @@
 //! - `targets`: every SPEC section 12 target in one run, each against a fresh server the bench
 //!   starts itself, reported as ratios of measured to target.
 
+mod ceiling;
 mod client;
 mod connections;
 mod durability;
@@ -32,6 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
+    /// Raw SQLite inserts of the server's rows with its durability settings: the storage ceiling.
+    Ceiling(ceiling::Args),
     /// Open K idle authenticated WebSockets and report server memory per connection.
     Connections(connections::Args),
     /// Open-loop senders over HTTP, receivers over WebSocket: msgs/s and latency percentiles.
@@ -69,6 +74,7 @@ fn main() -> std::process::ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.mode {
+            Mode::Ceiling(args) => ceiling::run(args).await,
             Mode::Connections(args) => connections::run(args).await,
             Mode::Throughput(args) => throughput::run(args).await,
             Mode::Durability(args) => durability::run(args).await,

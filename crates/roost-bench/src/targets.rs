@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::Summary;
 use crate::server::{Launch, Roostd, remove_data_dir};
-use crate::{connections, durability, fanout, throughput};
+use crate::{ceiling, connections, durability, fanout, throughput};
 
 /// Arguments of the targets mode.
 #[derive(clap::Args)]
@@ -64,6 +64,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let launch = Launch { binary: args.roostd.clone(), data_dir: args.data_dir.clone(), port: args.port };
     let mut outcomes = Vec::new();
 
+    eprintln!("== storage ceiling: raw inserts of the server's rows on this disk");
+    let ceiling = ceiling::measure(&ceiling::Args { dir: args.data_dir.clone(), seconds: 3, size: 256 })
+        .await
+        .context("storage ceiling")?;
+    crate::print(&ceiling);
+
     eprintln!("== throughput: {THROUGHPUT_MSGS_PER_S} msg/s offered for {} s", args.duration);
     let duration = args.duration;
     let report = with_fresh_server(&launch, |base| async move {
@@ -77,7 +83,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         measured: format!("{rate:.0} msg/s, {} errors", report.errors),
         ratio: Some(rate / THROUGHPUT_MSGS_PER_S),
         met: rate >= THROUGHPUT_MSGS_PER_S && report.errors == 0,
-        note: String::new(),
+        note: format!(
+            "{:.0}% of this disk's storage ceiling, {:.0} msg/s at 100 per commit",
+            100.0 * rate / ceiling.best(),
+            ceiling.best()
+        ),
     });
 
     eprintln!("== latency: {LATENCY_RATE} msg/s for {} s", args.duration);
