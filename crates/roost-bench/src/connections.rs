@@ -120,7 +120,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
 }
 
 /// Resident set size of a process, from `/proc/PID/status` (Linux).
-fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+pub fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS line")?;

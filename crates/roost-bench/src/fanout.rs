@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client;
+use crate::{client, connections};
 
 /// Arguments of the fan-out mode.
 #[derive(clap::Args)]
@@ -29,6 +29,13 @@ pub struct Args {
     /// Messages to send, one after another, each measured on its own.
     #[arg(long, default_value_t = 3)]
     pub messages: usize,
+    /// Ciphertext size of each message, bytes.
+    #[arg(long, default_value_t = 7)]
+    pub size: usize,
+    /// Process id of the server: if given, its resident memory is read before the first message
+    /// and after the last, to show what delivering them left behind.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// What the fan-out mode measured.
@@ -47,17 +54,30 @@ pub struct Report {
     pub p99_ms: f64,
     /// The slowest device of the slowest message, milliseconds.
     pub max_ms: f64,
+    /// Ciphertext size of each message, bytes.
+    pub size: usize,
+    /// The server's resident memory before the first message and after the last, if asked.
+    pub rss: Option<(u64, u64)>,
 }
 
 impl crate::Summary for Report {
     fn summary(&self) -> String {
+        let memory = match self.rss {
+            Some((before, after)) => format!(
+                "; server RSS {:.1} MiB before the first message, {:.1} MiB after the last",
+                before as f64 / 1048576.0,
+                after as f64 / 1048576.0
+            ),
+            None => String::new(),
+        };
         format!(
-            "fanout: {} users x {} devices = {} online devices, {} messages: every device got each message: {}; \
-             delivery p50 {:.1} ms, p99 {:.1} ms, max (last device) {:.1} ms",
+            "fanout: {} users x {} devices = {} online devices, {} messages of {} B: every device got each message: {}; \
+             delivery p50 {:.1} ms, p99 {:.1} ms, max (last device) {:.1} ms{memory}",
             self.users,
             self.devices,
             self.users * self.devices,
             self.messages,
+            self.size,
             self.complete,
             self.p50_ms,
             self.p99_ms,
@@ -67,7 +87,8 @@ impl crate::Summary for Report {
 
     fn json(&self) -> Value {
         json!({"mode": "fanout", "devices": self.users * self.devices, "messages": self.messages,
-               "complete": self.complete, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms})
+               "size": self.size, "complete": self.complete, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+               "max_ms": self.max_ms, "rss_before_bytes": self.rss.map(|r| r.0), "rss_after_bytes": self.rss.map(|r| r.1)})
     }
 }
 
@@ -142,10 +163,13 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let expected = members.len();
     let mut all_ms = Vec::new();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    // Let the connection burst settle before reading the baseline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = args.server_pid.map(connections::resident_bytes).transpose()?;
+    let ciphertext = bytes::encode(&vec![0x5a_u8; args.size]);
     for n in 0..args.messages {
         let sent = Instant::now();
-        let body =
-            json!({"client_message_id": format!("fanout-{n}"), "epoch": 1, "ciphertext": bytes::encode(b"fan-out")});
+        let body = json!({"client_message_id": format!("fanout-{n}"), "epoch": 1, "ciphertext": ciphertext});
         let reply: Value = http
             .post(format!("{}/v1/conversations/{conversation}/messages", args.server))
             .bearer_auth(&sender.token)
@@ -172,6 +196,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
+    let rss_after = args.server_pid.map(connections::resident_bytes).transpose()?;
     for reader in readers {
         reader.abort();
     }
@@ -186,5 +211,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         max_ms: worst,
+        size: args.size,
+        rss: rss_before.zip(rss_after),
     })
 }

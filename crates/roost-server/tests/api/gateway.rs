@@ -156,6 +156,32 @@ async fn entries_reach_every_device_of_the_recipient_and_the_senders_other_devic
 }
 
 #[tokio::test]
+async fn a_large_entry_arrives_whole_live_and_in_the_drain() {
+    // The server writes at most 4 KiB per frame, so this one goes out in fragments; the client
+    // must see one message, live and again from the store on a new connection.
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let mut socket = Socket::connect(&server, &bob.token()).await;
+    socket.drain().await;
+    let ciphertext: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let encoded = bytes::encode(&ciphertext);
+    let body = json!({"client_message_id": "large", "epoch": 1, "ciphertext": encoded});
+    let (status, sent) = server.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let live = socket.next_frame().await;
+    assert_eq!((live["type"].as_str(), &live["seq"]), (Some("entry"), &sent["seq"]), "{}", live["type"]);
+    assert_eq!(live["payload"].as_str(), Some(encoded.as_str()));
+
+    drop(socket);
+    let mut socket = Socket::connect(&server, &bob.token()).await;
+    let entries: Vec<Value> = socket.drain().await.into_iter().filter(|f| f["type"] == "entry").collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["payload"].as_str(), Some(encoded.as_str()));
+}
+
+#[tokio::test]
 async fn a_removed_members_socket_gets_its_removal_and_nothing_after_it() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;
