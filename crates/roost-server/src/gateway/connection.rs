@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use roost_proto::socket::{ClientFrame, ServerFrame, close};
 use roost_proto::{ConversationId, ErrorCode};
 use roost_store::SyncCursor;
+use tokio::time::error::Elapsed;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -402,26 +403,37 @@ impl Connection<'_> {
     }
 
     /// Writes one text message: whole up to `FRAGMENT_BYTES`, as a fragmented message (RFC 6455
-    /// section 5.4, split on character boundaries) beyond.
+    /// section 5.4, split on character boundaries) beyond. The write timeout covers the whole
+    /// message, so a peer cannot stretch it by taking one fragment at a time.
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Exit> {
         if text.len() <= FRAGMENT_BYTES {
             return self.send(Message::Text(text)).await;
         }
-        for frame in fragments(&text) {
-            self.send(Message::Frame(frame)).await?;
-        }
-        Ok(())
+        let socket = &mut *self.socket;
+        let written = timeout(self.send_timeout, async move {
+            for frame in fragments(&text) {
+                socket.send(Message::Frame(frame)).await?;
+            }
+            Ok(())
+        })
+        .await;
+        sent(written)
     }
 
     /// Writes one frame, giving up on a peer that does not take it in time.
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
-        match timeout(self.send_timeout, self.socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::Gone),
-            Err(_) => {
-                metrics::counter!("roost_gateway_send_timeouts_total").increment(1);
-                Err(Exit::Gone)
-            }
+        sent(timeout(self.send_timeout, self.socket.send(message)).await)
+    }
+}
+
+/// What a timed write means for the connection: a failed or timed-out write ends it.
+fn sent(written: Result<Result<(), tokio_tungstenite::tungstenite::Error>, Elapsed>) -> Result<(), Exit> {
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Exit::Gone),
+        Err(_) => {
+            metrics::counter!("roost_gateway_send_timeouts_total").increment(1);
+            Err(Exit::Gone)
         }
     }
 }
