@@ -19,6 +19,7 @@ mod client;
 mod connections;
 mod durability;
 mod fanout;
+mod sender;
 mod server;
 mod targets;
 mod throughput;

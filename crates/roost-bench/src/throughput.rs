@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client;
+use crate::sender::Sender;
 
 /// Arguments of the throughput mode.
 #[derive(clap::Args)]
@@ -93,10 +94,10 @@ impl crate::Summary for Report {
 
 struct Pair {
     /// `Bearer <sender's token>`, ready to send.
-    authorization: reqwest::header::HeaderValue,
+    authorization: hyper::header::HeaderValue,
     receiver_token: String,
-    /// The conversation's messages endpoint, parsed once.
-    messages_url: reqwest::Url,
+    /// The conversation's messages endpoint (path only), parsed once.
+    messages_path: hyper::Uri,
 }
 
 /// Runs the mode and prints a summary and a JSON line.
@@ -111,7 +112,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.size < 8 {
         bail!("--size must be at least 8 bytes");
     }
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.max_in_flight).build()?;
+    let http = reqwest::Client::new();
     eprintln!("preparing {} pairs…", args.pairs);
     let pairs: Vec<Pair> = stream::iter(0..args.pairs)
         .map(|_| prepare_pair(&http, &args.server))
@@ -142,6 +143,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let sender = Arc::new(Sender::new(&args.server)?);
     let accepted = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
@@ -159,15 +161,11 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         let sent_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
         let body = format!(r#"{{"client_message_id":"b{i}","epoch":1,"ciphertext":"{}"}}"#, bytes::encode(&payload));
-        let request = http
-            .post(pair.messages_url.clone())
-            .header(reqwest::header::AUTHORIZATION, pair.authorization.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+        let (sender, path, authorization) = (sender.clone(), pair.messages_path.clone(), pair.authorization.clone());
         let (accepted, errors) = (accepted.clone(), errors.clone());
         tokio::spawn(async move {
-            match request.send().await {
-                Ok(response) if response.status().is_success() => accepted.fetch_add(1, Ordering::Relaxed),
+            match sender.post(&path, &authorization, body.into()).await {
+                Ok(status) if status.is_success() => accepted.fetch_add(1, Ordering::Relaxed),
                 _ => errors.fetch_add(1, Ordering::Relaxed),
             };
             drop(permit);
@@ -215,9 +213,9 @@ async fn prepare_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<Pair
     if !response.status().is_success() {
         bail!("creating a conversation: {}", response.status());
     }
-    let authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", sender.token))?;
-    let messages_url = reqwest::Url::parse(&format!("{base}/v1/conversations/{conversation}/messages"))?;
-    Ok(Pair { authorization, receiver_token: receiver.token, messages_url })
+    let authorization = hyper::header::HeaderValue::from_str(&format!("Bearer {}", sender.token))?;
+    let messages_path = format!("/v1/conversations/{conversation}/messages").parse()?;
+    Ok(Pair { authorization, receiver_token: receiver.token, messages_path })
 }
 
 /// The send time (nanoseconds since the run started) carried in the first 8 bytes of an `entry`
