@@ -321,6 +321,7 @@ impl Connection<'_> {
     }
 
     async fn catch_up(&mut self, conversation_id: ConversationId, after: u64) -> Result<(), Exit> {
+        metrics::counter!("roost_gateway_store_catch_ups_total").increment(1);
         let mut after = after;
         loop {
             let store = &self.app.services.ctx.store;
