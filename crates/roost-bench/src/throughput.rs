@@ -49,6 +49,9 @@ pub struct Report {
     pub target_rate: u64,
     /// Seconds of load.
     pub duration: u64,
+    /// Seconds the sends actually took: longer than `duration` when the server could not keep
+    /// up (every scheduled message is sent, at most `max_in_flight` at a time).
+    pub load_secs: f64,
     /// Sender/receiver pairs.
     pub pairs: usize,
     /// Ciphertext size in bytes.
@@ -70,9 +73,10 @@ pub struct Report {
 impl crate::Summary for Report {
     fn summary(&self) -> String {
         format!(
-            "throughput: target {} msg/s for {} s over {} pairs, {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            "throughput: target {} msg/s for {} s (sent in {:.1} s) over {} pairs, {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
             self.target_rate,
             self.duration,
+            self.load_secs,
             self.pairs,
             self.size,
             self.accepted_per_s,
@@ -85,7 +89,8 @@ impl crate::Summary for Report {
     }
 
     fn json(&self) -> serde_json::Value {
-        json!({"mode": "throughput", "target_rate": self.target_rate, "duration_s": self.duration, "pairs": self.pairs,
+        json!({"mode": "throughput", "target_rate": self.target_rate, "duration_s": self.duration,
+               "load_s": (self.load_secs * 10.0).round() / 10.0, "pairs": self.pairs,
                "size": self.size, "accepted_per_s": self.accepted_per_s.round(),
                "delivered_per_s": self.delivered_per_s.round(), "errors": self.errors,
                "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms})
@@ -192,6 +197,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     Ok(Report {
         target_rate: args.rate,
         duration: args.duration,
+        load_secs,
         pairs: args.pairs,
         size: args.size,
         accepted_per_s: accepted.load(Ordering::Relaxed) as f64 / load_secs,
