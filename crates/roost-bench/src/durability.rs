@@ -50,6 +50,8 @@ pub struct Report {
     pub stored: usize,
     /// Acknowledged messages missing or different at the end.
     pub lost: usize,
+    /// The sequence number of the first acknowledged message found missing or different.
+    pub first_lost: Option<u64>,
 }
 
 impl crate::Summary for Report {
@@ -71,7 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let report = measure(&args).await?;
     crate::print(&report);
     if report.lost > 0 {
-        bail!("{} acknowledged messages were lost", report.lost);
+        bail!("{} acknowledged messages were lost, the first with seq {:?}", report.lost, report.first_lost);
     }
     Ok(())
 }
@@ -133,14 +135,16 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
 
     let stored = fetch_all(&http, &base, &receiver.token).await?;
     let acknowledged = acknowledged.lock().await;
-    let lost = acknowledged.iter().filter(|(seq, payload)| stored.get(seq) != Some(payload)).count();
+    let missing: Vec<u64> =
+        acknowledged.iter().filter(|(seq, payload)| stored.get(seq) != Some(payload)).map(|(seq, _)| *seq).collect();
     server.kill();
     Ok(Report {
         rounds: args.rounds,
         concurrency: args.concurrency,
         acknowledged: acknowledged.len(),
         stored: stored.len(),
-        lost,
+        lost: missing.len(),
+        first_lost: missing.first().copied(),
     })
 }
 
