@@ -13,12 +13,15 @@
 //!   time; how long until every device has it.
 //! - `targets`: every SPEC section 12 target in one run, each against a fresh server the bench
 //!   starts itself, reported as ratios of measured to target.
+//! - `receivers`: pairs for another load generator: their endpoints and tokens in a file, the
+//!   receivers' sockets held, and what reached them reported.
 
 mod ceiling;
 mod client;
 mod connections;
 mod durability;
 mod fanout;
+mod receivers;
 mod sender;
 mod server;
 mod targets;
@@ -48,6 +51,9 @@ enum Mode {
     Fanout(fanout::Args),
     /// Every SPEC section 12 target in one run against fresh servers; ratios of measured to target.
     Targets(targets::Args),
+    /// Pairs for a load generator of your own: writes the senders' endpoints and tokens to a
+    /// file, holds the receivers' WebSockets and reports what reached them.
+    Receivers(receivers::Args),
 }
 
 /// What a mode measured, as a human summary line and a machine-readable JSON line.
@@ -81,6 +87,7 @@ fn main() -> std::process::ExitCode {
             Mode::Durability(args) => durability::run(args).await,
             Mode::Fanout(args) => fanout::run(args).await,
             Mode::Targets(args) => targets::run(args).await,
+            Mode::Receivers(args) => receivers::run(args).await,
         }
     });
     match outcome {

@@ -97,12 +97,13 @@ impl crate::Summary for Report {
     }
 }
 
-struct Pair {
+/// A sender and a receiver sharing a direct conversation.
+pub(crate) struct Pair {
     /// `Bearer <sender's token>`, ready to send.
-    authorization: hyper::header::HeaderValue,
-    receiver_token: String,
+    pub(crate) authorization: hyper::header::HeaderValue,
+    pub(crate) receiver_token: String,
     /// The conversation's messages endpoint (path only), parsed once.
-    messages_path: hyper::Uri,
+    pub(crate) messages_path: hyper::Uri,
 }
 
 /// Runs the mode and prints a summary and a JSON line.
@@ -117,16 +118,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.size < 8 {
         bail!("--size must be at least 8 bytes");
     }
-    let http = reqwest::Client::new();
-    eprintln!("preparing {} pairs…", args.pairs);
-    let pairs: Vec<Pair> = stream::iter(0..args.pairs)
-        .map(|_| prepare_pair(&http, &args.server))
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()
-        .context("preparing pairs (raise the server's registration, challenge and send rate limits)")?;
+    let pairs = prepare_pairs(&args.server, args.pairs).await?;
 
     let started = Instant::now();
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?));
@@ -207,6 +199,20 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
     })
+}
+
+/// Registers `count` sender/receiver pairs, each with a direct conversation.
+pub(crate) async fn prepare_pairs(server: &str, count: usize) -> anyhow::Result<Vec<Pair>> {
+    let http = reqwest::Client::new();
+    eprintln!("preparing {count} pairs…");
+    stream::iter(0..count)
+        .map(|_| prepare_pair(&http, server))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()
+        .context("preparing pairs (raise the server's registration, challenge and send rate limits)")
 }
 
 async fn prepare_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<Pair> {
