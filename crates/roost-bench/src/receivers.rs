@@ -92,7 +92,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let now = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 delivered.fetch_add(1, Ordering::Relaxed);
                 let mut span = span.lock().await;
-                *span = Some(span.map_or((now, now), |(first, _)| (first, now)));
+                // Tasks may take the lock out of the order they read the clock in.
+                *span = Some(span.map_or((now, now), |(first, last)| (first.min(now), last.max(now))));
             }
         }));
     }
@@ -114,7 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for receiver in receivers {
         receiver.abort();
     }
-    let span_secs = span.lock().await.map_or(0.0, |(first, last)| (last - first) as f64 / 1e9);
+    let span_secs = span.lock().await.map_or(0.0, |(first, last)| last.saturating_sub(first) as f64 / 1e9);
     crate::print(&Report { pairs: pairs.len(), delivered: delivered.load(Ordering::Relaxed), span_secs });
     Ok(())
 }
