@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 
 use crate::bytes::Base64Bytes;
 use crate::conversation::{AckRequest, ConversationId, Entry, QueueEntry};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, ErrorDetail};
 use crate::ids::{DeviceId, UserId};
 
 /// Close codes the server uses (4000–4999 is the application range).
@@ -50,6 +50,23 @@ pub enum ClientFrame {
     Presence {
         /// Whether to be visible.
         visible: bool,
+    },
+    /// Same semantics as `POST /v1/conversations/{id}/messages`, answered by a `sent` or a
+    /// `send_failed` frame carrying the same conversation and client message id. Several may be
+    /// in flight at once; their answers can come in any order.
+    Send {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Chosen by the sending device (1 to 64 characters); a retry with the same id returns
+        /// the original result and stores nothing.
+        client_message_id: String,
+        /// The epoch the ciphertext was encrypted in; it must be the current epoch.
+        epoch: u64,
+        /// The MLS ciphertext.
+        ciphertext: Base64Bytes,
+        /// Deliver only to devices online now and never store.
+        #[serde(default)]
+        ephemeral: bool,
     },
 }
 
@@ -117,6 +134,31 @@ pub enum ServerFrame {
     DevicesChanged {
         /// The user.
         user_id: UserId,
+    },
+    /// A `send` frame's message was accepted: committed and synced to disk, as a `2xx` reply to
+    /// `POST /v1/conversations/{id}/messages` means.
+    Sent {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The sender's id for the message.
+        client_message_id: String,
+        /// The message's sequence number (absent for ephemeral sends).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// When the server accepted it.
+        created_at: i64,
+        /// True when this was a retry of an already accepted client message id.
+        duplicate: bool,
+    },
+    /// A `send` frame's message was refused; nothing was stored. The error is what the HTTP
+    /// send would have answered (`stale_epoch` with the current epoch, `not_a_member`, ...).
+    SendFailed {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The sender's id for the message.
+        client_message_id: String,
+        /// Why.
+        error: ErrorDetail,
     },
     /// A frame from the client was refused; the connection stays open.
     Error {

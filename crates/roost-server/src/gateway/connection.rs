@@ -7,9 +7,11 @@ use std::time::Duration;
 use futures::{SinkExt as _, StreamExt as _};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use roost_proto::conversation::SendRequest;
 use roost_proto::socket::{ClientFrame, ServerFrame, close};
-use roost_proto::{ConversationId, ErrorCode};
+use roost_proto::{ConversationId, ErrorCode, ErrorDetail};
 use roost_store::SyncCursor;
+use tokio::sync::Semaphore;
 use tokio::time::error::Elapsed;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -18,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
+use crate::error::Error;
 use crate::http::AppState;
 use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
@@ -34,6 +37,9 @@ const HOLD: Duration = Duration::from_millis(50);
 /// 1 MiB message written whole would stay in that connection's memory for as long as it lives
 /// (measured: one 256 KiB message to 1,500 sockets left 500 MiB behind; in 4 KiB fragments, 8 MiB).
 const FRAGMENT_BYTES: usize = 4 * 1024;
+/// Sends over one connection waiting for their answer, at most; beyond that a `send` frame is
+/// refused with `rate_limited` (each holds its ciphertext until its group commit).
+const MAX_SENDS_IN_FLIGHT: usize = 256;
 
 type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -87,6 +93,7 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, app: AppSta
         held_since: None,
         queue_pushed: 0,
         visible: false,
+        sends: None,
     };
     let exit = connection.serve(subscription, gateway).await;
     if connection.visible {
@@ -166,6 +173,9 @@ struct Connection<'s> {
     queue_pushed: u64,
     /// Whether the device opted in to presence on this connection.
     visible: bool,
+    /// Sends over this connection still waiting for their answer (created by the first send,
+    /// so an idle connection does not carry it).
+    sends: Option<Arc<Semaphore>>,
 }
 
 impl Connection<'_> {
@@ -388,11 +398,46 @@ impl Connection<'_> {
                 }
                 Ok(())
             }
+            ClientFrame::Send { conversation_id, client_message_id, epoch, ciphertext, ephemeral } => {
+                let request = SendRequest { client_message_id, epoch, ciphertext, ephemeral };
+                self.start_send(conversation_id, request)
+            }
         };
         match outcome {
             Ok(()) => Ok(()),
             Err(err) => self.refuse(err.code, &err.message).await,
         }
+    }
+
+    /// Starts a send in a task of its own, so the connection goes on reading and pushing while
+    /// the message waits for its group commit. The answer reaches this device through the hub,
+    /// like every other frame pushed to it (and so is bounded by its outgoing buffer).
+    fn start_send(&mut self, conversation_id: ConversationId, request: SendRequest) -> Result<(), Error> {
+        let sends = self.sends.get_or_insert_with(|| Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)));
+        let Ok(permit) = sends.clone().try_acquire_owned() else {
+            return Err(Error::new(ErrorCode::RateLimited, "too many sends in flight on this connection"));
+        };
+        let (app, caller) = (self.app.clone(), self.caller);
+        tokio::spawn(async move {
+            let client_message_id = request.client_message_id.clone();
+            let frame = match app.services.conversations.send(&caller, &conversation_id, request).await {
+                Ok(accepted) => ServerFrame::Sent {
+                    conversation_id,
+                    client_message_id,
+                    seq: accepted.seq,
+                    created_at: accepted.created_at,
+                    duplicate: accepted.duplicate,
+                },
+                Err(err) => ServerFrame::SendFailed {
+                    conversation_id,
+                    client_message_id,
+                    error: ErrorDetail { code: err.code, message: err.message, current_epoch: err.current_epoch },
+                },
+            };
+            app.services.hub.publish([caller.device_id], LiveEvent::Frame(encode_frame(&frame)));
+            drop(permit);
+        });
+        Ok(())
     }
 
     async fn refuse(&mut self, code: ErrorCode, message: &str) -> Result<(), Exit> {

@@ -550,3 +550,107 @@ async fn shutdown_closes_sockets_with_a_reason() {
     assert_eq!(socket.closed().await, Some(roost_proto::socket::close::GOING_AWAY));
     stopping.await.unwrap();
 }
+
+/// The answer to a `send` frame: the next `sent` or `send_failed` frame (other frames skipped).
+async fn answer(socket: &mut Socket) -> Value {
+    loop {
+        let frame = socket.next_frame().await;
+        if frame["type"] == "sent" || frame["type"] == "send_failed" {
+            return frame;
+        }
+    }
+}
+
+fn send_frame(id: &ConversationId, client_id: &str, epoch: u64) -> Value {
+    json!({"type": "send", "conversation_id": id, "client_message_id": client_id, "epoch": epoch, "ciphertext": b64(client_id)})
+}
+
+#[tokio::test]
+async fn sends_over_the_socket_are_answered_stored_and_pushed() {
+    let (server, alice, id, mut bobs) = alice_and_bob_online().await;
+    let mut alices = Socket::connect(&server, &alice.token()).await;
+    alices.drain().await;
+
+    alices.send(send_frame(&id, "hello", 1)).await;
+    let sent = answer(&mut alices).await;
+    assert_eq!(sent["type"], "sent", "{sent}");
+    assert_eq!((sent["seq"].as_u64(), sent["duplicate"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(
+        (sent["conversation_id"].as_str(), sent["client_message_id"].as_str()),
+        (Some(id.to_string().as_str()), Some("hello"))
+    );
+    let entry = bobs.next_frame().await;
+    assert_eq!((entry["type"].as_str(), entry["seq"].as_u64()), (Some("entry"), Some(1)));
+    assert_eq!(entry["payload"], b64("hello"));
+
+    // A retry answers the original result; the HTTP send and the socket share one idempotency.
+    alices.send(send_frame(&id, "hello", 1)).await;
+    let retry = answer(&mut alices).await;
+    assert_eq!((retry["seq"].as_u64(), retry["duplicate"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(retry["created_at"], sent["created_at"]);
+    let body = json!({"client_message_id": "hello", "epoch": 1, "ciphertext": b64("hello")});
+    let (status, over_http) =
+        server.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
+    assert_eq!((status, over_http["seq"].as_u64()), (StatusCode::OK, Some(1)));
+
+    // Several in flight at once: each is answered and stored once.
+    for i in 0..20 {
+        alices.send(send_frame(&id, &format!("burst-{i}"), 1)).await;
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..20 {
+        let sent = answer(&mut alices).await;
+        assert_eq!(sent["type"], "sent", "{sent}");
+        seqs.push(sent["seq"].as_u64().unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..=21).collect::<Vec<_>>());
+    let (_, summary) = server.get(&format!("/v1/conversations/{id}"), Some(&alice.token())).await;
+    assert_eq!(summary["last_seq"], 21);
+}
+
+#[tokio::test]
+async fn refused_sends_over_the_socket_say_why_and_store_nothing() {
+    let server = TestServer::start_with(|config| config.rate_limits.sends_per_device = 2).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let outsider = server.user("outsider").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let mut alices = Socket::connect(&server, &alice.token()).await;
+    alices.drain().await;
+    let mut outsiders = Socket::connect(&server, &outsider.token()).await;
+    outsiders.drain().await;
+
+    // Someone else's conversation.
+    outsiders.send(send_frame(&id, "intrusion", 1)).await;
+    let refused = answer(&mut outsiders).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["error"]["code"].as_str()),
+        (Some("send_failed"), Some("not_a_member"))
+    );
+    assert_eq!(refused["client_message_id"], "intrusion");
+    // A stale epoch names the current one.
+    alices.send(send_frame(&id, "old", 7)).await;
+    let stale = answer(&mut alices).await;
+    assert_eq!(
+        (stale["error"]["code"].as_str(), stale["error"]["current_epoch"].as_u64()),
+        (Some("stale_epoch"), Some(1))
+    );
+    // Bad fields are refused as the HTTP send refuses them.
+    let mut empty = send_frame(&id, "empty", 1);
+    empty["ciphertext"] = json!("");
+    alices.send(empty).await;
+    assert_eq!(answer(&mut alices).await["error"]["code"], "invalid_argument");
+    // A frame that is not a send at all gets an error frame, and the socket stays open.
+    alices.send(json!({"type": "send", "conversation_id": id})).await;
+    assert_eq!(alices.next_frame().await["code"], "malformed_request");
+    // The device's send rate limit counts socket sends too (the stale and the empty one above
+    // used up its two).
+    alices.send(send_frame(&id, "limited", 1)).await;
+    assert_eq!(answer(&mut alices).await["error"]["code"], "rate_limited");
+
+    let (_, summary) = server.get(&format!("/v1/conversations/{id}"), Some(&alice.token())).await;
+    assert_eq!(summary["last_seq"], 0, "nothing was stored");
+    let (_, sync) = server.get("/v1/sync", Some(&bob.token())).await;
+    assert_eq!(sync["entries"], json!([]));
+}
