@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::Summary;
 use crate::server::{Launch, Roostd, remove_data_dir};
+use crate::throughput::Over;
 use crate::{ceiling, connections, durability, fanout, throughput};
 
 /// Arguments of the targets mode.
@@ -34,6 +35,10 @@ pub struct Args {
 
 /// The SPEC's figures.
 const THROUGHPUT_MSGS_PER_S: f64 = 30_000.0;
+/// Offered in the throughput runs: a fifth above the target, so the rate measured is what the
+/// server sustains (offering exactly the target can only measure a little under it, since the
+/// rate counts until the last answer arrived).
+const THROUGHPUT_OFFERED: u64 = 36_000;
 const LATENCY_RATE: u64 = 5_000;
 const LATENCY_P99_MS: f64 = 5.0;
 const CONNECTIONS: usize = 100_000;
@@ -70,25 +75,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("storage ceiling")?;
     crate::print(&ceiling);
 
-    eprintln!("== throughput: {THROUGHPUT_MSGS_PER_S} msg/s offered for {} s", args.duration);
     let duration = args.duration;
-    let report = with_fresh_server(&launch, |base| async move {
-        throughput::measure(&throughput_args(base, THROUGHPUT_MSGS_PER_S as u64, duration)).await
-    })
-    .await
-    .context("throughput target")?;
-    let rate = report.accepted_per_s.min(report.delivered_per_s);
-    outcomes.push(Outcome {
-        target: "30,000 durable msg/s accepted and delivered live",
-        measured: format!("{rate:.0} msg/s, {} errors", report.errors),
-        ratio: Some(rate / THROUGHPUT_MSGS_PER_S),
-        met: rate >= THROUGHPUT_MSGS_PER_S && report.errors == 0,
-        note: format!(
-            "{:.0}% of this disk's storage ceiling, {:.0} msg/s at 100 per commit",
-            100.0 * rate / ceiling.best(),
-            ceiling.best()
-        ),
-    });
+    for (over, target) in [
+        (Over::Http, "30,000 durable msg/s accepted and delivered live (sends over HTTP)"),
+        (Over::Websocket, "30,000 durable msg/s accepted and delivered live (sends over the WebSocket)"),
+    ] {
+        eprintln!("== throughput, sends over {}: {THROUGHPUT_OFFERED} msg/s offered for {duration} s", over.name());
+        let report = with_fresh_server(&launch, |base| async move {
+            let args = throughput::Args { over, ..throughput_args(base, THROUGHPUT_OFFERED, duration) };
+            throughput::measure(&args).await
+        })
+        .await
+        .context("throughput target")?;
+        let rate = report.accepted_per_s.min(report.delivered_per_s);
+        outcomes.push(Outcome {
+            target,
+            measured: format!("{rate:.0} msg/s, {} errors", report.errors),
+            ratio: Some(rate / THROUGHPUT_MSGS_PER_S),
+            met: rate >= THROUGHPUT_MSGS_PER_S && report.errors == 0,
+            note: format!(
+                "{THROUGHPUT_OFFERED} offered; {:.0}% of this disk's storage ceiling, {:.0} msg/s at 100 per commit",
+                100.0 * rate / ceiling.best(),
+                ceiling.best()
+            ),
+        });
+    }
 
     eprintln!("== latency: {LATENCY_RATE} msg/s for {} s", args.duration);
     let report = with_fresh_server(&launch, |base| async move {
@@ -202,7 +213,7 @@ where
 }
 
 fn throughput_args(server: String, rate: u64, duration: u64) -> throughput::Args {
-    throughput::Args { server, pairs: 50, rate, duration, size: 256, max_in_flight: 512 }
+    throughput::Args { server, pairs: 50, rate, duration, size: 256, max_in_flight: 512, over: Over::Http }
 }
 
 /// How many sockets the connections target opens, and the descriptor limit if it is what

@@ -41,6 +41,28 @@ pub struct Args {
     /// Most requests in flight at once.
     #[arg(long, default_value_t = 512)]
     pub max_in_flight: usize,
+    /// How the senders send: an HTTP request per message, or `send` frames over each sender's
+    /// own WebSocket.
+    #[arg(long, value_enum, default_value_t = Over::Http)]
+    pub over: Over,
+}
+
+/// How the senders send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Over {
+    /// `POST /v1/conversations/{id}/messages` over HTTP/1.1 keep-alive connections.
+    Http,
+    /// `send` frames over the sender's WebSocket, answered by `sent` frames.
+    Websocket,
+}
+
+impl Over {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Websocket => "websocket",
+        }
+    }
 }
 
 /// What the throughput mode measured.
@@ -54,6 +76,8 @@ pub struct Report {
     pub load_secs: f64,
     /// Sender/receiver pairs.
     pub pairs: usize,
+    /// How the senders sent.
+    pub over: Over,
     /// Ciphertext size in bytes.
     pub size: usize,
     /// Messages acknowledged per second of load.
@@ -73,11 +97,12 @@ pub struct Report {
 impl crate::Summary for Report {
     fn summary(&self) -> String {
         format!(
-            "throughput: target {} msg/s for {} s (sent in {:.1} s) over {} pairs, {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            "throughput: target {} msg/s for {} s (sent in {:.1} s) over {} pairs ({}), {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
             self.target_rate,
             self.duration,
             self.load_secs,
             self.pairs,
+            self.over.name(),
             self.size,
             self.accepted_per_s,
             self.delivered_per_s,
@@ -90,7 +115,7 @@ impl crate::Summary for Report {
 
     fn json(&self) -> serde_json::Value {
         json!({"mode": "throughput", "target_rate": self.target_rate, "duration_s": self.duration,
-               "load_s": (self.load_secs * 10.0).round() / 10.0, "pairs": self.pairs,
+               "load_s": (self.load_secs * 10.0).round() / 10.0, "pairs": self.pairs, "over": self.over.name(),
                "size": self.size, "accepted_per_s": self.accepted_per_s.round(),
                "delivered_per_s": self.delivered_per_s.round(), "errors": self.errors,
                "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms})
@@ -101,6 +126,10 @@ impl crate::Summary for Report {
 pub(crate) struct Pair {
     /// `Bearer <sender's token>`, ready to send.
     pub(crate) authorization: hyper::header::HeaderValue,
+    /// The sender's token, for its own WebSocket.
+    pub(crate) sender_token: String,
+    /// Their direct conversation.
+    pub(crate) conversation_id: ConversationId,
     pub(crate) receiver_token: String,
     /// The conversation's messages endpoint (path only), parsed once.
     pub(crate) messages_path: hyper::Uri,
@@ -144,6 +173,13 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let accepted = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
+    let frame_senders = match args.over {
+        Over::Http => Vec::new(),
+        Over::Websocket => {
+            let answers = Answers { accepted: accepted.clone(), errors: errors.clone(), in_flight: in_flight.clone() };
+            open_senders(&ws_base, &pairs, &answers).await?
+        }
+    };
     let total = args.rate * args.duration;
     let progress = client::progress(usize::try_from(total).unwrap_or(usize::MAX), "sent · {msg}");
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
@@ -157,6 +193,24 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         let pair = &pairs[(i as usize) % pairs.len()];
         let sent_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
+        if let Some(frames) = frame_senders.get((i as usize) % pairs.len()) {
+            // Answered by a `sent` (or `send_failed`) frame, which gives the slot back.
+            permit.forget();
+            let frame = format!(
+                r#"{{"type":"send","conversation_id":"{}","client_message_id":"b{i}","epoch":1,"ciphertext":"{}"}}"#,
+                pair.conversation_id,
+                bytes::encode(&payload)
+            );
+            if frames.send(frame).is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+                in_flight.add_permits(1);
+            }
+            if i % 100 == 0 {
+                progress.set_position(i);
+                progress.set_message(format!("{} delivered", delivered.load(Ordering::Relaxed)));
+            }
+            continue;
+        }
         let body = format!(r#"{{"client_message_id":"b{i}","epoch":1,"ciphertext":"{}"}}"#, bytes::encode(&payload));
         let (sender, path, authorization) = (sender.clone(), pair.messages_path.clone(), pair.authorization.clone());
         let (accepted, errors) = (accepted.clone(), errors.clone());
@@ -191,6 +245,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         duration: args.duration,
         load_secs,
         pairs: args.pairs,
+        over: args.over,
         size: args.size,
         accepted_per_s: accepted.load(Ordering::Relaxed) as f64 / load_secs,
         delivered_per_s: delivered.load(Ordering::Relaxed) as f64 / load_secs,
@@ -199,6 +254,54 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
     })
+}
+
+/// Where the answers to `send` frames are counted.
+struct Answers {
+    accepted: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    /// Each answer gives one in-flight slot back.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Opens every sender's own WebSocket: a task writes the frames handed to it, another counts
+/// the answers. Returns where to hand each pair's frames.
+async fn open_senders(
+    ws_base: &str,
+    pairs: &[Pair],
+    answers: &Answers,
+) -> anyhow::Result<Vec<tokio::sync::mpsc::UnboundedSender<String>>> {
+    use futures::SinkExt as _;
+
+    let mut senders = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let (mut write, mut read) = client::open_socket(ws_base, &pair.sender_token).await?.split();
+        let (frames, mut queued) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(frame) = queued.recv().await {
+                if write.send(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (accepted, errors, in_flight) =
+            (answers.accepted.clone(), answers.errors.clone(), answers.in_flight.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = read.next().await {
+                let Message::Text(text) = message else { continue };
+                if text.starts_with(r#"{"type":"sent""#) {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                } else if text.starts_with(r#"{"type":"send_failed""#) || text.starts_with(r#"{"type":"error""#) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    continue;
+                }
+                in_flight.add_permits(1);
+            }
+        });
+        senders.push(frames);
+    }
+    Ok(senders)
 }
 
 /// Registers `count` sender/receiver pairs, each with a direct conversation.
@@ -227,7 +330,13 @@ async fn prepare_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<Pair
     }
     let authorization = hyper::header::HeaderValue::from_str(&format!("Bearer {}", sender.token))?;
     let messages_path = format!("/v1/conversations/{conversation}/messages").parse()?;
-    Ok(Pair { authorization, receiver_token: receiver.token, messages_path })
+    Ok(Pair {
+        authorization,
+        sender_token: sender.token,
+        conversation_id: conversation,
+        receiver_token: receiver.token,
+        messages_path,
+    })
 }
 
 /// The send time (nanoseconds since the run started) carried in the first 8 bytes of an `entry`

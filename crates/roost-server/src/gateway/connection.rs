@@ -400,7 +400,7 @@ impl Connection<'_> {
             }
             ClientFrame::Send { conversation_id, client_message_id, epoch, ciphertext, ephemeral } => {
                 let request = SendRequest { client_message_id, epoch, ciphertext, ephemeral };
-                self.start_send(conversation_id, request)
+                return self.start_send(conversation_id, request).await;
             }
         };
         match outcome {
@@ -412,10 +412,11 @@ impl Connection<'_> {
     /// Starts a send in a task of its own, so the connection goes on reading and pushing while
     /// the message waits for its group commit. The answer reaches this device through the hub,
     /// like every other frame pushed to it (and so is bounded by its outgoing buffer).
-    fn start_send(&mut self, conversation_id: ConversationId, request: SendRequest) -> Result<(), Error> {
+    async fn start_send(&mut self, conversation_id: ConversationId, request: SendRequest) -> Result<(), Exit> {
         let sends = self.sends.get_or_insert_with(|| Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)));
         let Ok(permit) = sends.clone().try_acquire_owned() else {
-            return Err(Error::new(ErrorCode::RateLimited, "too many sends in flight on this connection"));
+            let busy = Error::new(ErrorCode::RateLimited, "too many sends in flight on this connection");
+            return self.send_frame(&send_failed(conversation_id, request.client_message_id, busy)).await;
         };
         let (app, caller) = (self.app.clone(), self.caller);
         tokio::spawn(async move {
@@ -428,11 +429,7 @@ impl Connection<'_> {
                     created_at: accepted.created_at,
                     duplicate: accepted.duplicate,
                 },
-                Err(err) => ServerFrame::SendFailed {
-                    conversation_id,
-                    client_message_id,
-                    error: ErrorDetail { code: err.code, message: err.message, current_epoch: err.current_epoch },
-                },
+                Err(err) => send_failed(conversation_id, client_message_id, err),
             };
             app.services.hub.publish([caller.device_id], LiveEvent::Frame(encode_frame(&frame)));
             drop(permit);
@@ -473,6 +470,12 @@ impl Connection<'_> {
 }
 
 /// What a timed write means for the connection: a failed or timed-out write ends it.
+/// The answer to a refused `send` frame.
+fn send_failed(conversation_id: ConversationId, client_message_id: String, err: Error) -> ServerFrame {
+    let error = ErrorDetail { code: err.code, message: err.message, current_epoch: err.current_epoch };
+    ServerFrame::SendFailed { conversation_id, client_message_id, error }
+}
+
 fn sent(written: Result<Result<(), tokio_tungstenite::tungstenite::Error>, Elapsed>) -> Result<(), Exit> {
     match written {
         Ok(Ok(())) => Ok(()),
