@@ -96,11 +96,11 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
 
 fn insert_loop(path: &Path, period: Duration, size: usize) -> anyhow::Result<Vec<(usize, f64)>> {
     let mut db = Connection::open(path)?;
-    // The server's writer: WAL, every commit fsynced, a 64 MiB page cache.
+    // The server's writer: WAL, every commit fsynced, an 8 MiB page cache.
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(None, "synchronous", "FULL")?;
     db.pragma_update(None, "foreign_keys", "ON")?;
-    db.pragma_update(None, "cache_size", "-65536")?;
+    db.pragma_update(None, "cache_size", "-8192")?;
     for (name, sql) in MIGRATIONS {
         db.execute_batch(sql).with_context(|| format!("migration {name}"))?;
     }
