@@ -413,6 +413,12 @@ impl Connection<'_> {
     /// the message waits for its group commit. The answer reaches this device through the hub,
     /// like every other frame pushed to it (and so is bounded by its outgoing buffer).
     async fn start_send(&mut self, conversation_id: ConversationId, request: SendRequest) -> Result<(), Exit> {
+        // An HTTP send presents its token each time; a socket authenticated once, so its
+        // session's end is checked here.
+        if self.caller.expires_at <= self.app.services.ctx.clock.now_ms() {
+            let expired = Error::new(ErrorCode::SessionExpired, "the session has expired; authenticate again");
+            return self.send_frame(&send_failed(conversation_id, request.client_message_id, expired)).await;
+        }
         let sends = self.sends.get_or_insert_with(|| Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)));
         let Ok(permit) = sends.clone().try_acquire_owned() else {
             let busy = Error::new(ErrorCode::RateLimited, "too many sends in flight on this connection");

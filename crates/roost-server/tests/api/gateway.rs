@@ -653,4 +653,9 @@ async fn refused_sends_over_the_socket_say_why_and_store_nothing() {
     assert_eq!(summary["last_seq"], 0, "nothing was stored");
     let (_, sync) = server.get("/v1/sync", Some(&bob.token())).await;
     assert_eq!(sync["entries"], json!([]));
+
+    // A socket that outlived its session cannot send on it.
+    server.clock.advance_ms(31 * 24 * 3600 * 1000);
+    alices.send(send_frame(&id, "late", 1)).await;
+    assert_eq!(answer(&mut alices).await["error"]["code"], "session_expired");
 }
