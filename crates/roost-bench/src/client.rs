@@ -95,10 +95,11 @@ pub async fn open_socket(url: &str, token: &str) -> anyhow::Result<Socket> {
     use tokio_tungstenite::tungstenite::Message;
 
     // The frames are small: a 4 KiB read buffer (tungstenite's default is 128 KiB, cleared on
-    // every read) keeps the load generator cheap per socket and per frame.
+    // every read) keeps the load generator cheap per socket and per frame. Nagle's algorithm is
+    // off, as in the server: a send frame must not wait for the ACK of the one before.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
     let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(url, Some(config), false).await.context("websocket handshake")?;
+        tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.context("websocket handshake")?;
     socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
     while let Some(message) = socket.next().await {
         if let Message::Text(text) = message? {

@@ -840,7 +840,8 @@ impl Client {
         use tokio_tungstenite::tungstenite::Message as Frame;
 
         let url = format!("{}/v1/ws", self.api.base().replacen("http", "ws", 1));
-        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        // Without Nagle's algorithm: frames are small and should leave at once.
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
             .await
             .map_err(|_| ClientError::Unreachable(self.api.base().to_owned()))?;
         let token = self.api.token().ok_or_else(|| ClientError::Invalid("not logged in".into()))?.to_owned();

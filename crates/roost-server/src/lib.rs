@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use roost_store::{Store, StoreError};
 use roost_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
@@ -106,6 +107,14 @@ impl Server {
             shutdown.await;
             signal_sockets.shut_down();
         };
+        // Pushes are small writes that must leave at once: with Nagle's algorithm a frame
+        // written while an earlier one is unacknowledged waits for the peer's delayed ACK (up to
+        // 40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "could not set TCP_NODELAY on an accepted connection");
+            }
+        });
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await;
