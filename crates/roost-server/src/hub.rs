@@ -82,6 +82,17 @@ struct Inbox {
 /// Queues kept after a burst are given back once drained, beyond this many slots.
 const KEPT_SLOTS: usize = 16;
 
+impl Inbox {
+    /// Takes the oldest event, giving back the room of a burst once the queue is empty.
+    fn take(&mut self) -> Option<LiveEvent> {
+        let event = self.events.pop_front()?;
+        if self.events.is_empty() && self.events.capacity() > KEPT_SLOTS {
+            self.events = VecDeque::new();
+        }
+        Some(event)
+    }
+}
+
 /// What offering an event to a mailbox did.
 enum Offer {
     Taken,
@@ -157,10 +168,7 @@ impl Subscription {
         loop {
             {
                 let mut inbox = self.mailbox.lock();
-                if let Some(event) = inbox.events.pop_front() {
-                    if inbox.events.is_empty() && inbox.events.capacity() > KEPT_SLOTS {
-                        inbox.events = VecDeque::new();
-                    }
+                if let Some(event) = inbox.take() {
                     return Some(event);
                 }
                 if inbox.closed.is_some() {
@@ -170,6 +178,12 @@ impl Subscription {
             // A notification sent since the check above is kept as a permit, so none is lost.
             self.mailbox.arrived.notified().await;
         }
+    }
+
+    /// The next event if one is waiting, without waiting for one. `None` says nothing about
+    /// whether the subscription has ended: `next` tells that.
+    pub fn try_next(&mut self) -> Option<LiveEvent> {
+        self.mailbox.lock().take()
     }
 
     /// Why the hub ended this subscription, once `next` has returned `None`.
@@ -351,6 +365,26 @@ mod tests {
             assert_eq!(subscription.next().await, Some(LiveEvent::Queued));
         }
         assert_eq!(subscription.mailbox.lock().events.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_events_are_taken_in_order_without_waiting() {
+        let hub = Arc::new(Hub::default());
+        let mut subscription = hub.subscribe(user(1), device(1), 1000, 5).unwrap();
+        assert_eq!(subscription.try_next(), None, "nothing waits yet");
+        let frames: Vec<LiveEvent> = (0..100).map(|n| LiveEvent::Frame(n.to_string().into())).collect();
+        for frame in &frames {
+            hub.publish([device(1)], frame.clone());
+        }
+        let taken: Vec<LiveEvent> = std::iter::from_fn(|| subscription.try_next()).collect();
+        assert_eq!(taken, frames);
+        assert_eq!(subscription.mailbox.lock().events.capacity(), 0, "the burst's room is given back");
+
+        hub.publish([device(1)], LiveEvent::Queued);
+        hub.kick(&device(1), CloseReason::Revoked);
+        assert_eq!(subscription.try_next(), Some(LiveEvent::Queued), "queued before the end, still taken");
+        assert_eq!(subscription.try_next(), None);
+        assert!(subscription.next().await.is_none(), "next tells that the subscription ended");
     }
 
     #[tokio::test]

@@ -37,6 +37,14 @@ const HOLD: Duration = Duration::from_millis(50);
 /// 1 MiB message written whole would stay in that connection's memory for as long as it lives
 /// (measured: one 256 KiB message to 1,500 sockets left 500 MiB behind; in 4 KiB fragments, 8 MiB).
 const FRAGMENT_BYTES: usize = 4 * 1024;
+/// Live events written together, at most, before the connection turns to its other work.
+const BATCH: usize = 64;
+/// Frames gathered before they are written (what is left of a burst is written by the flush
+/// that ends each step). Small, because tungstenite's write buffer keeps the largest capacity
+/// it ever needed for as long as the connection lives: about this much plus one frame. An
+/// entry and the `sent` answer of the sender's own device (about 750 bytes together) still go
+/// out in one write.
+pub(super) const WRITE_BUFFER_BYTES: usize = 1024;
 /// Sends over one connection waiting for their answer, at most; beyond that a `send` frame is
 /// refused with `rate_limited` (each holds its ciphertext until its group commit).
 const MAX_SENDS_IN_FLIGHT: usize = 256;
@@ -194,7 +202,7 @@ impl Connection<'_> {
         loop {
             let step = tokio::select! {
                 event = subscription.next() => match event {
-                    Some(event) => Box::pin(self.deliver(event)).await,
+                    Some(event) => Box::pin(self.deliver_waiting(event, &mut subscription)).await,
                     None => Err(match subscription.close_reason() {
                         Some(CloseReason::Replaced) => Exit::Close(close::REPLACED, "a newer connection of this device took over"),
                         Some(CloseReason::SlowConsumer) => Exit::Close(close::SLOW_CONSUMER, "too slow to keep up; reconnect to catch up"),
@@ -222,12 +230,32 @@ impl Connection<'_> {
             if let Err(exit) = step {
                 return exit;
             }
+            // Whatever the step wrote goes out now, in as few writes as it fits in.
+            if let Err(exit) = self.flush().await {
+                return exit;
+            }
         }
+    }
+
+    /// Pushes an event and then the ones queued behind it, up to [`BATCH`]: written together,
+    /// a burst of frames costs one system call instead of one each.
+    async fn deliver_waiting(&mut self, first: LiveEvent, subscription: &mut Subscription) -> Result<(), Exit> {
+        self.deliver(first).await?;
+        for _ in 1..BATCH {
+            let Some(event) = subscription.try_next() else {
+                break;
+            };
+            self.deliver(event).await?;
+        }
+        Ok(())
     }
 
     /// Sends everything stored for the device, then `queue_empty`.
     async fn drain(&mut self) -> Result<(), Exit> {
         self.send_frame(&ServerFrame::Ready { user_id: self.caller.user_id, device_id: self.caller.device_id }).await?;
+        // Written on its own: the write buffer keeps the capacity of the most it ever held, and
+        // what an idle connection holds is what `ready` and `queue_empty` needed one at a time.
+        self.flush().await?;
         // Start from the acknowledged positions, so the first live entry of a conversation with
         // nothing pending is pushed as is instead of being fetched again from the store.
         let positions = self.app.services.ctx.store.positions(&self.caller.device_id).await.map_err(|err| {
@@ -257,7 +285,8 @@ impl Connection<'_> {
                 self.send_frame(&ServerFrame::Queue(queue_view(item))).await?;
             }
             if !more {
-                return self.send_frame(&ServerFrame::QueueEmpty).await;
+                self.send_frame(&ServerFrame::QueueEmpty).await?;
+                return self.flush().await;
             }
         }
     }
@@ -461,7 +490,7 @@ impl Connection<'_> {
         let socket = &mut *self.socket;
         let written = timeout(self.send_timeout, async move {
             for frame in fragments(&text) {
-                socket.send(Message::Frame(frame)).await?;
+                socket.feed(Message::Frame(frame)).await?;
             }
             Ok(())
         })
@@ -469,9 +498,15 @@ impl Connection<'_> {
         sent(written)
     }
 
-    /// Writes one frame, giving up on a peer that does not take it in time.
+    /// Queues one frame for writing, giving up on a peer that does not take it in time. Frames
+    /// are written once [`WRITE_BUFFER_BYTES`] have gathered, and by [`Self::flush`].
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
-        sent(timeout(self.send_timeout, self.socket.send(message)).await)
+        sent(timeout(self.send_timeout, self.socket.feed(message)).await)
+    }
+
+    /// Writes every queued frame.
+    async fn flush(&mut self) -> Result<(), Exit> {
+        sent(timeout(self.send_timeout, self.socket.flush()).await)
     }
 }
 

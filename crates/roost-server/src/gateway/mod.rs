@@ -2,9 +2,10 @@
 //!
 //! A socket authenticates with its first frame; then the server sends everything stored for the
 //! device that it has not acknowledged, `queue_empty`, and from then on pushes every entry as it
-//! is committed. Memory per connection is bounded: a small read buffer, no write buffering beyond
-//! the frame being sent, a bounded event queue (a client that cannot keep up is cut off and
-//! catches up from the store when it reconnects), and a timeout on every write.
+//! is committed. Memory per connection is bounded: a small read buffer, a write buffer of a few
+//! kilobytes (frames pushed together are written together), a bounded event queue (a client
+//! that cannot keep up is cut off and catches up from the store when it reconnects), and a
+//! timeout on every write.
 //!
 //! The handshake (RFC 6455 section 4.2) is answered here rather than by axum's extractor, so the
 //! connection is one task whose future holds the socket inline: axum's upgrade runs the callback
@@ -96,7 +97,7 @@ fn socket_config(state: &AppState) -> WebSocketConfig {
     let largest_out = config.limits.max_handshake_bytes.max(config.limits.max_message_bytes) / 3 * 4 + 64 * 1024;
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .max_write_buffer_size(largest_out * 2)
         .max_message_size(Some(config.gateway.max_client_frame_bytes))
         .max_frame_size(Some(config.gateway.max_client_frame_bytes))
