@@ -74,6 +74,9 @@ pub struct GatewayConfig {
     pub send_timeout_secs: u64,
     /// Largest frame a client may send, in bytes.
     pub max_client_frame_bytes: usize,
+    /// `send` frames of one connection waiting for their commit, at most; one more is refused
+    /// with `rate_limited` (each holds its ciphertext until it is committed).
+    pub max_sends_in_flight: usize,
 }
 
 impl Default for GatewayConfig {
@@ -86,6 +89,7 @@ impl Default for GatewayConfig {
             outgoing_buffer: 256,
             send_timeout_secs: 10,
             max_client_frame_bytes: 64 * 1024,
+            max_sends_in_flight: 256,
         }
     }
 }
@@ -311,8 +315,14 @@ impl Config {
                 "gateway.idle_timeout_secs must exceed heartbeat_interval_secs (at least 1)".into(),
             ));
         }
-        if gateway.auth_timeout_secs == 0 || gateway.send_timeout_secs == 0 || gateway.outgoing_buffer == 0 {
-            return Err(ConfigError("gateway timeouts and outgoing_buffer must be at least 1".into()));
+        if gateway.auth_timeout_secs == 0
+            || gateway.send_timeout_secs == 0
+            || gateway.outgoing_buffer == 0
+            || gateway.max_sends_in_flight == 0
+        {
+            return Err(ConfigError(
+                "gateway timeouts, outgoing_buffer and max_sends_in_flight must be at least 1".into(),
+            ));
         }
         if self.limits.max_devices_per_user == 0 || self.limits.max_claim_targets == 0 {
             return Err(ConfigError("device and claim limits must be at least 1".into()));
@@ -456,6 +466,8 @@ mod tests {
         let vars = env(&[("ROOST_RATE_LIMITS__CHALLENGES_PER_ADDRESS", "0")]);
         assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
         let vars = env(&[("ROOST_LIMITS__MAX_DEVICES_PER_USR", "3")]);
+        assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
+        let vars = env(&[("ROOST_GATEWAY__MAX_SENDS_IN_FLIGHT", "0")]);
         assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_err());
         assert!(
             Config::load_with_env(Some(&dir.path().join("missing.toml")), &FlagOverrides::default(), env(&[])).is_err()

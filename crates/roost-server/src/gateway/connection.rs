@@ -45,9 +45,6 @@ const BATCH: usize = 64;
 /// entry and the `sent` answer of the sender's own device (about 750 bytes together) still go
 /// out in one write.
 pub(super) const WRITE_BUFFER_BYTES: usize = 1024;
-/// Sends over one connection waiting for their answer, at most; beyond that a `send` frame is
-/// refused with `rate_limited` (each holds its ciphertext until its group commit).
-const MAX_SENDS_IN_FLIGHT: usize = 256;
 
 type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -448,7 +445,8 @@ impl Connection<'_> {
             let expired = Error::new(ErrorCode::SessionExpired, "the session has expired; authenticate again");
             return self.send_frame(&send_failed(conversation_id, request.client_message_id, expired)).await;
         }
-        let sends = self.sends.get_or_insert_with(|| Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)));
+        let most = self.app.services.ctx.config.gateway.max_sends_in_flight;
+        let sends = self.sends.get_or_insert_with(|| Arc::new(Semaphore::new(most)));
         let Ok(permit) = sends.clone().try_acquire_owned() else {
             let busy = Error::new(ErrorCode::RateLimited, "too many sends in flight on this connection");
             return self.send_frame(&send_failed(conversation_id, request.client_message_id, busy)).await;

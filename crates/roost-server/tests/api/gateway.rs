@@ -6,6 +6,7 @@ use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use roost_proto::{ConversationId, bytes};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -607,6 +608,41 @@ async fn sends_over_the_socket_are_answered_stored_and_pushed() {
     assert_eq!(seqs, (2..=21).collect::<Vec<_>>());
     let (_, summary) = server.get(&format!("/v1/conversations/{id}"), Some(&alice.token())).await;
     assert_eq!(summary["last_seq"], 21);
+}
+
+#[tokio::test]
+async fn sends_beyond_the_in_flight_limit_are_refused_until_one_is_answered() {
+    let server = TestServer::start_with(|config| config.gateway.max_sends_in_flight = 1).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let mut alices = Socket::connect(&server, &alice.token()).await;
+    alices.drain().await;
+
+    // Another writer holds the database, so the first send waits for its commit.
+    let database = server.config.data_dir.join("roost.db");
+    let mut other_writer = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .expect("a second connection to the database");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other_writer).await.expect("the write lock");
+    alices.send(send_frame(&id, "first", 1)).await;
+    alices.send(send_frame(&id, "second", 1)).await;
+    let refused = answer(&mut alices).await;
+    assert_eq!(
+        (refused["client_message_id"].as_str(), refused["error"]["code"].as_str()),
+        (Some("second"), Some("rate_limited")),
+        "{refused}"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut other_writer).await.expect("the lock given back");
+    let first = answer(&mut alices).await;
+    assert_eq!((first["type"].as_str(), first["client_message_id"].as_str()), (Some("sent"), Some("first")));
+    alices.send(send_frame(&id, "third", 1)).await;
+    let third = answer(&mut alices).await;
+    assert_eq!((third["type"].as_str(), third["seq"].as_u64()), (Some("sent"), Some(2)), "{third}");
+    let (_, sync) = server.get("/v1/sync", Some(&bob.token())).await;
+    let stored: Vec<u64> = sync["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(stored, [1, 2], "the refused send stored nothing");
 }
 
 #[tokio::test]
