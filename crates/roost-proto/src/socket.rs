@@ -20,6 +20,8 @@ pub mod close {
     pub const REVOKED: u16 = 4004;
     /// No frame or pong within the idle timeout.
     pub const IDLE: u16 = 4005;
+    /// The session the socket authenticated with ended: logged out, or expired.
+    pub const SESSION_ENDED: u16 = 4006;
     /// The client did not read fast enough; its outgoing buffer filled up.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The server is shutting down.

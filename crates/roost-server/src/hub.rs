@@ -30,6 +30,9 @@ pub enum LiveEvent {
     /// Any other server frame, encoded once (ephemeral, typing, read receipt, presence, device
     /// list changes).
     Frame(Utf8Bytes),
+    /// The session whose token has this hash was logged out: a connection authenticated with it
+    /// closes.
+    SessionEnded([u8; 32]),
 }
 
 /// A committed entry as pushed to connections.

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::http::AppState;
 use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
-use crate::services::{Caller, Services, encode_frame};
+use crate::services::{Caller, Services, encode_frame, token_hash};
 
 /// Entries or queue items fetched from the store per round trip.
 const PAGE: u32 = 200;
@@ -69,8 +69,8 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, app: AppSta
     let services = &app.services;
     let gateway = &services.ctx.config.gateway;
     let auth_timeout = Duration::from_secs(gateway.auth_timeout_secs);
-    let caller = match Box::pin(authenticate(&mut socket, services, auth_timeout)).await {
-        Ok(caller) => caller,
+    let (caller, session) = match Box::pin(authenticate(&mut socket, services, auth_timeout)).await {
+        Ok(authenticated) => authenticated,
         Err(exit) => return Box::pin(finish(&mut socket, exit)).await,
     };
     let subscription = match services.hub.subscribe(
@@ -92,6 +92,7 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, app: AppSta
         socket: &mut socket,
         app: app.clone(),
         caller,
+        session,
         send_timeout: Duration::from_secs(gateway.send_timeout_secs),
         pushed: HashMap::new(),
         held: Vec::new(),
@@ -128,8 +129,12 @@ async fn announce_presence(services: &Services, user: roost_proto::UserId, onlin
     }
 }
 
-/// Waits for the `auth` frame and checks its token.
-async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Duration) -> Result<Caller, Exit> {
+/// Waits for the `auth` frame and checks its token; returns the caller and its session's key.
+async fn authenticate(
+    socket: &mut WebSocket,
+    services: &Services,
+    limit: Duration,
+) -> Result<(Caller, [u8; 32]), Exit> {
     let refused = Exit::Close(close::UNAUTHENTICATED, "the first frame must be auth with a valid session token");
     let first = match timeout(limit, socket.next()).await {
         Err(_) => return Err(Exit::Close(close::UNAUTHENTICATED, "no auth frame in time")),
@@ -142,7 +147,8 @@ async fn authenticate(socket: &mut WebSocket, services: &Services, limit: Durati
     let Ok(ClientFrame::Auth { token }) = serde_json::from_str::<ClientFrame>(&text) else {
         return Err(refused);
     };
-    services.auth.authenticate_once(&token).await.map_err(|_| refused)
+    let caller = services.auth.authenticate_once(&token).await.map_err(|_| refused)?;
+    Ok((caller, token_hash(&token)))
 }
 
 /// Completes when entries have been held for [`HOLD`]; never while none are.
@@ -165,6 +171,8 @@ struct Connection<'s> {
     /// The services, behind the one shared pointer of the HTTP state.
     app: AppState,
     caller: Caller,
+    /// The key of the session the socket authenticated with (its token's hash).
+    session: [u8; 32],
     send_timeout: Duration,
     /// The last sequence number pushed per conversation on this connection.
     pushed: HashMap<ConversationId, u64>,
@@ -217,6 +225,8 @@ impl Connection<'_> {
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= idle_limit {
                         Err(Exit::Close(close::IDLE, "no frame or pong within the idle timeout"))
+                    } else if self.caller.expires_at <= self.app.services.ctx.clock.now_ms() {
+                        Err(Exit::Close(close::SESSION_ENDED, "the session has expired; authenticate again"))
                     } else {
                         Box::pin(self.send(Message::Ping(Default::default()))).await
                     }
@@ -309,6 +319,11 @@ impl Connection<'_> {
             },
             LiveEvent::Queued => self.catch_up_queue().await,
             LiveEvent::Frame(frame) => self.send_text(frame).await,
+            LiveEvent::SessionEnded(session) if session == self.session => {
+                Err(Exit::Close(close::SESSION_ENDED, "this session was logged out"))
+            }
+            // Another session of the same device (it logged in again since).
+            LiveEvent::SessionEnded(_) => Ok(()),
         }
     }
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Context, secs_to_ms, signatures};
 use crate::error::{Error, Result};
+use crate::hub::{Hub, LiveEvent};
 
 /// How long a challenge is accepted.
 pub const CHALLENGE_TTL_MS: i64 = 60_000;
@@ -37,11 +38,12 @@ pub struct Caller {
 #[derive(Clone)]
 pub struct Auth {
     ctx: Arc<Context>,
+    hub: Arc<Hub>,
 }
 
 impl Auth {
-    pub(crate) fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx }
+    pub(crate) fn new(ctx: Arc<Context>, hub: Arc<Hub>) -> Self {
+        Self { ctx, hub }
     }
 
     /// Issues a challenge to an active device.
@@ -144,12 +146,13 @@ impl Auth {
         Ok(WhoAmI { user_id: caller.user_id, device_id: caller.device_id, handle, expires_at: caller.expires_at })
     }
 
-    /// Ends the session of `token` (logout).
-    pub async fn close_session(&self, token: &str) -> Result<()> {
+    /// Ends the session of `token` (logout), and the caller's socket if it authenticated with it.
+    pub async fn close_session(&self, caller: &Caller, token: &str) -> Result<()> {
         let hash = token_hash(token);
         let deleted = self.ctx.store.delete_session(&hash).await;
         self.ctx.sessions.forget(&hash);
         deleted?;
+        self.hub.publish([caller.device_id], LiveEvent::SessionEnded(hash));
         Ok(())
     }
 
@@ -172,6 +175,8 @@ impl Auth {
     }
 }
 
-fn token_hash(token: &str) -> [u8; 32] {
+/// What identifies a session in the store and in [`LiveEvent::SessionEnded`]: the hash of its
+/// token (the token itself is never kept).
+pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }

@@ -12,7 +12,7 @@ mod signatures;
 use std::sync::Arc;
 
 pub use accounts::Accounts;
-pub use auth::{Auth, Caller};
+pub use auth::{Auth, Caller, token_hash};
 pub use conversations::Conversations;
 pub use delivery::Delivery;
 pub use keys::Keys;
@@ -87,7 +87,7 @@ impl Services {
         let hub = Arc::new(Hub::default());
         Self {
             accounts: Accounts::new(ctx.clone(), hub.clone()),
-            auth: Auth::new(ctx.clone()),
+            auth: Auth::new(ctx.clone(), hub.clone()),
             keys: Keys::new(ctx.clone(), hub.clone()),
             conversations: Conversations::new(ctx.clone(), hub.clone()),
             delivery: Delivery::new(ctx.clone(), hub.clone()),

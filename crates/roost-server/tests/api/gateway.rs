@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use roost_proto::{ConversationId, bytes};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -608,6 +608,44 @@ async fn sends_over_the_socket_are_answered_stored_and_pushed() {
     assert_eq!(seqs, (2..=21).collect::<Vec<_>>());
     let (_, summary) = server.get(&format!("/v1/conversations/{id}"), Some(&alice.token())).await;
     assert_eq!(summary["last_seq"], 21);
+}
+
+#[tokio::test]
+async fn logging_out_closes_the_socket_of_that_session_only() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let id = direct(&server, &alice, &[&bob]).await;
+    let first_token = alice.token();
+    server.login(&mut alice.devices[0]).await;
+    let second_token = alice.token();
+    assert_ne!(first_token, second_token, "the device holds two sessions");
+    let mut alices = Socket::connect(&server, &first_token).await;
+    alices.drain().await;
+
+    // Ending the device's other session leaves this socket working.
+    let (status, _) = server.call(Method::DELETE, "/v1/auth/session", Some(&second_token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    alices.send(send_frame(&id, "still here", 1)).await;
+    assert_eq!(answer(&mut alices).await["type"], "sent");
+
+    // Ending its own session closes it, so a logged-out token can neither send nor receive.
+    let (status, _) = server.call(Method::DELETE, "/v1/auth/session", Some(&first_token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(alices.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
+    let mut again = Socket::open(&server).await;
+    again.send(json!({"type": "auth", "token": first_token})).await;
+    assert_eq!(again.closed().await, Some(roost_proto::socket::close::UNAUTHENTICATED));
+}
+
+#[tokio::test]
+async fn a_socket_closes_once_its_session_has_expired() {
+    let server = TestServer::start_with(|config| config.gateway.heartbeat_interval_secs = 1).await;
+    let alice = server.user("alice").await;
+    let mut alices = Socket::connect(&server, &alice.token()).await;
+    alices.drain().await;
+    server.clock.advance_ms(31 * 24 * 3600 * 1000);
+    assert_eq!(alices.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
 }
 
 #[tokio::test]

@@ -55,14 +55,14 @@ pub async fn whoami(State(state): State<AppState>, Authenticated(caller): Authen
 /// Log out: revoke the bearer token.
 #[utoipa::path(delete, path = "/v1/auth/session", tag = "auth", security(("bearer" = [])),
     responses(
-        (status = 204, description = "The token no longer works"),
+        (status = 204, description = "The token no longer works; a WebSocket authenticated with it is closed (4006)"),
         (status = 401, description = "unauthenticated / session_expired", body = ErrorBody),
     ))]
 pub async fn logout(
     State(state): State<AppState>,
-    Authenticated(_caller): Authenticated,
+    Authenticated(caller): Authenticated,
     BearerToken(token): BearerToken,
 ) -> Result<StatusCode> {
-    state.services.auth.close_session(&token).await?;
+    state.services.auth.close_session(&caller, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
