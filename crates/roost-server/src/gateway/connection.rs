@@ -37,6 +37,8 @@ const HOLD: Duration = Duration::from_millis(50);
 /// 1 MiB message written whole would stay in that connection's memory for as long as it lives
 /// (measured: one 256 KiB message to 1,500 sockets left 500 MiB behind; in 4 KiB fragments, 8 MiB).
 const FRAGMENT_BYTES: usize = 4 * 1024;
+/// Why a connection whose session expired refuses sends and closes.
+const SESSION_EXPIRED: &str = "the session has expired; authenticate again";
 /// Live events written together, at most, before the connection turns to its other work.
 const BATCH: usize = 64;
 /// Frames gathered before they are written (what is left of a burst is written by the flush
@@ -225,8 +227,8 @@ impl Connection<'_> {
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= idle_limit {
                         Err(Exit::Close(close::IDLE, "no frame or pong within the idle timeout"))
-                    } else if self.caller.expires_at <= self.app.services.ctx.clock.now_ms() {
-                        Err(Exit::Close(close::SESSION_ENDED, "the session has expired; authenticate again"))
+                    } else if self.session_expired() {
+                        Err(Exit::Close(close::SESSION_ENDED, SESSION_EXPIRED))
                     } else {
                         Box::pin(self.send(Message::Ping(Default::default()))).await
                     }
@@ -455,9 +457,9 @@ impl Connection<'_> {
     /// like every other frame pushed to it (and so is bounded by its outgoing buffer).
     async fn start_send(&mut self, conversation_id: ConversationId, request: SendRequest) -> Result<(), Exit> {
         // An HTTP send presents its token each time; a socket authenticated once, so its
-        // session's end is checked here.
-        if self.caller.expires_at <= self.app.services.ctx.clock.now_ms() {
-            let expired = Error::new(ErrorCode::SessionExpired, "the session has expired; authenticate again");
+        // session's end is checked here (the heartbeat closes the socket soon after).
+        if self.session_expired() {
+            let expired = Error::new(ErrorCode::SessionExpired, SESSION_EXPIRED);
             return self.send_frame(&send_failed(conversation_id, request.client_message_id, expired)).await;
         }
         let most = self.app.services.ctx.config.gateway.max_sends_in_flight;
@@ -515,6 +517,11 @@ impl Connection<'_> {
     /// are written once [`WRITE_BUFFER_BYTES`] have gathered, and by [`Self::flush`].
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
         sent(timeout(self.send_timeout, self.socket.feed(message)).await)
+    }
+
+    /// Whether the session the socket authenticated with has expired.
+    fn session_expired(&self) -> bool {
+        self.caller.expires_at <= self.app.services.ctx.clock.now_ms()
     }
 
     /// Writes every queued frame.
