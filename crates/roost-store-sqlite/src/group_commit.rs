@@ -7,7 +7,7 @@
 //!
 //! The batch is also written set-wise, in two round trips to the connection's worker thread
 //! whatever its size: one statement list begins the transaction and reads what every message's
-//! checks need (one joined row per message), one inserts every row, moves the conversations'
+//! checks need (one JSON row for the whole batch), one inserts every row, moves the conversations'
 //! heads and commits. Round trips matter more than statements here: each is a hand-off between
 //! threads, and on a small machine those cost more than the SQL. Statements carry their values
 //! in `VALUES` lists padded to a power of two, so each comes in a few shapes, prepared once.
