@@ -88,6 +88,11 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result
 /// A client WebSocket.
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The WebSocket endpoint of the server at `base` (`http://…` becomes `ws://…/v1/ws`).
+pub fn ws_url(base: &str) -> String {
+    format!("{}/v1/ws", base.replacen("http", "ws", 1))
+}
+
 /// Opens a device's WebSocket, authenticates it and waits for the initial drain to finish
 /// (`queue_empty`): the connection is then idle.
 pub async fn open_socket(url: &str, token: &str) -> anyhow::Result<Socket> {

@@ -91,7 +91,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     // Let the server settle, then measure the baseline with no socket open.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = resident_bytes(args.server_pid)?;
-    let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
+    let ws_base = client::ws_url(&args.server);
     let opened = Instant::now();
     let bar = client::progress(args.count, "sockets open");
     let sockets: Vec<_> = stream::iter(devices.iter())

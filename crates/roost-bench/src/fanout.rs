@@ -131,7 +131,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     eprintln!("prepared {} devices in {:.1} s; connecting…", members.len(), prepared.elapsed().as_secs_f64());
 
     // Every device online and drained before the first message.
-    let ws = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
+    let ws = client::ws_url(&args.server);
     let bar = client::progress(members.len(), "devices online");
     let sockets: Vec<_> = stream::iter(members.iter())
         .map(|device| client::open_socket(&ws, &device.token))

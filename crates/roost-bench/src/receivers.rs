@@ -8,28 +8,21 @@
 //! independently of the load generator that sent them.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::client;
-use crate::throughput::prepare_pairs;
+use crate::throughput::{PairsArgs, lock, prepare_pairs, spawn_receivers};
 
 /// Arguments of the receivers mode.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Base URL of the running server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// Sender/receiver pairs (one direct conversation each).
-    #[arg(long, default_value_t = 50)]
-    pub pairs: usize,
+    #[command(flatten)]
+    pub target: PairsArgs,
     /// Where to write the senders' endpoints and tokens, one `path<TAB>token` line per pair.
     #[arg(long)]
     pub out: PathBuf,
@@ -73,30 +66,24 @@ impl crate::Summary for Report {
 
 /// Runs the mode and prints a summary and a JSON line.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let pairs = prepare_pairs(&args.server, args.pairs).await?;
+    let pairs = prepare_pairs(&args.target.server, args.target.pairs).await?;
     let started = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
     // Nanoseconds since `started` of the first and the last entry.
     let span = Arc::new(Mutex::new(None::<(u64, u64)>));
-    let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
-    let mut receivers = Vec::new();
-    for pair in &pairs {
-        let mut socket = client::open_socket(&ws_base, &pair.receiver_token).await?;
+    let receivers = {
         let (delivered, span) = (delivered.clone(), span.clone());
-        receivers.push(tokio::spawn(async move {
-            while let Some(Ok(message)) = socket.next().await {
-                let Message::Text(text) = message else { continue };
-                if !text.starts_with(r#"{"type":"entry""#) {
-                    continue;
-                }
-                let now = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                delivered.fetch_add(1, Ordering::Relaxed);
-                let mut span = span.lock().await;
-                // Tasks may take the lock out of the order they read the clock in.
-                *span = Some(span.map_or((now, now), |(first, last)| (first.min(now), last.max(now))));
+        spawn_receivers(&client::ws_url(&args.target.server), &pairs, started, move |text, now| {
+            if !text.starts_with(r#"{"type":"entry""#) {
+                return;
             }
-        }));
-    }
+            delivered.fetch_add(1, Ordering::Relaxed);
+            let mut span = lock(&span);
+            // Tasks may take the lock out of the order they read the clock in.
+            *span = Some(span.map_or((now, now), |(first, last)| (first.min(now), last.max(now))));
+        })
+        .await?
+    };
     let lines: String = pairs
         .iter()
         .map(|pair| Ok(format!("{}\t{}\n", pair.messages_path, pair.authorization.to_str()?)))
@@ -115,7 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for receiver in receivers {
         receiver.abort();
     }
-    let span_secs = span.lock().await.map_or(0.0, |(first, last)| last.saturating_sub(first) as f64 / 1e9);
+    let span_secs = lock(&span).map_or(0.0, |(first, last)| last.saturating_sub(first) as f64 / 1e9);
     crate::print(&Report { pairs: pairs.len(), delivered: delivered.load(Ordering::Relaxed), span_secs });
     Ok(())
 }

@@ -213,7 +213,8 @@ where
 }
 
 fn throughput_args(server: String, rate: u64, duration: u64) -> throughput::Args {
-    throughput::Args { server, pairs: 50, rate, duration, size: 256, max_in_flight: 512, over: Over::Http }
+    let target = throughput::PairsArgs { server, pairs: 50 };
+    throughput::Args { target, rate, duration, size: 256, max_in_flight: 512, over: Over::Http }
 }
 
 /// How many sockets the connections target opens, and the descriptor limit if it is what

@@ -5,8 +5,8 @@
 //! Each message carries its send time (nanoseconds since the run started) in its first 8 bytes,
 //! so the receiver measures latency from the pushed frame alone. Load does not need real MLS.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -14,21 +14,27 @@ use futures::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use roost_proto::{ConversationId, bytes};
 use serde_json::json;
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client;
 use crate::sender::Sender;
 
-/// Arguments of the throughput mode.
+/// The server and the sender/receiver pairs to prepare on it (the throughput and receivers modes).
 #[derive(clap::Args)]
-pub struct Args {
+pub struct PairsArgs {
     /// Base URL of the running server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// Sender/receiver pairs (one direct conversation each).
     #[arg(long, default_value_t = 50)]
     pub pairs: usize,
+}
+
+/// Arguments of the throughput mode.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: PairsArgs,
     /// Target rate over all senders, messages per second (open loop).
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
@@ -147,29 +153,25 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.size < 8 {
         bail!("--size must be at least 8 bytes");
     }
-    let pairs = prepare_pairs(&args.server, args.pairs).await?;
+    let server = &args.target.server;
+    let pairs = prepare_pairs(server, args.target.pairs).await?;
 
     let started = Instant::now();
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?));
     let delivered = Arc::new(AtomicU64::new(0));
-    let ws_base = format!("{}/v1/ws", args.server.replacen("http", "ws", 1));
-    let mut receivers = Vec::new();
-    for pair in &pairs {
-        let mut socket = client::open_socket(&ws_base, &pair.receiver_token).await?;
+    let ws_base = client::ws_url(server);
+    let receivers = {
         let (histogram, delivered) = (histogram.clone(), delivered.clone());
-        receivers.push(tokio::spawn(async move {
-            while let Some(Ok(message)) = socket.next().await {
-                let Message::Text(text) = message else { continue };
-                let Some(sent_ns) = sent_at(&text) else { continue };
-                let now_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                delivered.fetch_add(1, Ordering::Relaxed);
-                let _ = histogram.lock().await.record(now_ns.saturating_sub(sent_ns).max(1_000));
-            }
-        }));
-    }
+        spawn_receivers(&ws_base, &pairs, started, move |text, now_ns| {
+            let Some(sent_ns) = sent_at(text) else { return };
+            delivered.fetch_add(1, Ordering::Relaxed);
+            let _ = lock(&histogram).record(now_ns.saturating_sub(sent_ns).max(1_000));
+        })
+        .await?
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let sender = Arc::new(Sender::new(&args.server)?);
+    let sender = Arc::new(Sender::new(server)?);
     let accepted = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
@@ -238,13 +240,13 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         receiver.abort();
     }
 
-    let histogram = histogram.lock().await;
+    let histogram = lock(&histogram);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e6;
     Ok(Report {
         target_rate: args.rate,
         duration: args.duration,
         load_secs,
-        pairs: args.pairs,
+        pairs: args.target.pairs,
         over: args.over,
         size: args.size,
         accepted_per_s: accepted.load(Ordering::Relaxed) as f64 / load_secs,
@@ -305,6 +307,34 @@ async fn open_senders(
 }
 
 /// Registers `count` sender/receiver pairs, each with a direct conversation.
+/// Connects every pair's receiver and hands each text frame it gets to `on_text`, with the
+/// nanoseconds since `started` at which it arrived. Returns the receivers' tasks.
+pub(crate) async fn spawn_receivers(
+    ws_base: &str,
+    pairs: &[Pair],
+    started: Instant,
+    on_text: impl Fn(&str, u64) + Clone + Send + 'static,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut receivers = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let mut socket = client::open_socket(ws_base, &pair.receiver_token).await?;
+        let on_text = on_text.clone();
+        receivers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Text(text) = message {
+                    on_text(&text, u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                }
+            }
+        }));
+    }
+    Ok(receivers)
+}
+
+/// Locks a mutex held only for a moment, never across an await.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub(crate) async fn prepare_pairs(server: &str, count: usize) -> anyhow::Result<Vec<Pair>> {
     let http = reqwest::Client::new();
     eprintln!("preparing {count} pairs…");
