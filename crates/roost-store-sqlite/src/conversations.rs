@@ -1,20 +1,20 @@
 //! `ConversationStore` for SQLite.
 
 use async_trait::async_trait;
-use roost_proto::conversation::{ConversationKind, EntryKind, QueueKind, RetentionPolicy};
+use roost_proto::conversation::{EntryKind, QueueKind, RetentionPolicy};
 use roost_proto::{ConversationId, DeviceId, UserId};
 use roost_store::{
     Appended, CommitOutcome, CommitWrite, ConversationRecord, ConversationStore, ConversationView, EntryRecord,
     MemberDevice, MemberRef, MemberUser, MessageWrite, NewConversation, QueueRecord, QueueWrite, StoreError,
     StoreResult, SyncCursor, SyncPage, timed,
 };
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use crate::SqliteStore;
-use crate::store::{corrupt, device_id_at, user_id_at};
-
-const ENTRY_COLUMNS: &str = "conversation_id, seq, kind, sender_user, sender_device, epoch, payload, created_at";
+use crate::codec::{
+    ENTRY_COLUMNS, conversation_id_at, conversation_row, device_id_at, encode_retention, entry_row, member_device_row,
+    prefixed_entry_columns, queue_row, to_i64, to_u64, user_id_at,
+};
 
 #[async_trait]
 impl ConversationStore for SqliteStore {
@@ -805,98 +805,4 @@ async fn burn_acknowledged(conn: &mut SqliteConnection, id: &ConversationId, las
         .execute(conn)
         .await?;
     Ok(())
-}
-
-fn prefixed_entry_columns(alias: &str) -> String {
-    ENTRY_COLUMNS.split(", ").map(|column| format!("{alias}.{column}")).collect::<Vec<_>>().join(", ")
-}
-
-fn conversation_row(row: &SqliteRow) -> StoreResult<ConversationRecord> {
-    let kind: String = row.try_get("kind")?;
-    let retention: String = row.try_get("retention")?;
-    let ttl_ms: Option<i64> = row.try_get("retention_ttl_ms")?;
-    Ok(ConversationRecord {
-        id: conversation_id_at(row, "id")?,
-        kind: kind.parse::<ConversationKind>().map_err(|_| corrupt("conversations.kind"))?,
-        epoch: to_u64(row.try_get("epoch")?),
-        group_info: row.try_get("group_info")?,
-        last_seq: to_u64(row.try_get("last_seq")?),
-        retention: decode_retention(&retention, ttl_ms)?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn member_device_row(row: &SqliteRow) -> StoreResult<MemberDevice> {
-    Ok(MemberDevice {
-        member: MemberRef { user_id: user_id_at(row, "user_id")?, device_id: device_id_at(row, "device_id")? },
-        joined_seq: to_u64(row.try_get("joined_seq")?),
-        acked_seq: to_u64(row.try_get("acked_seq")?),
-        removed_seq: row.try_get::<Option<i64>, _>("removed_seq")?.map(to_u64),
-    })
-}
-
-fn entry_row(row: &SqliteRow) -> StoreResult<EntryRecord> {
-    let kind: String = row.try_get("kind")?;
-    Ok(EntryRecord {
-        conversation_id: conversation_id_at(row, "conversation_id")?,
-        seq: to_u64(row.try_get("seq")?),
-        kind: kind.parse().map_err(|_| corrupt("entries.kind"))?,
-        sender: MemberRef { user_id: user_id_at(row, "sender_user")?, device_id: device_id_at(row, "sender_device")? },
-        epoch: to_u64(row.try_get("epoch")?),
-        payload: row.try_get("payload")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn queue_row(row: &SqliteRow) -> StoreResult<QueueRecord> {
-    let kind: String = row.try_get("kind")?;
-    let conversation: Option<Vec<u8>> = row.try_get("conversation_id")?;
-    let sender: Option<Vec<u8>> = row.try_get("sender_device")?;
-    let inline: Option<Vec<u8>> = row.try_get("payload")?;
-    let blob: Option<Vec<u8>> = row.try_get("blob")?;
-    Ok(QueueRecord {
-        id: to_u64(row.try_get("id")?),
-        kind: kind.parse().map_err(|_| corrupt("device_queue.kind"))?,
-        conversation_id: conversation
-            .map(|raw| ConversationId::from_slice(&raw).map_err(|_| corrupt("device_queue.conversation_id")))
-            .transpose()?,
-        seq: row.try_get::<Option<i64>, _>("seq")?.map(to_u64),
-        sender_device: sender
-            .map(|raw| DeviceId::from_slice(&raw).map_err(|_| corrupt("device_queue.sender_device")))
-            .transpose()?,
-        payload: blob.or(inline).unwrap_or_default(),
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn conversation_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<ConversationId> {
-    let raw: Vec<u8> = row.try_get(column)?;
-    ConversationId::from_slice(&raw).map_err(|_| corrupt(column))
-}
-
-fn encode_retention(retention: RetentionPolicy) -> (&'static str, Option<i64>) {
-    match retention {
-        RetentionPolicy::BurnOnRead => ("burn_on_read", None),
-        RetentionPolicy::Ttl { ttl_secs } => ("ttl", Some(to_i64(ttl_secs.saturating_mul(1000)))),
-        RetentionPolicy::Permanent => ("permanent", None),
-    }
-}
-
-fn decode_retention(kind: &str, ttl_ms: Option<i64>) -> StoreResult<RetentionPolicy> {
-    match (kind, ttl_ms) {
-        ("burn_on_read", _) => Ok(RetentionPolicy::BurnOnRead),
-        ("ttl", Some(ms)) => Ok(RetentionPolicy::Ttl { ttl_secs: to_u64(ms) / 1000 }),
-        ("permanent", _) => Ok(RetentionPolicy::Permanent),
-        _ => Err(corrupt("conversations.retention")),
-    }
-}
-
-/// Sequence numbers and epochs are u64 on the wire and i64 in SQL; real values stay far below
-/// 2^63, and anything beyond saturates rather than wraps.
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }

@@ -1,9 +1,9 @@
-//! Group commit for messages: concurrent sends share one transaction and one fsync.
+//! Group commit for messages on SQLite: concurrent sends share one transaction and one fsync.
 //!
 //! Each send still gets its reply only after the transaction holding it has committed (and, with
 //! `synchronous = FULL`, been fsynced), so "acknowledged = durable" holds. Under load, many
-//! sends wait for the writer at once; the appender takes all of them (up to a cap) into one
-//! transaction instead of paying one fsync each.
+//! sends wait for the writer at once; the appender (`roost_store::batch`) takes all of them (up
+//! to a cap) into one transaction instead of paying one fsync each.
 //!
 //! The batch is also written set-wise, in two round trips to the connection's worker thread
 //! whatever its size: one statement list begins the transaction and reads what every message's
@@ -12,86 +12,18 @@
 //! threads, and on a small machine those cost more than the SQL. Statements carry their values
 //! in `VALUES` lists padded to a power of two, so each comes in a few shapes, prepared once.
 
-use std::collections::HashMap;
-
+use roost_proto::ConversationId;
 use roost_proto::conversation::EntryKind;
-use roost_proto::{ConversationId, DeviceId};
+use roost_store::batch::{self, Appender, Checked, Head};
 use roost_store::{Appended, MessageWrite, StoreError, StoreResult};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
 
-use crate::conversations::{to_i64, to_u64};
+use crate::codec::{to_i64, to_u64};
 
-/// Most messages in one transaction.
-const MAX_BATCH: usize = 512;
-/// Sends waiting for the appender before new ones wait for room.
-const QUEUE: usize = 4096;
-
-struct Job {
-    message: MessageWrite,
-    reply: oneshot::Sender<StoreResult<Appended>>,
-}
-
-/// Handle to the appender task.
-#[derive(Clone)]
-pub(crate) struct Appender {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl Appender {
-    /// Starts the appender on the writer pool. It stops when every handle is dropped.
-    ///
-    /// It runs on a thread of its own (a single-threaded runtime): between the statements of a
-    /// batch it waits for the connection's worker, and on the server's shared runtime each of
-    /// those waits would end behind every queued request task, stretching every commit under
-    /// load.
-    pub(crate) fn start(writer: SqlitePool) -> StoreResult<Self> {
-        let (jobs, receiver) = mpsc::channel(QUEUE);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|err| StoreError::Backend(format!("starting the message appender: {err}")))?;
-        std::thread::Builder::new()
-            .name("roost-appender".into())
-            .spawn(move || runtime.block_on(run(writer, receiver)))
-            .map_err(|err| StoreError::Backend(format!("starting the message appender: {err}")))?;
-        Ok(Self { jobs })
-    }
-
-    /// Appends a message; returns once it is committed.
-    pub(crate) async fn append(&self, message: MessageWrite) -> StoreResult<Appended> {
-        let (reply, result) = oneshot::channel();
-        let stopped = || StoreError::Backend("the message appender stopped".into());
-        self.jobs.send(Job { message, reply }).await.map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
-    }
-}
-
-async fn run(writer: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        metrics::histogram!("roost_store_group_commit_size").record(batch.len() as f64);
-        match commit_batch(&writer, &batch).await {
-            Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(err) => {
-                let message = err.to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Backend(message.clone())));
-                }
-            }
-        }
-    }
+/// Starts the appender on the writer pool.
+pub(crate) fn start(writer: SqlitePool) -> StoreResult<Appender> {
+    Appender::start("roost-appender", async move |messages: &[&MessageWrite]| commit_batch(&writer, messages).await)
 }
 
 /// Appends every message of the batch in one transaction. A message refused on its own merits
@@ -100,10 +32,9 @@ async fn run(writer: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
 ///
 /// The transaction takes two round trips to the connection's worker thread: one statement list
 /// opens it and reads everything the checks need, one writes every row and commits.
-async fn commit_batch(writer: &SqlitePool, batch: &[Job]) -> StoreResult<Vec<StoreResult<Appended>>> {
+async fn commit_batch(writer: &SqlitePool, messages: &[&MessageWrite]) -> StoreResult<Vec<StoreResult<Appended>>> {
     let mut conn = writer.acquire().await?;
-    let messages: Vec<&MessageWrite> = batch.iter().map(|job| &job.message).collect();
-    let outcome = append_batch(&mut conn, &messages).await;
+    let outcome = append_batch(&mut conn, messages).await;
     if outcome.is_err() {
         // The transaction may still be open. If there is none, this fails harmlessly.
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -111,33 +42,8 @@ async fn commit_batch(writer: &SqlitePool, batch: &[Job]) -> StoreResult<Vec<Sto
     outcome
 }
 
-/// Where a conversation's log stands.
-#[derive(Clone, Copy)]
-struct Head {
-    epoch: u64,
-    last_seq: u64,
-    /// Whether this batch appended to it.
-    moved: bool,
-}
-
-/// What the checks of one message found in the store.
-struct Found {
-    head: Option<Head>,
-    active_sender: bool,
-    earlier: Option<(u64, i64)>,
-}
-
-/// A sender's id for one message: (conversation, sending device, client message id).
-type MessageKey = (ConversationId, DeviceId, String);
-
-fn key_of(message: &MessageWrite) -> MessageKey {
-    (message.conversation_id, message.sender.device_id, message.client_message_id.clone())
-}
-
-/// Appends the messages in order, checking each as a lone send would be checked: the
-/// conversation exists, the sender is a current member, a retried id returns its original result
-/// (even if the epoch has moved on since), and the epoch is the current one. Begins the
-/// transaction and, unless it fails, commits it.
+/// Checks and appends the messages in order ([`batch::plan`]). Begins the transaction and,
+/// unless it fails, commits it.
 pub(crate) async fn append_batch(
     conn: &mut SqliteConnection,
     messages: &[&MessageWrite],
@@ -145,50 +51,16 @@ pub(crate) async fn append_batch(
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let found = begin_and_check(conn, messages).await?;
-    let mut heads: HashMap<ConversationId, Head> = HashMap::new();
-    for (message, found) in messages.iter().zip(&found) {
-        if let Some(head) = found.head {
-            heads.entry(message.conversation_id).or_insert(head);
-        }
-    }
-    let mut earlier: HashMap<MessageKey, (u64, i64)> = HashMap::new();
-    let mut results = Vec::with_capacity(messages.len());
-    let mut written: Vec<(&MessageWrite, u64)> = Vec::with_capacity(messages.len());
-    for (message, found) in messages.iter().zip(found) {
-        let Some(head) = heads.get_mut(&message.conversation_id) else {
-            results.push(Err(StoreError::NotFound));
-            continue;
-        };
-        if !found.active_sender {
-            results.push(Err(StoreError::NotAMember));
-            continue;
-        }
-        let key = key_of(message);
-        if let Some((seq, created_at)) = found.earlier.or_else(|| earlier.get(&key).copied()) {
-            results.push(Ok(Appended { seq, created_at, duplicate: true }));
-            continue;
-        }
-        if head.epoch != message.epoch {
-            results.push(Err(StoreError::StaleEpoch { current: head.epoch }));
-            continue;
-        }
-        head.last_seq += 1;
-        head.moved = true;
-        earlier.insert(key, (head.last_seq, message.now));
-        written.push((message, head.last_seq));
-        results.push(Ok(Appended { seq: head.last_seq, created_at: message.now, duplicate: false }));
-    }
-    let moved: Vec<(ConversationId, u64)> =
-        heads.into_iter().filter(|(_, head)| head.moved).map(|(id, head)| (id, head.last_seq)).collect();
-    write_and_commit(conn, &written, &moved).await?;
-    Ok(results)
+    let checks = begin_and_check(conn, messages).await?;
+    let plan = batch::plan(messages, &checks);
+    write_and_commit(conn, &plan.written, &plan.moved).await?;
+    Ok(plan.results)
 }
 
 /// One message's checks as the statement returns them: its index in the batch, its
 /// conversation's epoch and last sequence number, whether its sender is a current member (1 or
 /// 0), and the sequence number and time of an earlier message with its id.
-type Checked = (i64, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
+type CheckRow = (i64, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
 
 /// Opens the write transaction and reads, for every message, its conversation's head, whether
 /// its sender is a current member and the result of an earlier message with the same id.
@@ -196,7 +68,7 @@ type Checked = (i64, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
 /// The checks come back as one row holding a JSON array rather than a row per message: the
 /// connection's worker thread hands each row over separately, and on a small machine every
 /// hand-off can cost a thread switch (measured: about one per message of the batch).
-async fn begin_and_check(conn: &mut SqliteConnection, messages: &[&MessageWrite]) -> StoreResult<Vec<Found>> {
+async fn begin_and_check(conn: &mut SqliteConnection, messages: &[&MessageWrite]) -> StoreResult<Vec<Checked>> {
     let rows = padded(messages.len());
     let sql = format!(
         "BEGIN IMMEDIATE; \
@@ -219,15 +91,14 @@ async fn begin_and_check(conn: &mut SqliteConnection, messages: &[&MessageWrite]
         bind(&mut args, message.client_message_id.as_str())?;
     }
     let row = sqlx::query_with(AssertSqlSafe(sql), args).fetch_one(&mut *conn).await?;
-    let checks: Vec<Checked> = serde_json::from_str(row.try_get::<&str, _>(0)?)
+    let rows: Vec<CheckRow> = serde_json::from_str(row.try_get::<&str, _>(0)?)
         .map_err(|err| StoreError::Backend(format!("unreadable checks of a batch: {err}")))?;
-    let mut found: Vec<Option<Found>> = (0..messages.len()).map(|_| None).collect();
-    for (idx, epoch, last_seq, active_sender, earlier_seq, earlier_at) in checks {
+    let mut found: Vec<Option<Checked>> = vec![None; messages.len()];
+    for (idx, epoch, last_seq, active_sender, earlier_seq, earlier_at) in rows {
         let Some(slot) = usize::try_from(idx).ok().and_then(|i| found.get_mut(i)) else { continue };
-        let head =
-            epoch.map(|epoch| Head { epoch: to_u64(epoch), last_seq: to_u64(last_seq.unwrap_or(0)), moved: false });
+        let head = epoch.map(|epoch| Head { epoch: to_u64(epoch), last_seq: to_u64(last_seq.unwrap_or(0)) });
         let earlier = earlier_seq.zip(earlier_at).map(|(seq, at)| (to_u64(seq), at));
-        *slot = Some(Found { head, active_sender: active_sender != 0, earlier });
+        *slot = Some(Checked { head, active_sender: active_sender != 0, earlier });
     }
     found
         .into_iter()

@@ -15,17 +15,19 @@
 //! still runs every 1,000 log pages has little left to do inside a commit.
 #![deny(missing_docs)]
 
+mod accounts;
 mod checkpoint;
+mod codec;
 mod conversations;
 mod group_commit;
-mod store;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roost_store::{StoreError, StoreResult};
+use async_trait::async_trait;
+use roost_store::{Store, StoreError, StoreResult, timed};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 /// The SQLite store.
@@ -33,7 +35,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    appender: group_commit::Appender,
+    appender: roost_store::batch::Appender,
     /// Held by every clone; background tasks stop once it is gone.
     _alive: Arc<()>,
 }
@@ -104,7 +106,7 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.clone().read_only(true).pragma("cache_size", READER_CACHE_SIZE))
             .await?;
-        let appender = group_commit::Appender::start(writer.clone())?;
+        let appender = group_commit::start(writer.clone())?;
         let alive = Arc::new(());
         checkpoint::start(&options, Arc::downgrade(&alive)).await?;
         Ok(Self { writer, reader, appender, _alive: alive })
@@ -114,5 +116,16 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        timed("ping", async {
+            sqlx::query("SELECT 1").execute(&self.reader).await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -3,7 +3,7 @@
 /// Why a store operation failed. Domain outcomes (a taken handle, a full device list) are
 /// variants of their own so services can answer precisely; everything else is
 /// [`StoreError::Backend`].
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The named record does not exist.

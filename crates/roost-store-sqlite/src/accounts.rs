@@ -1,27 +1,18 @@
-//! `Store` for SQLite. SQL uses `$n` placeholders and portable syntax so the PostgreSQL backend
-//! can share the same statements wherever the dialects agree.
+//! `AccountStore` for SQLite.
 
 use async_trait::async_trait;
 use roost_proto::{DeviceId, Handle, UserId};
 use roost_store::{
-    ChallengeRecord, ClaimedPackage, DeviceRecord, KeyPackageStock, LinkRecord, NewDevice, NewLinkRequest,
-    SessionRecord, Store, StoreError, StoreResult, timed,
+    AccountStore, ChallengeRecord, ClaimedPackage, DeviceRecord, KeyPackageStock, LinkRecord, NewDevice,
+    NewLinkRequest, SessionRecord, StoreError, StoreResult, timed,
 };
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use crate::SqliteStore;
+use crate::codec::{corrupt, device_id_at, device_record, link_record, user_id_at};
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> StoreResult<()> {
-        timed("ping", async {
-            sqlx::query("SELECT 1").execute(&self.reader).await?;
-            Ok(())
-        })
-        .await
-    }
-
+impl AccountStore for SqliteStore {
     async fn register_user(&self, device: NewDevice, invite_hash: Option<[u8; 32]>) -> StoreResult<()> {
         timed("register_user", async {
             let mut tx = self.writer.begin().await?;
@@ -534,46 +525,4 @@ async fn stock_in(conn: &mut SqliteConnection, device: &DeviceId) -> StoreResult
     let one_time: i64 = row.try_get("one_time")?;
     let last_resort: i64 = row.try_get("last_resort")?;
     Ok(KeyPackageStock { one_time: u32::try_from(one_time).unwrap_or(u32::MAX), last_resort: last_resort > 0 })
-}
-
-fn device_record(row: &SqliteRow) -> StoreResult<DeviceRecord> {
-    Ok(DeviceRecord {
-        id: device_id_at(row, "id")?,
-        user_id: user_id_at(row, "user_id")?,
-        certificate: row.try_get("certificate")?,
-        name: row.try_get("name")?,
-        created_at: row.try_get("created_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
-}
-
-fn link_record(row: &SqliteRow) -> StoreResult<LinkRecord> {
-    let approver: Option<Vec<u8>> = row.try_get("user_id")?;
-    let certificate: Option<Vec<u8>> = row.try_get("certificate")?;
-    let approved = match (approver, certificate) {
-        (Some(user), Some(certificate)) => {
-            Some((UserId::from_slice(&user).map_err(|_| corrupt("link_requests.user_id"))?, certificate))
-        }
-        _ => None,
-    };
-    Ok(LinkRecord {
-        code: row.try_get("code")?,
-        device_id: device_id_at(row, "device_id")?,
-        expires_at: row.try_get("expires_at")?,
-        approved,
-    })
-}
-
-pub(crate) fn user_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<UserId> {
-    let raw: Vec<u8> = row.try_get(column)?;
-    UserId::from_slice(&raw).map_err(|_| corrupt(column))
-}
-
-pub(crate) fn device_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<DeviceId> {
-    let raw: Vec<u8> = row.try_get(column)?;
-    DeviceId::from_slice(&raw).map_err(|_| corrupt(column))
-}
-
-pub(crate) fn corrupt(column: &str) -> StoreError {
-    StoreError::Backend(format!("stored value in {column} is not well formed"))
 }
