@@ -1,11 +1,11 @@
 //! How records map to SQLite rows and values, in one place: every row decoder and value
 //! encoding of the backend.
 
-use roost_proto::conversation::{ConversationKind, RetentionPolicy};
+use roost_proto::conversation::ConversationKind;
 use roost_proto::{ConversationId, DeviceId, UserId};
+pub(crate) use roost_store::sql::{corrupt, decode_retention, encode_retention, to_i64, to_u64};
 use roost_store::{
-    ConversationRecord, DeviceRecord, EntryRecord, LinkRecord, MemberDevice, MemberRef, QueueRecord, StoreError,
-    StoreResult,
+    ConversationRecord, DeviceRecord, EntryRecord, LinkRecord, MemberDevice, MemberRef, QueueRecord, StoreResult,
 };
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -50,10 +50,6 @@ pub(crate) fn user_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<U
 pub(crate) fn device_id_at(row: &SqliteRow, column: &'static str) -> StoreResult<DeviceId> {
     let raw: Vec<u8> = row.try_get(column)?;
     DeviceId::from_slice(&raw).map_err(|_| corrupt(column))
-}
-
-pub(crate) fn corrupt(column: &str) -> StoreError {
-    StoreError::Backend(format!("stored value in {column} is not well formed"))
 }
 
 pub(crate) fn conversation_row(row: &SqliteRow) -> StoreResult<ConversationRecord> {
@@ -121,31 +117,4 @@ pub(crate) fn conversation_id_at(row: &SqliteRow, column: &'static str) -> Store
 
 pub(crate) fn prefixed_entry_columns(alias: &str) -> String {
     ENTRY_COLUMNS.split(", ").map(|column| format!("{alias}.{column}")).collect::<Vec<_>>().join(", ")
-}
-
-pub(crate) fn encode_retention(retention: RetentionPolicy) -> (&'static str, Option<i64>) {
-    match retention {
-        RetentionPolicy::BurnOnRead => ("burn_on_read", None),
-        RetentionPolicy::Ttl { ttl_secs } => ("ttl", Some(to_i64(ttl_secs.saturating_mul(1000)))),
-        RetentionPolicy::Permanent => ("permanent", None),
-    }
-}
-
-pub(crate) fn decode_retention(kind: &str, ttl_ms: Option<i64>) -> StoreResult<RetentionPolicy> {
-    match (kind, ttl_ms) {
-        ("burn_on_read", _) => Ok(RetentionPolicy::BurnOnRead),
-        ("ttl", Some(ms)) => Ok(RetentionPolicy::Ttl { ttl_secs: to_u64(ms) / 1000 }),
-        ("permanent", _) => Ok(RetentionPolicy::Permanent),
-        _ => Err(corrupt("conversations.retention")),
-    }
-}
-
-/// Sequence numbers and epochs are u64 on the wire and i64 in SQL; real values stay far below
-/// 2^63, and anything beyond saturates rather than wraps.
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }

@@ -190,7 +190,8 @@ pub struct QueueWrite {
 /// A stored queue entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueRecord {
-    /// Its id, increasing.
+    /// Its id: a device's entries have increasing ids, in the order they become visible (ids of
+    /// different devices' entries may repeat).
     pub id: u64,
     /// What it is.
     pub kind: QueueKind,

@@ -16,6 +16,7 @@ pub mod conformance;
 mod conversations;
 mod error;
 mod models;
+pub mod sql;
 mod timing;
 
 pub use accounts::AccountStore;

@@ -1,0 +1,194 @@
+//! A fresh database for one test: a SQLite file in a temporary directory, or a PostgreSQL schema
+//! of its own on the server `ROOST_TEST_DATABASE_URL` names.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::{Connection, PgConnection, Row};
+
+/// The environment variable naming the PostgreSQL server tests may use.
+pub const DATABASE_URL_VAR: &str = "ROOST_TEST_DATABASE_URL";
+
+/// A storage backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite file (always available).
+    Sqlite,
+    /// PostgreSQL, when `ROOST_TEST_DATABASE_URL` is set.
+    Postgres,
+}
+
+/// A database no other test uses, removed when dropped: a temporary directory (the server's
+/// data directory, holding the SQLite file) and, on PostgreSQL, a schema of its own.
+pub struct TestDatabase {
+    backend: Backend,
+    dir: tempfile::TempDir,
+    postgres: Option<Schema>,
+}
+
+struct Schema {
+    /// The server's URL as the test environment gave it.
+    admin_url: String,
+    /// The schema's name.
+    name: String,
+}
+
+impl TestDatabase {
+    /// A fresh database on `backend`, or `None` (after printing why) when the backend is not
+    /// available on this machine.
+    pub async fn create(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Schema::create(&postgres_url()?).await),
+        };
+        Some(Self { backend, dir, postgres })
+    }
+
+    /// The backend it is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The data directory for a server on this database (the SQLite file lives here).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The URL a store or server opens: a `postgres://` URL whose connections use the test's
+    /// schema, or the `sqlite://` URL of the file in the data directory.
+    pub fn url(&self) -> String {
+        match &self.postgres {
+            Some(schema) => schema.url(),
+            None => format!("sqlite://{}", self.sqlite_path().display()),
+        }
+    }
+
+    /// The schema's name on PostgreSQL.
+    pub fn schema(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|schema| schema.name.as_str())
+    }
+
+    /// The SQLite file a server on this database uses by default.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.dir.path().join("roost.db")
+    }
+
+    /// Whether `needle` occurs anywhere the server keeps data: in any file under the data
+    /// directory and, on PostgreSQL, in any row of the schema (text columns as they are, byte
+    /// columns in their hexadecimal form).
+    pub async fn contains(&self, needle: &str) -> bool {
+        if file_contains(self.dir.path(), needle.as_bytes()) {
+            return true;
+        }
+        let Some(schema) = &self.postgres else { return false };
+        let mut conn = schema.connect_admin().await;
+        let tables: Vec<String> =
+            sqlx::query("SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = $1")
+                .bind(&schema.name)
+                .fetch_all(&mut conn)
+                .await
+                .expect("list tables")
+                .iter()
+                .map(|row| row.get("name"))
+                .collect();
+        let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+        for table in tables {
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM \"{schema}\".\"{table}\" t WHERE strpos(t::text, $1) > 0 \
+                 OR strpos(t::text, $2) > 0)",
+                schema = schema.name
+            );
+            let found: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(needle)
+                .bind(&hex)
+                .fetch_one(&mut conn)
+                .await
+                .expect("search a table");
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The PostgreSQL server for tests, or `None` after a notice that PostgreSQL tests are skipped.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var(DATABASE_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            static NOTICE: Once = Once::new();
+            NOTICE.call_once(|| {
+                // Written to the process's stderr directly, past the test harness's capture, so
+                // a skip is seen.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "notice: {DATABASE_URL_VAR} is not set; PostgreSQL tests are skipped \
+                     (set it to a postgres:// URL to run them, as .ci/run does)"
+                );
+            });
+            None
+        }
+    }
+}
+
+impl Schema {
+    async fn create(admin_url: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "roost_test_{}_{}_{:08x}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let schema = Self { admin_url: admin_url.to_owned(), name };
+        let mut conn = schema.connect_admin().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{}\"", schema.name)))
+            .execute(&mut conn)
+            .await
+            .expect("create the test's schema");
+        schema
+    }
+
+    fn url(&self) -> String {
+        let separator = if self.admin_url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}options[search_path]={}&application_name={}", self.admin_url, self.name, self.name)
+    }
+
+    async fn connect_admin(&self) -> PgConnection {
+        PgConnection::connect(&self.admin_url).await.expect("connect to the test PostgreSQL server")
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        // Drop cannot wait on the test's runtime, so the schema goes on a thread of its own.
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect(&url).await.ok()?;
+                let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.ok()
+            })
+        });
+        if dropped.join().ok().flatten().is_none() {
+            let _ = writeln!(std::io::stderr(), "warning: could not drop the test schema {}", self.name);
+        }
+    }
+}
+
+fn file_contains(dir: &Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            file_contains(&path, needle)
+        } else {
+            std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|window| window == needle)
+        }
+    })
+}

@@ -1,0 +1,13 @@
+//! The test harness of Roost, shared by every crate's black-box tests: a fresh database for each
+//! test on either backend, and (in [`server`]) a real `roostd` on `127.0.0.1:0` over it.
+//!
+//! PostgreSQL tests use the server named by `ROOST_TEST_DATABASE_URL` (CI sets it); each test
+//! gets a schema of its own, dropped when the test ends. Where the variable is unset, those
+//! tests print a notice and return without running.
+//!
+//! Test code: failing loudly is the point, so this crate panics instead of returning errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod database;
+
+pub use database::{Backend, TestDatabase};
