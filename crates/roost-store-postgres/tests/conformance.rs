@@ -16,3 +16,12 @@ async fn fresh_store() -> Option<(PostgresStore, TestDatabase)> {
 }
 
 roost_store::conformance_tests!(fresh_store());
+
+/// Two handles on one fresh schema, as two `roostd` processes would hold.
+async fn two_handles() -> Option<(PostgresStore, PostgresStore, TestDatabase)> {
+    let (a, database) = fresh_store().await?;
+    let b = PostgresStore::connect(&database.url(), &settings()).await.expect("connect a second handle");
+    Some((a, b, database))
+}
+
+roost_store::shared_conformance_tests!(two_handles());

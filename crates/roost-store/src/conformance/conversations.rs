@@ -11,16 +11,16 @@ use crate::{
     CommitWrite, MemberRef, MessageWrite, NewConversation, QueueWrite, Store, StoreError, SyncCursor, SyncPage,
 };
 
-fn member(user_n: u8, device_n: u8) -> MemberRef {
+pub(crate) fn member(user_n: u8, device_n: u8) -> MemberRef {
     MemberRef { user_id: user(user_n), device_id: device(device_n) }
 }
 
-fn conversation(n: u8) -> ConversationId {
+pub(crate) fn conversation(n: u8) -> ConversationId {
     ConversationId::from_bytes([n; 16])
 }
 
 /// Users 1 (devices 10, 11), 2 (devices 20, 21) and 3 (device 30) are registered.
-async fn people<S: Store>(store: &S) {
+pub(crate) async fn people<S: Store>(store: &S) {
     store.register_user(new_device(1, 10), None).await.unwrap();
     store.add_device(new_device(1, 11), 10).await.unwrap();
     store.register_user(new_device(2, 20), None).await.unwrap();
@@ -29,7 +29,13 @@ async fn people<S: Store>(store: &S) {
 }
 
 /// Creates conversation `n` by device 10 with the given other devices, at epoch 1.
-async fn create<S: Store>(store: &S, n: u8, kind: ConversationKind, members: &[(u8, u8)], retention: RetentionPolicy) {
+pub(crate) async fn create<S: Store>(
+    store: &S,
+    n: u8,
+    kind: ConversationKind,
+    members: &[(u8, u8)],
+    retention: RetentionPolicy,
+) {
     store
         .create_conversation(NewConversation {
             id: conversation(n),
@@ -46,7 +52,7 @@ async fn create<S: Store>(store: &S, n: u8, kind: ConversationKind, members: &[(
         .unwrap();
 }
 
-fn message(n: u8, sender: MemberRef, id: &str, epoch: u64, now: i64) -> MessageWrite {
+pub(crate) fn message(n: u8, sender: MemberRef, id: &str, epoch: u64, now: i64) -> MessageWrite {
     MessageWrite {
         conversation_id: conversation(n),
         sender,
@@ -57,7 +63,7 @@ fn message(n: u8, sender: MemberRef, id: &str, epoch: u64, now: i64) -> MessageW
     }
 }
 
-fn commit(n: u8, sender: MemberRef, epoch: u64) -> CommitWrite {
+pub(crate) fn commit(n: u8, sender: MemberRef, epoch: u64) -> CommitWrite {
     CommitWrite {
         conversation_id: conversation(n),
         epoch,
@@ -73,11 +79,11 @@ fn commit(n: u8, sender: MemberRef, epoch: u64) -> CommitWrite {
     }
 }
 
-async fn everything<S: Store>(store: &S, device_n: u8) -> SyncPage {
+pub(crate) async fn everything<S: Store>(store: &S, device_n: u8) -> SyncPage {
     store.sync(&device(device_n), SyncCursor::default(), 1000).await.unwrap()
 }
 
-fn seqs(page: &SyncPage) -> Vec<u64> {
+pub(crate) fn seqs(page: &SyncPage) -> Vec<u64> {
     page.entries.iter().map(|e| e.seq).collect()
 }
 

@@ -17,7 +17,9 @@ use roost_proto::{DeviceId, Handle, UserId};
 use crate::{NewDevice, NewLinkRequest, SessionRecord, Store, StoreError};
 
 mod conversations;
+mod shared;
 pub use conversations::*;
+pub use shared::*;
 
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 #[macro_export]
