@@ -233,11 +233,12 @@ impl Conversations {
             payload: request.ciphertext.into_vec(),
             now,
         };
-        // The pushed frame needs the ciphertext the store consumes; copy it only when some device
-        // is connected to receive it.
-        let payload = (!self.hub.is_idle()).then(|| write.payload.clone());
+        // The pushed frame needs the ciphertext the store consumes. It is kept whether or not a
+        // device is connected now: one that connects while the commit is under way may have
+        // read the store before the commit, and then only the push brings it this entry.
+        let payload = write.payload.clone();
         let appended = self.ctx.store.append_message(write).await?;
-        if let Some(payload) = payload.filter(|_| !appended.duplicate) {
+        if !appended.duplicate {
             let entry = Entry {
                 conversation_id: *id,
                 seq: appended.seq,
