@@ -40,7 +40,8 @@ pub struct Config {
     pub server_name: String,
     /// Directory of the embedded database (and, later, attachments).
     pub data_dir: PathBuf,
-    /// A `sqlite:` URL overriding the database location under `data_dir`.
+    /// The database: a `sqlite:` URL overriding the file under `data_dir`, or a `postgres://`
+    /// URL for PostgreSQL (which several instances can share).
     pub database_url: Option<String>,
     /// Who may register.
     pub registration: RegistrationPolicy,
@@ -54,6 +55,38 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The WebSocket gateway.
     pub gateway: GatewayConfig,
+    /// The connection pool on PostgreSQL (unused on SQLite).
+    pub postgres: PostgresConfig,
+}
+
+/// How roostd uses PostgreSQL's connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Most connections the request pool opens (the group commit holds one more of its own).
+    pub max_connections: u32,
+    /// Seconds a request waits for a connection before it is answered `503 unavailable`.
+    pub acquire_timeout_secs: u64,
+    /// Seconds a statement may run before PostgreSQL cancels it (0: the server's setting).
+    pub statement_timeout_secs: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self { max_connections: 16, acquire_timeout_secs: 5, statement_timeout_secs: 60 }
+    }
+}
+
+impl PostgresConfig {
+    /// The pool settings of the PostgreSQL store.
+    pub fn pool_settings(&self) -> roost_store_postgres::PoolSettings {
+        roost_store_postgres::PoolSettings {
+            max_connections: self.max_connections,
+            acquire_timeout: std::time::Duration::from_secs(self.acquire_timeout_secs),
+            statement_timeout: (self.statement_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.statement_timeout_secs)),
+        }
+    }
 }
 
 /// WebSocket gateway settings.
@@ -176,6 +209,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             retention: RetentionConfig::default(),
             gateway: GatewayConfig::default(),
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -327,6 +361,19 @@ impl Config {
         if self.limits.max_devices_per_user == 0 || self.limits.max_claim_targets == 0 {
             return Err(ConfigError("device and claim limits must be at least 1".into()));
         }
+        if self.postgres.max_connections < 2 || self.postgres.acquire_timeout_secs == 0 {
+            return Err(ConfigError(
+                "postgres.max_connections must be at least 2 and postgres.acquire_timeout_secs at least 1".into(),
+            ));
+        }
+        if let DatabaseLocation::Url(url) = self.database_location()
+            && DatabaseBackend::of(&url).is_none()
+        {
+            return Err(ConfigError(format!(
+                "database_url {:?} names no backend roostd has: use sqlite:// or postgres://",
+                redact_url(&url)
+            )));
+        }
         Ok(())
     }
 
@@ -362,6 +409,7 @@ impl fmt::Debug for Config {
             .field("rate_limits", &shown.rate_limits)
             .field("retention", &shown.retention)
             .field("gateway", &shown.gateway)
+            .field("postgres", &shown.postgres)
             .finish_non_exhaustive()
     }
 }
@@ -373,6 +421,27 @@ pub enum DatabaseLocation {
     SqliteFile(PathBuf),
     /// An explicit database URL.
     Url(String),
+}
+
+/// The backends a database URL can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    /// `sqlite:` URLs.
+    Sqlite,
+    /// `postgres://` and `postgresql://` URLs.
+    Postgres,
+}
+
+impl DatabaseBackend {
+    /// The backend a URL names by its scheme, if roostd has it.
+    pub fn of(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") => Some(Self::Sqlite),
+            Some("postgres" | "postgresql") => Some(Self::Postgres),
+            _ => None,
+        }
+    }
 }
 
 /// Puts an environment value at a dotted path, typed like the default at that path (numbers and
@@ -479,6 +548,17 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../roostd.example.toml");
         let loaded = Config::load_with_env(Some(&path), &FlagOverrides::default(), env(&[])).unwrap();
         assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn database_urls_select_a_backend_by_scheme() {
+        assert_eq!(DatabaseBackend::of("sqlite://roost-data/roost.db"), Some(DatabaseBackend::Sqlite));
+        assert_eq!(DatabaseBackend::of("postgres://roost@db/roost"), Some(DatabaseBackend::Postgres));
+        assert_eq!(DatabaseBackend::of("PostgreSQL://roost@db/roost"), Some(DatabaseBackend::Postgres));
+        assert_eq!(DatabaseBackend::of("mysql://db/roost"), None);
+        let vars = env(&[("DATABASE_URL", "mysql://root:pw@db/roost")]);
+        let err = Config::load_with_env(None, &FlagOverrides::default(), vars).unwrap_err().to_string();
+        assert!(err.contains("mysql://root:***@db/roost") && !err.contains("pw@"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,10 @@ use std::time::Duration;
 use roost_proto::ErrorCode;
 use roost_store::StoreError;
 
+/// How long a client is asked to wait after storage failed (`Retry-After` of a 503): long
+/// enough for a pool to reconnect, short enough that a blip costs users little.
+pub const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// A refused or failed operation: a stable code and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
@@ -14,7 +18,7 @@ pub struct Error {
     pub code: ErrorCode,
     /// A short explanation.
     pub message: String,
-    /// For [`ErrorCode::RateLimited`]: when to try again.
+    /// For [`ErrorCode::RateLimited`] and [`ErrorCode::Unavailable`]: when to try again.
     pub retry_after: Option<Duration>,
     /// For [`ErrorCode::StaleEpoch`]: the conversation's current epoch.
     pub current_epoch: Option<u64>,
@@ -94,7 +98,10 @@ impl From<StoreError> for Error {
             }
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "storage failure");
-                (ErrorCode::Unavailable, "storage is unavailable; try again later")
+                return Self {
+                    retry_after: Some(STORAGE_RETRY_AFTER),
+                    ..Self::new(ErrorCode::Unavailable, "storage is unavailable; try again later")
+                };
             }
             other => {
                 tracing::error!(error = %other, "unexpected storage error");

@@ -21,11 +21,12 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use roost_store::{Store, StoreError};
+use roost_store_postgres::PostgresStore;
 use roost_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, DatabaseLocation};
+use crate::config::{Config, DatabaseBackend, DatabaseLocation};
 use crate::http::AppState;
 use crate::services::{Context, Services};
 
@@ -41,22 +42,26 @@ pub enum ServeError {
     /// The store could not be opened or migrated.
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
-    /// The database URL names a backend this build does not have.
-    #[error("unsupported database URL {0:?}: this build supports sqlite: URLs only")]
+    /// The database URL names a backend roostd does not have.
+    #[error("unsupported database URL {0:?}: use sqlite:// or postgres://")]
     UnsupportedDatabase(String),
     /// Accepting connections failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Opens the store the configuration names.
+/// Opens the store the configuration names: the one place a backend is chosen. No URL means
+/// the embedded SQLite file under `data_dir`; otherwise the URL's scheme decides.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     match config.database_location() {
         DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
-        DatabaseLocation::Url(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(&url).await?)),
-        DatabaseLocation::Url(url) => {
-            Err(ServeError::UnsupportedDatabase(config.redacted().database_url.unwrap_or(url)))
-        }
+        DatabaseLocation::Url(url) => match DatabaseBackend::of(&url) {
+            Some(DatabaseBackend::Sqlite) => Ok(Arc::new(SqliteStore::open_url(&url).await?)),
+            Some(DatabaseBackend::Postgres) => {
+                Ok(Arc::new(PostgresStore::connect(&url, &config.postgres.pool_settings()).await?))
+            }
+            None => Err(ServeError::UnsupportedDatabase(config.redacted().database_url.unwrap_or(url))),
+        },
     }
 }
 

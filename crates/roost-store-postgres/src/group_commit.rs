@@ -24,48 +24,31 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::codec::{byte_arrays, conversation_id_at, to_i64, to_u64};
-use crate::run::{self, Class, Failure, Work};
-
-/// Attempts of one batch after conflicts or a lost connection.
-const ATTEMPTS: u32 = 5;
+use crate::run::{self, Attempts, Class, Failure, Next, Work};
 
 /// Starts the appender; it connects with `options` on its own thread.
 pub(crate) fn start(options: PgConnectOptions) -> StoreResult<Appender> {
     let mut connection: Option<PgConnection> = None;
     Appender::start("roost-pg-appender", async move |messages: &[&MessageWrite]| {
-        let mut attempt = 0;
+        // One retry on a fresh connection after the connection was lost.
+        let mut attempts = Attempts::new(1);
         loop {
-            attempt += 1;
-            let conn = match &mut connection {
-                Some(conn) => conn,
-                slot => slot.insert(options.connect().await.map_err(|err| run::backend("append_message", &err))?),
-            };
-            let outcome = commit_batch(conn, messages).await;
-            let (class, err) = match outcome {
-                Ok(results) => return Ok(results),
-                Err(Failure::Store(err)) => {
-                    // The commit itself failed (its outcome is unknown, and the connection is
-                    // suspect), or a stored value did not decode.
-                    connection = None;
-                    return Err(err);
-                }
-                Err(Failure::Conflict) => (Class::Conflict, None),
-                Err(Failure::Sql(err)) => (run::classify(&err), Some(err)),
-            };
-            if class != Class::Conflict {
+            let outcome = async {
+                let conn = match &mut connection {
+                    Some(conn) => conn,
+                    empty => empty.insert(options.connect().await?),
+                };
+                commit_batch(conn, messages).await
+            }
+            .await;
+            if !Attempts::connection_intact(&outcome) {
+                // Lost, or failed in its commit: the next batch opens a new one.
                 connection = None;
             }
-            if class == Class::Other || attempt >= ATTEMPTS {
-                return Err(match err {
-                    Some(err) => run::backend("append_message", &err),
-                    None => StoreError::Backend("append_message: gave up after repeated conflicts".into()),
-                });
+            match attempts.next("append_message", outcome).await {
+                Next::Done(results) => return results,
+                Next::Again => continue,
             }
-            metrics::counter!("roost_store_retries_total", "op" => "append_message", "reason" => match class {
-                Class::Conflict => "conflict",
-                _ => "connection",
-            })
-            .increment(1);
         }
     })
 }

@@ -140,7 +140,9 @@ async fn migrate(pool: &PgPool) -> StoreResult<()> {
     let mut migrator = sqlx::migrate!("./migrations");
     // The lock above replaces sqlx's own, which is one per database whatever the schema.
     migrator.set_locking(false);
-    let migrated = migrator.run(&mut *conn).await;
+    // `run_direct` rather than `run`: the future of `run` cannot be shown to be `Send` (sqlx's
+    // `Acquire` bound), and a server's start-up future must be.
+    let migrated = migrator.run_direct(None, &mut *conn, false).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, hashtext(coalesce(current_schema(), '')))")
         .bind(MIGRATION_LOCK)
         .execute(&mut *conn)

@@ -7,7 +7,9 @@
 //!   accordingly (a taken handle, an existing conversation), so a race ends in the domain answer
 //!   a lone request would have had, never in a storage error;
 //! - a lost connection (`08xxx`, `57P0x`, an I/O error) met before the commit was sent: nothing
-//!   was written, and the pool opens a new connection. A connection lost during the commit is
+//!   was written. A connection that failed is closed when given back, and the next attempt takes
+//!   another; when the database restarted, every idle connection of the pool may be dead, so
+//!   work is retried once more than the pool has connections before it fails. A connection lost during the commit is
 //!   not retried, since the commit may have happened; the caller gets
 //!   [`StoreError::Backend`] (`503 unavailable`) and retries as a client would.
 
@@ -17,8 +19,6 @@ use roost_store::{StoreError, StoreResult};
 
 /// Attempts of work that met a conflict with another transaction.
 const CONFLICT_ATTEMPTS: u32 = 10;
-/// Attempts of work that met a lost connection.
-const CONNECTION_ATTEMPTS: u32 = 3;
 
 /// Why work on the database stopped: a domain answer, or an error from the database.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ pub(crate) fn classify(err: &sqlx::Error) -> Class {
 macro_rules! transaction {
     ($pool:expr, $op:literal, |$tx:ident| $body:block) => {
         roost_store::timed($op, async {
-            let mut attempts = $crate::run::Attempts::default();
+            let mut attempts = $crate::run::Attempts::for_pool(&$pool);
             loop {
                 let outcome: $crate::run::Work<_> = async {
                     let mut transaction = $pool.begin().await?;
@@ -106,7 +106,7 @@ macro_rules! transaction {
 macro_rules! read {
     ($pool:expr, $op:literal, |$conn:ident| $body:block) => {
         roost_store::timed($op, async {
-            let mut attempts = $crate::run::Attempts::default();
+            let mut attempts = $crate::run::Attempts::for_pool(&$pool);
             loop {
                 let outcome: $crate::run::Work<_> = async {
                     let mut connection = $pool.acquire().await?;
@@ -150,10 +150,10 @@ pub(crate) fn backend(op: &str, err: &sqlx::Error) -> StoreError {
 }
 
 /// How many times work has been retried, and why.
-#[derive(Default)]
 pub(crate) struct Attempts {
     conflicts: u32,
     connections: u32,
+    connection_limit: u32,
 }
 
 /// What follows an attempt.
@@ -165,6 +165,26 @@ pub(crate) enum Next<T> {
 }
 
 impl Attempts {
+    /// No attempt yet, of work on a connection of `pool`.
+    pub(crate) fn for_pool(pool: &sqlx::PgPool) -> Self {
+        Self::new(pool.options().get_max_connections() + 1)
+    }
+
+    /// No attempt yet; work that lost its connection is retried up to `connection_limit` times.
+    pub(crate) fn new(connection_limit: u32) -> Self {
+        Self { conflicts: 0, connections: 0, connection_limit }
+    }
+
+    /// Whether an outcome leaves the connection it came from fit for more work: it succeeded,
+    /// gave a domain answer, or met a conflict (the transaction rolled back cleanly).
+    pub(crate) fn connection_intact<T>(outcome: &Work<T>) -> bool {
+        match outcome {
+            Ok(_) | Err(Failure::Conflict) => true,
+            Err(Failure::Sql(err)) => classify(err) == Class::Conflict,
+            Err(Failure::Store(_)) => false,
+        }
+    }
+
     /// Decides what follows an attempt's outcome, waiting a little before a retry after a
     /// conflict (so the transactions that collided do not collide again in step).
     pub(crate) async fn next<T>(&mut self, op: &'static str, outcome: Work<T>) -> Next<T> {
@@ -182,7 +202,7 @@ impl Attempts {
                 tokio::time::sleep(Duration::from_millis(rand::random_range(0..=ceiling))).await;
                 Next::Again
             }
-            Class::Connection if self.connections + 1 < CONNECTION_ATTEMPTS => {
+            Class::Connection if self.connections < self.connection_limit => {
                 self.connections += 1;
                 metrics::counter!("roost_store_retries_total", "op" => op, "reason" => "connection").increment(1);
                 Next::Again

@@ -97,10 +97,14 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.clone().pragma("cache_size", WRITER_CACHE_SIZE))
             .await?;
+        // `run_direct` rather than `run`: the future of `run` cannot be shown to be `Send`
+        // (sqlx's `Acquire` bound), and a server's start-up future must be.
+        let mut conn = writer.acquire().await?;
         sqlx::migrate!("./migrations")
-            .run(&writer)
+            .run_direct(None, &mut *conn, false)
             .await
             .map_err(|err| StoreError::Backend(format!("migrating: {err}")))?;
+        drop(conn);
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row, SqliteConnection};
 
 /// The environment variable naming the PostgreSQL server tests may use.
 pub const DATABASE_URL_VAR: &str = "ROOST_TEST_DATABASE_URL";
@@ -76,11 +76,48 @@ impl TestDatabase {
         self.dir.path().join("roost.db")
     }
 
+    /// On PostgreSQL: a proxy in front of the database server, and the URL that reaches this
+    /// database through it (cut the proxy to take the database away).
+    pub async fn behind_proxy(&self) -> Option<(crate::proxy::Proxy, String)> {
+        let schema = self.postgres.as_ref()?;
+        let (_, target) = crate::proxy::redirect(&schema.url(), "127.0.0.1:1".parse().ok()?);
+        let proxy = crate::proxy::Proxy::start(target).await;
+        let (url, _) = crate::proxy::redirect(&schema.url(), proxy.address());
+        Some((proxy, url))
+    }
+
+    /// On PostgreSQL: terminates every server connection to this database (as an operator's
+    /// `pg_terminate_backend` or a database failover would); returns how many.
+    pub async fn terminate_connections(&self) -> u64 {
+        let Some(schema) = &self.postgres else { return 0 };
+        let mut conn = schema.connect_admin().await;
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&schema.name)
+        .fetch_all(&mut conn)
+        .await
+        .expect("terminate the schema's connections");
+        ended.into_iter().filter(|ended| *ended).count() as u64
+    }
+
+    /// A connection of the test's own to this database.
+    pub async fn connect(&self) -> RawConnection {
+        match &self.postgres {
+            Some(schema) => {
+                RawConnection::Postgres(PgConnection::connect(&schema.url()).await.expect("connect to the schema"))
+            }
+            None => {
+                RawConnection::Sqlite(SqliteConnection::connect(&self.url()).await.expect("open the database file"))
+            }
+        }
+    }
+
     /// Whether `needle` occurs anywhere the server keeps data: in any file under the data
     /// directory and, on PostgreSQL, in any row of the schema (text columns as they are, byte
     /// columns in their hexadecimal form).
     pub async fn contains(&self, needle: &str) -> bool {
-        if file_contains(self.dir.path(), needle.as_bytes()) {
+        if files_contain(self.dir.path(), needle) {
             return true;
         }
         let Some(schema) = &self.postgres else { return false };
@@ -112,6 +149,71 @@ impl TestDatabase {
             }
         }
         false
+    }
+}
+
+/// A connection of the test's own to the server's database, for reaching past the server as a
+/// compromised or misbehaving operator could.
+pub enum RawConnection {
+    /// The SQLite file.
+    Sqlite(SqliteConnection),
+    /// The test's PostgreSQL schema.
+    Postgres(PgConnection),
+}
+
+impl RawConnection {
+    /// Runs a statement with byte-string parameters (`$1`, `$2`... on both backends); returns
+    /// the rows it changed.
+    pub async fn execute(&mut self, sql: &str, params: &[&[u8]]) -> u64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Sqlite(conn) => {
+                let query = params.iter().fold(sqlx::query(sql), |query, param| query.bind(param.to_vec()));
+                query.execute(conn).await.expect("statement").rows_affected()
+            }
+            Self::Postgres(conn) => {
+                let query = params.iter().fold(sqlx::query(sql), |query, param| query.bind(param.to_vec()));
+                query.execute(conn).await.expect("statement").rows_affected()
+            }
+        }
+    }
+
+    /// The first column of the first row of a query with byte-string parameters, as bytes.
+    pub async fn fetch_bytes(&mut self, sql: &str, params: &[&[u8]]) -> Option<Vec<u8>> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Sqlite(conn) => {
+                let query = params.iter().fold(sqlx::query_scalar(sql), |query, param| query.bind(param.to_vec()));
+                query.fetch_optional(conn).await.expect("query")
+            }
+            Self::Postgres(conn) => {
+                let query = params.iter().fold(sqlx::query_scalar(sql), |query, param| query.bind(param.to_vec()));
+                query.fetch_optional(conn).await.expect("query")
+            }
+        }
+    }
+
+    /// Holds the write lock on the log until [`RawConnection::release`]: SQLite's database
+    /// lock, or on PostgreSQL a lock on the `entries` table that lets reads through and makes
+    /// every insert wait. A send waits for its commit meanwhile.
+    pub async fn block_writes(&mut self) {
+        match self {
+            Self::Sqlite(conn) => {
+                sqlx::query("BEGIN IMMEDIATE").execute(conn).await.expect("the write lock");
+            }
+            Self::Postgres(conn) => {
+                sqlx::raw_sql("BEGIN; LOCK TABLE entries IN SHARE MODE").execute(conn).await.expect("the table lock");
+            }
+        }
+    }
+
+    /// Gives back what [`RawConnection::block_writes`] took.
+    pub async fn release(&mut self) {
+        let done = match self {
+            Self::Sqlite(conn) => sqlx::query("ROLLBACK").execute(conn).await.map(|_| ()),
+            Self::Postgres(conn) => sqlx::query("ROLLBACK").execute(conn).await.map(|_| ()),
+        };
+        done.expect("the lock given back");
     }
 }
 
@@ -166,11 +268,19 @@ impl Schema {
 impl Drop for Schema {
     fn drop(&mut self) {
         // Drop cannot wait on the test's runtime, so the schema goes on a thread of its own.
+        // A server of the test may still hold connections in the middle of a transaction (its
+        // runtime is blocked here); they are ended first, which rolls their work back and
+        // frees their locks.
         let (url, name) = (self.admin_url.clone(), self.name.clone());
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let mut conn = PgConnection::connect(&url).await.ok()?;
+                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+                    .bind(&name)
+                    .execute(&mut conn)
+                    .await
+                    .ok()?;
                 let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.ok()
             })
@@ -181,14 +291,15 @@ impl Drop for Schema {
     }
 }
 
-fn file_contains(dir: &Path, needle: &[u8]) -> bool {
+/// Whether `needle` occurs in any file under `dir`.
+pub fn files_contain(dir: &Path, needle: &str) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     entries.flatten().any(|entry| {
         let path = entry.path();
         if path.is_dir() {
-            file_contains(&path, needle)
+            files_contain(&path, needle)
         } else {
-            std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|window| window == needle)
+            std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|window| window == needle.as_bytes())
         }
     })
 }

@@ -9,5 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod database;
+pub mod proxy;
+pub mod server;
 
-pub use database::{Backend, TestDatabase};
+pub use database::{Backend, RawConnection, TestDatabase, files_contain, postgres_url};
+pub use server::{TestServer, capture_logs, config_for};

@@ -6,9 +6,10 @@ use roost_proto::api::{DeviceList, LinkRequest, LinkState};
 use roost_proto::signing::{self, HandleAction};
 use roost_proto::{Handle, bytes};
 use roost_server::config::RegistrationPolicy;
+use roost_testkit::TestDatabase;
 use serde_json::json;
 
-use crate::common::{START_MS, TestDevice, TestServer, TestUser, assert_error, random_key, registration};
+use super::common::{START_MS, TestDevice, TestServer, TestUser, assert_error, random_key, registration};
 
 fn handle_body(user: &TestUser, action: HandleAction, handle: &str, timestamp: i64) -> serde_json::Value {
     let handle: Handle = handle.parse().unwrap();
@@ -21,7 +22,7 @@ fn revoke_body(user: &TestUser, device: &roost_proto::DeviceId) -> serde_json::V
 
 #[tokio::test]
 async fn two_users_with_three_devices_register_link_and_authenticate() {
-    let server = TestServer::start().await;
+    let server = server!();
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     server.link_device(&mut alice).await;
@@ -72,7 +73,7 @@ async fn two_users_with_three_devices_register_link_and_authenticate() {
 
 #[tokio::test]
 async fn registration_is_refused_without_a_valid_certificate_and_changes_nothing() {
-    let server = TestServer::start().await;
+    let server = server!();
     let identity = random_key();
     let device = TestDevice::new();
 
@@ -117,7 +118,7 @@ async fn registration_is_refused_without_a_valid_certificate_and_changes_nothing
 
 #[tokio::test]
 async fn link_requests_are_approved_once_by_the_right_identity() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let newcomer = TestDevice::new();
@@ -176,7 +177,7 @@ async fn link_requests_are_approved_once_by_the_right_identity() {
 
 #[tokio::test]
 async fn link_requests_lapse_and_devices_are_capped() {
-    let server = TestServer::start_with(|config| config.limits.max_devices_per_user = 2).await;
+    let server = server!(|config| config.limits.max_devices_per_user = 2);
     let mut alice = server.user("alice").await;
     server.link_device(&mut alice).await;
 
@@ -192,13 +193,13 @@ async fn link_requests_lapse_and_devices_are_capped() {
         .await;
     assert_error(&approve, StatusCode::CONFLICT, "device_limit_reached");
 
-    server.clock.advance_ms(600_000);
+    server.clock().advance_ms(600_000);
     assert_error(&server.get(&format!("/v1/links/{code}"), None).await, StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
 async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
-    let server = TestServer::start().await;
+    let server = server!();
     let mut alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let second = server.link_device(&mut alice).await;
@@ -272,7 +273,7 @@ async fn revocation_is_signed_by_the_identity_and_takes_effect_at_once() {
 
 #[tokio::test]
 async fn handles_are_claimed_with_signatures_and_unique() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
 
@@ -336,21 +337,20 @@ async fn handles_are_claimed_with_signatures_and_unique() {
 
 #[tokio::test]
 async fn invite_only_registration_uses_codes_from_the_admin_command() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_roostd"))
-        .args(["--data-dir"])
-        .arg(data_dir.path())
-        .args(["admin", "invite", "--count", "2"])
-        .output()
-        .expect("run roostd admin invite");
+    let Some(database) = TestDatabase::create(crate::BACKEND).await else { return };
+    let mut config = roost_testkit::config_for(&database);
+    let mut admin = std::process::Command::new(env!("CARGO_BIN_EXE_roostd"));
+    admin.arg("--data-dir").arg(database.data_dir());
+    if let Some(url) = &config.database_url {
+        admin.args(["--database-url", url]);
+    }
+    let output = admin.args(["admin", "invite", "--count", "2"]).output().expect("run roostd admin invite");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let codes: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect();
     assert_eq!(codes.len(), 2);
 
-    let mut config = roost_server::config::Config { data_dir: data_dir.path().to_path_buf(), ..Default::default() };
     config.registration = RegistrationPolicy::InviteOnly;
-    config.server_name = "roost.test".into();
-    let server = TestServer::start_in(data_dir, config).await;
+    let server = TestServer::start_on(database, config).await;
 
     let identity = random_key();
     let device = TestDevice::new();
@@ -373,7 +373,7 @@ async fn invite_only_registration_uses_codes_from_the_admin_command() {
 
 #[tokio::test]
 async fn registrations_are_rate_limited_per_address() {
-    let server = TestServer::start_with(|config| config.rate_limits.registrations_per_address = 2).await;
+    let server = server!(|config| config.rate_limits.registrations_per_address = 2);
     for name in ["a", "b"] {
         let (status, body) =
             server.post("/v1/users", None, registration(&random_key(), &TestDevice::new(), name)).await;
@@ -395,13 +395,13 @@ async fn registrations_are_rate_limited_per_address() {
 
 #[tokio::test]
 async fn accounts_survive_a_restart() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let token = alice.token();
     let config = server.config.clone();
-    let data_dir = server.stop().await;
+    let database = server.stop().await;
 
-    let server = TestServer::start_in(data_dir, config).await;
+    let server = TestServer::start_on(database, config).await;
     let (status, me) = server.get("/v1/auth/session", Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["user_id"], alice.id().to_string());

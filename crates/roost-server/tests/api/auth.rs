@@ -5,20 +5,20 @@ use roost_proto::api::ChallengeResponse;
 use roost_proto::bytes;
 use serde_json::json;
 
-use crate::common::{TestDevice, TestServer, assert_error};
+use super::common::{TestDevice, TestServer, assert_error};
 
 async fn fresh_challenge(server: &TestServer, device: &TestDevice) -> Vec<u8> {
     let (status, body) = server.challenge(&device.id()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let challenge: ChallengeResponse = serde_json::from_value(body).unwrap();
     assert_eq!(challenge.challenge.as_bytes().len(), 32);
-    assert_eq!(challenge.expires_at, crate::common::START_MS + 60_000);
+    assert_eq!(challenge.expires_at, super::common::START_MS + 60_000);
     challenge.challenge.into_vec()
 }
 
 #[tokio::test]
 async fn login_whoami_and_logout() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let token = alice.token();
 
@@ -35,7 +35,7 @@ async fn login_whoami_and_logout() {
 
 #[tokio::test]
 async fn a_challenge_cannot_be_replayed() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let device = &alice.devices[0];
     let challenge = fresh_challenge(&server, device).await;
@@ -49,7 +49,7 @@ async fn a_challenge_cannot_be_replayed() {
 
 #[tokio::test]
 async fn concurrent_answers_to_one_challenge_open_one_session() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let device = &alice.devices[0];
     let challenge = fresh_challenge(&server, device).await;
@@ -66,7 +66,7 @@ async fn concurrent_answers_to_one_challenge_open_one_session() {
 
 #[tokio::test]
 async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let (a, b) = (&alice.devices[0], &bob.devices[0]);
@@ -87,7 +87,7 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
     assert_error(&short, StatusCode::UNAUTHORIZED, "auth_signature_invalid");
 
     // Expired: 60 s later the same, correctly signed answer is refused.
-    server.clock.advance_ms(60_001);
+    server.clock().advance_ms(60_001);
     let expired = server.answer(&a.id(), &bytes::encode(&challenge), &a.sign_auth("roost.test", &challenge)).await;
     assert_error(&expired, StatusCode::UNAUTHORIZED, "challenge_expired");
 
@@ -99,7 +99,7 @@ async fn expired_foreign_unknown_and_wrongly_signed_challenges_are_refused() {
 
 #[tokio::test]
 async fn an_unknown_device_cannot_authenticate() {
-    let server = TestServer::start().await;
+    let server = server!();
     let stranger = TestDevice::new();
     assert_error(&server.challenge(&stranger.id()).await, StatusCode::UNAUTHORIZED, "device_unknown");
 
@@ -113,11 +113,11 @@ async fn an_unknown_device_cannot_authenticate() {
 
 #[tokio::test]
 async fn sessions_expire() {
-    let server = TestServer::start_with(|config| config.limits.session_ttl_secs = 3600).await;
+    let server = server!(|config| config.limits.session_ttl_secs = 3600);
     let alice = server.user("alice").await;
     let (status, _) = server.get("/v1/auth/session", Some(&alice.token())).await;
     assert_eq!(status, StatusCode::OK);
-    server.clock.advance_ms(3_600_000);
+    server.clock().advance_ms(3_600_000);
     assert_error(
         &server.get("/v1/auth/session", Some(&alice.token())).await,
         StatusCode::UNAUTHORIZED,
@@ -127,7 +127,7 @@ async fn sessions_expire() {
 
 #[tokio::test]
 async fn malformed_credentials_are_unauthenticated() {
-    let server = TestServer::start().await;
+    let server = server!();
     for token in ["", "rst_not-a-real-token", "nonsense", &"x".repeat(4000)] {
         let response = server.get("/v1/auth/session", Some(token)).await;
         assert_error(&response, StatusCode::UNAUTHORIZED, "unauthenticated");

@@ -1,5 +1,5 @@
-//! A real `roostd` on 127.0.0.1:0 with a temporary SQLite file, and fixtures that register users,
-//! link devices and authenticate over HTTP exactly as a client would.
+//! A real `roostd` on 127.0.0.1:0 on the suite's backend (roost-testkit), and fixtures that
+//! register users, link devices and authenticate over HTTP exactly as a client would.
 
 use std::sync::Arc;
 
@@ -9,86 +9,66 @@ use roost_proto::api::{ChallengeResponse, LinkRequest, RegisterResponse, Session
 use roost_proto::{DeviceId, UserId, bytes, signing};
 use roost_server::clock::ManualClock;
 use roost_server::config::Config;
+use roost_testkit::TestDatabase;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 /// The start of the manual clock every test server runs on.
 pub const START_MS: i64 = 1_800_000_000_000;
 
+/// A real server for one test, on the suite's backend, with an HTTP client.
 pub struct TestServer {
-    /// The running server's services, for driving background work on the manual clock.
-    pub services: roost_server::services::Services,
-    pub base: String,
+    server: roost_testkit::TestServer,
     pub http: reqwest::Client,
-    pub clock: Arc<ManualClock>,
-    pub config: Config,
-    pub data_dir: Option<tempfile::TempDir>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = roost_testkit::TestServer;
+
+    fn deref(&self) -> &Self::Target {
+        &self.server
+    }
+}
+
+/// A fresh server on the suite's backend for this test (`server!()`, or `server!(|config| ...)`
+/// to change its configuration); where the backend is not available here, the test returns
+/// at this point after a printed notice.
+macro_rules! server {
+    () => {
+        server!(|_| {})
+    };
+    ($adjust:expr) => {
+        match $crate::api::common::TestServer::start_with($adjust).await {
+            Some(server) => server,
+            None => return,
+        }
+    };
 }
 
 impl TestServer {
-    /// A server with generous rate limits, so only tests about limits meet them.
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
+    /// A server on a manual clock with generous rate limits (so only tests about limits meet
+    /// them), adjusted by `adjust`; `None` when the suite's backend is not available.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config) + 'static) -> Option<Self> {
+        let server =
+            roost_testkit::TestServer::on(crate::BACKEND).manual_clock(START_MS).configure(adjust).start().await?;
+        Some(Self { server, http: reqwest::Client::new() })
     }
 
-    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let data_dir = tempfile::tempdir().expect("temporary directory");
-        let mut config =
-            Config { data_dir: data_dir.path().to_path_buf(), server_name: "roost.test".into(), ..Config::default() };
-        let rates = &mut config.rate_limits;
-        rates.registrations_per_address = 10_000;
-        rates.challenges_per_address = 10_000;
-        rates.links_per_address = 10_000;
-        rates.key_claims_per_requester = 10_000;
-        rates.key_claims_per_pair = 10_000;
-        rates.sends_per_device = 100_000;
-        adjust(&mut config);
-        Self::start_in(data_dir, config).await
-    }
-
-    pub async fn start_in(data_dir: tempfile::TempDir, config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
+    /// A server on an existing database, as after [`TestServer::stop`].
+    pub async fn start_on(database: TestDatabase, config: Config) -> Self {
         let clock = Arc::new(ManualClock::new(START_MS));
-        let store = roost_server::open_store(&config).await.expect("open store");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = roost_server::Server::new(config.clone(), store, clock.clone());
-        let services = server.services().clone();
-        let task = tokio::spawn(async move {
-            server
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("server ran");
-        });
-        Self {
-            services,
-            base,
-            http: reqwest::Client::new(),
-            clock,
-            config,
-            data_dir: Some(data_dir),
-            stop: Some(stop),
-            task: Some(task),
-        }
+        let server = roost_testkit::TestServer::start_on(database, config, Some(clock)).await;
+        Self { server, http: reqwest::Client::new() }
     }
 
-    /// Stops the server, waits for it to finish in-flight work, and hands back its data directory.
-    pub async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task");
-        }
-        self.data_dir.take().expect("data directory")
+    /// Another server on this one's database (a second instance behind a load balancer).
+    #[allow(dead_code)] // Only the PostgreSQL suite shares a database between servers.
+    pub async fn another(&self) -> Self {
+        Self { server: self.server.another().await, http: reqwest::Client::new() }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+    /// Stops the server and hands back its database.
+    pub async fn stop(self) -> TestDatabase {
+        self.server.stop().await
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON body.

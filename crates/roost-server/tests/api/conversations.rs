@@ -6,18 +6,18 @@ use roost_proto::conversation::{ConversationSummary, QueueKind, SyncResponse};
 use roost_proto::{ConversationId, DeviceId, bytes};
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, TestUser, assert_error};
+use super::common::{TestServer, TestUser, assert_error};
 
 fn new_conversation_id() -> ConversationId {
     ConversationId::from_bytes(rand::random())
 }
 
-fn b64(text: &str) -> String {
+pub fn b64(text: &str) -> String {
     bytes::encode(text.as_bytes())
 }
 
 /// Creates a conversation from `creator`'s device `index` with the given other devices, at epoch 1.
-async fn create(
+pub async fn create(
     server: &TestServer,
     token: &str,
     kind: &str,
@@ -40,7 +40,7 @@ async fn create(
     id
 }
 
-async fn send(
+pub async fn send(
     server: &TestServer,
     token: &str,
     id: &ConversationId,
@@ -58,7 +58,7 @@ async fn send_ok(server: &TestServer, token: &str, id: &ConversationId, client_i
 }
 
 /// Every unacknowledged entry and queue item, following cursors with a small page size.
-async fn sync_all(server: &TestServer, token: &str) -> SyncResponse {
+pub async fn sync_all(server: &TestServer, token: &str) -> SyncResponse {
     let mut all = SyncResponse { entries: Vec::new(), queue: Vec::new(), cursor: None };
     let mut cursor: Option<String> = None;
     loop {
@@ -102,13 +102,13 @@ async fn history_seqs(server: &TestServer, token: &str, id: &ConversationId) -> 
     body["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
 
-fn devices(user: &TestUser) -> Vec<DeviceId> {
+pub fn devices(user: &TestUser) -> Vec<DeviceId> {
     user.devices.iter().map(|d| d.id()).collect()
 }
 
 #[tokio::test]
 async fn a_direct_chat_reaches_every_device_in_the_same_order() {
-    let server = TestServer::start().await;
+    let server = server!();
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     server.link_device(&mut alice).await;
@@ -163,7 +163,7 @@ async fn a_direct_chat_reaches_every_device_in_the_same_order() {
 
 #[tokio::test]
 async fn a_three_user_group_with_read_markers_and_unread_counts() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     server.link_device(&mut bob).await;
@@ -215,7 +215,7 @@ async fn a_three_user_group_with_read_markers_and_unread_counts() {
 
 #[tokio::test]
 async fn a_retried_send_returns_the_original_sequence_number() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let id = create(&server, &alice.token(), "direct", &devices(&bob), None).await;
@@ -233,7 +233,7 @@ async fn a_retried_send_returns_the_original_sequence_number() {
 
 #[tokio::test]
 async fn a_stale_commit_gets_409_and_succeeds_after_catching_up() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
@@ -273,7 +273,7 @@ async fn a_stale_commit_gets_409_and_succeeds_after_catching_up() {
 
 #[tokio::test]
 async fn non_members_are_refused_everything() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let mallory = server.user("mallory").await;
@@ -342,7 +342,7 @@ async fn non_members_are_refused_everything() {
 
 #[tokio::test]
 async fn burn_on_read_deletes_exactly_when_the_last_member_device_acks() {
-    let server = TestServer::start().await;
+    let server = server!();
     let mut alice = server.user("alice").await;
     server.link_device(&mut alice).await;
     let bob = server.user("bob").await;
@@ -366,16 +366,16 @@ async fn burn_on_read_deletes_exactly_when_the_last_member_device_acks() {
 
 #[tokio::test]
 async fn ttl_prunes_under_a_paused_clock() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let id =
         create(&server, &alice.token(), "direct", &devices(&bob), Some(json!({"policy": "ttl", "ttl_secs": 60}))).await;
     send_ok(&server, &alice.token(), &id, "old", 1).await;
-    server.clock.advance_ms(30_000);
+    server.clock().advance_ms(30_000);
     send_ok(&server, &alice.token(), &id, "new", 1).await;
 
-    server.clock.advance_ms(30_001);
+    server.clock().advance_ms(30_001);
     server.services.conversations.prune().await.unwrap();
     assert_eq!(history_seqs(&server, &alice.token(), &id).await, vec![2]);
     assert_eq!(log_of(&sync_all(&server, &bob.token()).await, &id).iter().map(|e| e.0).collect::<Vec<_>>(), vec![2]);
@@ -404,14 +404,14 @@ async fn ttl_prunes_under_a_paused_clock() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    server.clock.advance_ms(5_000);
+    server.clock().advance_ms(5_000);
     server.services.conversations.prune().await.unwrap();
     assert!(history_seqs(&server, &alice.token(), &id).await.is_empty());
 }
 
 #[tokio::test]
 async fn a_removed_member_gets_nothing_after_its_removal() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
@@ -442,7 +442,7 @@ async fn a_removed_member_gets_nothing_after_its_removal() {
 
 #[tokio::test]
 async fn a_device_added_later_sees_nothing_before_its_join_point() {
-    let server = TestServer::start().await;
+    let server = server!();
     let mut alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let id = create(&server, &alice.token(), "direct", &devices(&bob), None).await;
@@ -467,7 +467,7 @@ async fn a_device_added_later_sees_nothing_before_its_join_point() {
 
 #[tokio::test]
 async fn a_new_device_of_a_member_user_joins_by_external_commit() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     let stranger = server.user("stranger").await;
@@ -497,11 +497,11 @@ async fn a_new_device_of_a_member_user_joins_by_external_commit() {
 
 #[tokio::test]
 async fn ephemeral_sends_reach_online_devices_and_are_never_stored() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let id = create(&server, &alice.token(), "direct", &devices(&bob), None).await;
-    let mut online = crate::gateway::Socket::connect(&server, &bob.token()).await;
+    let mut online = super::gateway::Socket::connect(&server, &bob.token()).await;
     online.drain().await;
 
     let typing = json!({"client_message_id": "typing-1", "epoch": 1, "ciphertext": b64("typing…"), "ephemeral": true});
@@ -520,7 +520,7 @@ async fn ephemeral_sends_reach_online_devices_and_are_never_stored() {
 
 #[tokio::test]
 async fn device_queue_carries_device_messages_and_keys_low() {
-    let server = TestServer::start_with(|config| config.limits.key_packages_low_threshold = 2).await;
+    let server = server!(|config| config.limits.key_packages_low_threshold = 2);
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let stranger = server.user("stranger").await;
@@ -534,7 +534,7 @@ async fn device_queue_carries_device_messages_and_keys_low() {
         StatusCode::FORBIDDEN,
         "forbidden",
     );
-    let to_unknown = format!("/v1/devices/{}/messages", crate::common::TestDevice::new().id());
+    let to_unknown = format!("/v1/devices/{}/messages", super::common::TestDevice::new().id());
     assert_error(
         &server.post(&to_unknown, Some(&alice.token()), json!({"payload": b64("x")})).await,
         StatusCode::NOT_FOUND,
@@ -564,7 +564,7 @@ async fn device_queue_carries_device_messages_and_keys_low() {
 
 #[tokio::test]
 async fn leaving_stops_delivery_to_every_device_of_the_user() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     server.link_device(&mut bob).await;
@@ -586,7 +586,7 @@ async fn leaving_stops_delivery_to_every_device_of_the_user() {
 
 #[tokio::test]
 async fn acks_never_move_another_devices_position() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let id = create(&server, &alice.token(), "direct", &devices(&bob), None).await;
@@ -621,39 +621,8 @@ async fn acks_never_move_another_devices_position() {
 }
 
 #[tokio::test]
-async fn the_database_file_stays_bounded_under_steady_traffic_with_pruning() {
-    let server = TestServer::start_with(|config| config.retention.max_age_secs = 3600).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let id =
-        create(&server, &alice.token(), "direct", &devices(&bob), Some(json!({"policy": "ttl", "ttl_secs": 60}))).await;
-    let db = server.config.data_dir.join("roost.db");
-    let file_size = |path: &std::path::Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let payload = "x".repeat(16 * 1024);
-    let (mut sizes, mut largest_log) = (Vec::new(), 0);
-    for round in 0..8 {
-        for i in 0..40 {
-            let body = json!({"client_message_id": format!("r{round}-{i}"), "epoch": 1, "ciphertext": b64(&payload)});
-            let (status, _) =
-                server.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
-            assert_eq!(status, StatusCode::CREATED);
-        }
-        server.clock.advance_ms(61_000);
-        server.services.conversations.prune().await.unwrap();
-        sizes.push(file_size(&db));
-        largest_log = largest_log.max(file_size(&db.with_extension("db-wal")));
-    }
-    // Freed pages are reused: after the first rounds the database file stops growing. (Each
-    // round adds 640 KiB of entries; kept, eight rounds would be over 5 MiB.)
-    assert!(sizes[7] <= sizes[2] + 2 * 1024 * 1024, "database grows without bound: {sizes:?}");
-    // The log starts over after checkpoints. Its file keeps the largest size it reached, which
-    // depends on when checkpoints ran, so it is only held to a generous bound.
-    assert!(largest_log <= 16 * 1024 * 1024, "the WAL grew to {largest_log} bytes");
-}
-
-#[tokio::test]
 async fn sends_are_rate_limited_per_device() {
-    let server = TestServer::start_with(|config| config.rate_limits.sends_per_device = 3).await;
+    let server = server!(|config| config.rate_limits.sends_per_device = 3);
     let mut alice = server.user("alice").await;
     server.link_device(&mut alice).await;
     let bob = server.user("bob").await;

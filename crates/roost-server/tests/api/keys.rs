@@ -7,7 +7,7 @@ use roost_proto::api::KeyClaimResponse;
 use roost_proto::bytes;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, assert_error};
+use super::common::assert_error;
 
 fn packages(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| bytes::encode(format!("{prefix}-{i}").as_bytes())).collect()
@@ -19,7 +19,7 @@ fn claimed(body: Value) -> KeyClaimResponse {
 
 #[tokio::test]
 async fn upload_count_and_claim_with_last_resort_fallback() {
-    let server = TestServer::start().await;
+    let server = server!();
     let mut alice = server.user("alice").await;
     server.link_device(&mut alice).await;
     let bob = server.user("bob").await;
@@ -67,11 +67,10 @@ async fn upload_count_and_claim_with_last_resort_fallback() {
 
 #[tokio::test]
 async fn uploads_respect_the_cap_and_size_limits() {
-    let server = TestServer::start_with(|config| {
+    let server = server!(|config| {
         config.limits.max_one_time_key_packages = 3;
         config.limits.max_key_package_bytes = 64;
-    })
-    .await;
+    });
     let alice = server.user("alice").await;
     let token = alice.token();
 
@@ -96,7 +95,7 @@ async fn uploads_respect_the_cap_and_size_limits() {
 
 #[tokio::test]
 async fn claims_need_a_valid_session_and_real_targets() {
-    let server = TestServer::start().await;
+    let server = server!();
     let alice = server.user("alice").await;
     let body = json!({"user_ids": [alice.id()]});
     assert_error(&server.post("/v1/keys/claim", None, body.clone()).await, StatusCode::UNAUTHORIZED, "unauthenticated");
@@ -115,13 +114,13 @@ async fn claims_need_a_valid_session_and_real_targets() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_argument",
     );
-    let stranger = crate::common::TestDevice::new().id();
+    let stranger = super::common::TestDevice::new().id();
     assert_error(
         &server.post("/v1/keys/claim", Some(&alice.token()), json!({"device_ids": [stranger]})).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    let many: Vec<_> = (0..101).map(|_| crate::common::TestDevice::new().id()).collect();
+    let many: Vec<_> = (0..101).map(|_| super::common::TestDevice::new().id()).collect();
     assert_error(
         &server.post("/v1/keys/claim", Some(&alice.token()), json!({"device_ids": many})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -131,7 +130,7 @@ async fn claims_need_a_valid_session_and_real_targets() {
 
 #[tokio::test]
 async fn fifty_concurrent_claimers_never_get_the_same_one_time_package() {
-    let server = TestServer::start().await;
+    let server = server!();
     let target = server.user("target").await;
     let upload = json!({"one_time": packages("otk", 10), "last_resort": bytes::encode(b"last-resort")});
     let (status, _) = server.post("/v1/keys/packages", Some(&target.token()), upload).await;
@@ -171,7 +170,7 @@ async fn fifty_concurrent_claimers_never_get_the_same_one_time_package() {
 
 #[tokio::test]
 async fn claims_are_rate_limited_per_requester_and_target() {
-    let server = TestServer::start_with(|config| config.rate_limits.key_claims_per_pair = 2).await;
+    let server = server!(|config| config.rate_limits.key_claims_per_pair = 2);
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::common::{TestServer, assert_error};
+use super::common::{TestServer, assert_error};
 
 const BODY_LIMIT: usize = 64 * 1024;
 
@@ -75,12 +75,11 @@ fn assert_json_error(response: &(StatusCode, Value), what: &str) {
 
 #[tokio::test]
 async fn every_route_refuses_bad_input_with_a_json_error() {
-    let server = TestServer::start_with(|config| {
+    let server = server!(|config| {
         config.limits.max_body_bytes = BODY_LIMIT;
         config.limits.max_message_bytes = 16 * 1024;
         config.limits.max_handshake_bytes = 16 * 1024;
-    })
-    .await;
+    });
     let alice = server.user("alice").await;
     let token = alice.token();
     let (user, device) = (alice.id().to_string(), alice.devices[0].id().to_string());
@@ -136,7 +135,7 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
-    let server = TestServer::start().await;
+    let server = server!();
     assert_error(&server.get("/v1/nothing-here", None).await, StatusCode::NOT_FOUND, "not_found");
     assert_error(
         &server.call(Method::DELETE, "/healthz", None, None).await,
@@ -152,7 +151,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
 
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
-    let server = TestServer::start().await;
+    let server = server!();
     let listed: Vec<String> = routes(&server).await.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     for expected in [
         "GET /healthz",
@@ -201,7 +200,7 @@ async fn the_openapi_document_covers_every_route() {
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
-    let server = TestServer::start().await;
+    let server = server!();
     let (status, body) = server.get("/healthz", None).await;
     assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"status": "ok"})));
     let (status, body) = server.get("/readyz", None).await;

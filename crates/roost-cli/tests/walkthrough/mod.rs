@@ -1,10 +1,11 @@
-//! The README walkthrough, run with the real `roost` binary against a real server.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: failing loudly is the point.
+//! The README walkthrough, run with the real `roost` binary against a real server. The suite
+//! runs once per backend: `walkthrough_sqlite.rs` and `walkthrough_postgres.rs` each include it
+//! with their `BACKEND`.
 
 use std::path::Path;
 use std::process::Command;
 
-use roost_server::config::Config;
+use roost_testkit::{TestServer, files_contain};
 
 /// Runs `roost --home HOME args...`, asserting success; returns stdout.
 fn roost(home: &Path, args: &[&str]) -> String {
@@ -21,24 +22,10 @@ fn roost_fails(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn contains(dir: &Path, needle: &str) -> bool {
-    std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            contains(&path, needle)
-        } else {
-            std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|w| w == needle.as_bytes())
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough() {
-    let data = tempfile::tempdir().unwrap();
-    let config = Config { data_dir: data.path().to_path_buf(), ..Config::default() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { roost_server::serve(listener, config, std::future::pending()).await.unwrap() });
+    let Some(running) = TestServer::on(crate::BACKEND).start().await else { return };
+    let server = running.base.clone();
     let homes = tempfile::tempdir().unwrap();
 
     let walk = tokio::task::spawn_blocking(move || {
@@ -95,7 +82,7 @@ async fn the_readme_walkthrough() {
     for secret in
         ["secret walkthrough one", "secret walkthrough two", "secret walkthrough three", "secret walkthrough four"]
     {
-        assert!(!contains(data.path(), secret), "{secret:?} reached the server's data");
-        assert!(contains(homes.path(), secret));
+        assert!(!running.database().contains(secret).await, "{secret:?} reached the server's data");
+        assert!(files_contain(homes.path(), secret));
     }
 }

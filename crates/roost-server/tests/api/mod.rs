@@ -1,0 +1,12 @@
+//! Black-box tests of the HTTP and WebSocket API: a real server on 127.0.0.1:0, driven over real
+//! TCP with reqwest and tungstenite. The suite runs once per backend: `api_sqlite.rs` and
+//! `api_postgres.rs` each include it with their `BACKEND`.
+
+#[macro_use]
+pub mod common;
+mod accounts;
+mod auth;
+pub mod conversations;
+mod gateway;
+mod keys;
+mod robustness;

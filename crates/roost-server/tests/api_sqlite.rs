@@ -1,0 +1,10 @@
+//! The API suite on the embedded SQLite store, and what only that store has.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: failing loudly is the point.
+
+/// The backend this suite runs on.
+const BACKEND: roost_testkit::Backend = roost_testkit::Backend::Sqlite;
+
+#[macro_use]
+mod api;
+#[path = "api/sqlite_file.rs"]
+mod sqlite_file;
