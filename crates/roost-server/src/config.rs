@@ -470,7 +470,8 @@ fn insert_env_value(table: &mut toml::Table, defaults: &toml::Table, path: &[Str
     current.insert(last.clone(), value);
 }
 
-fn redact_url(url: &str) -> String {
+/// `url` with the password of its user information, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

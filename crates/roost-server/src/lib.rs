@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use roost_store::{Store, StoreError};
-use roost_store_postgres::PostgresStore;
+use roost_store_postgres::{ImportReport, PostgresStore};
 use roost_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, DatabaseBackend, DatabaseLocation};
+use crate::config::{Config, DatabaseBackend, DatabaseLocation, redact_url};
 use crate::http::AppState;
 use crate::services::{Context, Services};
 
@@ -45,6 +45,9 @@ pub enum ServeError {
     /// The database URL names a backend roostd does not have.
     #[error("unsupported database URL {0:?}: use sqlite:// or postgres://")]
     UnsupportedDatabase(String),
+    /// `migrate-store` was given URLs it cannot copy between.
+    #[error("migrate-store: {0}")]
+    MigrateStore(String),
     /// Accepting connections failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
@@ -63,6 +66,30 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
             None => Err(ServeError::UnsupportedDatabase(config.redacted().database_url.unwrap_or(url))),
         },
     }
+}
+
+/// Copies everything of the SQLite database at `from` into the empty PostgreSQL database at `to`
+/// and verifies every table's row count (`roostd migrate-store`). The source is brought to the
+/// current schema first, as starting roostd on it would; the target is migrated, then filled in
+/// one transaction, so a failure leaves it empty.
+pub async fn migrate_store(from: &str, to: &str, config: &Config) -> Result<ImportReport, ServeError> {
+    if DatabaseBackend::of(from) != Some(DatabaseBackend::Sqlite) {
+        return Err(ServeError::MigrateStore(format!("--from must be a sqlite:// URL, not {:?}", redact_url(from))));
+    }
+    if DatabaseBackend::of(to) != Some(DatabaseBackend::Postgres) {
+        return Err(ServeError::MigrateStore(format!("--to must be a postgres:// URL, not {:?}", redact_url(to))));
+    }
+    let source = SqliteStore::open_existing_url(from).await?;
+    source.close().await;
+    let target = PostgresStore::connect(to, &config.postgres.pool_settings()).await?;
+    let report = target.import_sqlite(from).await;
+    target.close().await;
+    report.map_err(|err| {
+        ServeError::MigrateStore(match err {
+            StoreError::Backend(message) => message,
+            other => other.to_string(),
+        })
+    })
 }
 
 /// Serves Roost on `listener` with the store the configuration names, until `shutdown`

@@ -27,12 +27,14 @@ mod accounts;
 mod codec;
 mod conversations;
 mod group_commit;
+mod import;
 mod run;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use import::ImportReport;
 use roost_store::batch::Appender;
 use roost_store::{Store, StoreError, StoreResult};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -73,7 +75,9 @@ impl PostgresStore {
     /// durable, and runs pending migrations under an advisory lock, so several processes
     /// starting at once migrate exactly once.
     pub async fn connect(url: &str, settings: &PoolSettings) -> StoreResult<Self> {
-        let mut options = PgConnectOptions::from_str(url)?;
+        // Notices (such as "relation already exists, skipping" from an idempotent migration)
+        // would only be log noise.
+        let mut options = PgConnectOptions::from_str(url)?.options([("client_min_messages", "warning")]);
         if let Some(timeout) = settings.statement_timeout {
             options = options.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
         }

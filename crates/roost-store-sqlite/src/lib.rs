@@ -79,6 +79,16 @@ impl SqliteStore {
         Self::connect(options).await
     }
 
+    /// Opens an existing database from a `sqlite:` URL (running pending migrations); a missing
+    /// file is an error rather than a new, empty database.
+    pub async fn open_existing_url(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        if !options.get_filename().is_file() {
+            return Err(StoreError::Backend(format!("{} does not exist", options.get_filename().display())));
+        }
+        Self::connect(options).await
+    }
+
     async fn connect(options: SqliteConnectOptions) -> StoreResult<Self> {
         let options = options
             .create_if_missing(true)

@@ -49,6 +49,17 @@ enum Command {
     Config,
     /// Print the OpenAPI document.
     Openapi,
+    /// Copy every account, device, key, handle, conversation, log, position and queue of a
+    /// SQLite database into an empty PostgreSQL database, and verify the counts. Stop roostd
+    /// on the source first.
+    MigrateStore {
+        /// The SQLite database, e.g. sqlite://roost-data/roost.db
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database, e.g. postgres://roost@db.internal/roost (must be empty)
+        #[arg(long)]
+        to: String,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -109,6 +120,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Openapi => {
             println!("{}", roost_server::http::openapi_json());
+            Ok(())
+        }
+        Command::MigrateStore { from, to } => {
+            let report = roost_server::migrate_store(&from, &to, &config).await?;
+            for (table, rows) in &report.tables {
+                println!("{table:<22} {rows:>10} rows copied and verified");
+            }
+            println!("done: the PostgreSQL database holds everything; point database_url at it");
             Ok(())
         }
         Command::Admin { command: AdminCommand::Invite { count } } => {

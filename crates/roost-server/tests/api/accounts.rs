@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::common::{START_MS, TestDevice, TestServer, TestUser, assert_error, random_key, registration};
 
-fn handle_body(user: &TestUser, action: HandleAction, handle: &str, timestamp: i64) -> serde_json::Value {
+pub fn handle_body(user: &TestUser, action: HandleAction, handle: &str, timestamp: i64) -> serde_json::Value {
     let handle: Handle = handle.parse().unwrap();
     json!({"timestamp": timestamp, "signature": user.sign(&signing::handle_message(action, &user.id(), &handle, timestamp))})
 }

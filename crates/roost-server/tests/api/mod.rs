@@ -4,7 +4,7 @@
 
 #[macro_use]
 pub mod common;
-mod accounts;
+pub mod accounts;
 mod auth;
 pub mod conversations;
 mod gateway;
