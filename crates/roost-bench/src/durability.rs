@@ -36,6 +36,10 @@ pub struct Args {
     /// Concurrent senders.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Run the server on this PostgreSQL database (its current schema is emptied first)
+    /// instead of SQLite in the data directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 /// What the durability mode measured.
@@ -80,7 +84,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Runs the rounds against a server it starts on a wiped data directory.
 pub async fn measure(args: &Args) -> anyhow::Result<Report> {
-    let launch = Launch { binary: args.roostd.clone(), data_dir: args.data_dir.clone(), port: args.port };
+    let launch = Launch {
+        binary: args.roostd.clone(),
+        data_dir: args.data_dir.clone(),
+        port: args.port,
+        database_url: args.database_url.clone(),
+    };
     let mut server = Roostd::start_fresh(&launch).await?;
     let base = server.base().to_owned();
     let http = reqwest::Client::new();

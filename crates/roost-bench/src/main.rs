@@ -19,6 +19,7 @@
 mod ceiling;
 mod client;
 mod connections;
+mod cpu;
 mod durability;
 mod fanout;
 mod receivers;

@@ -22,6 +22,9 @@ pub struct Launch {
     pub data_dir: PathBuf,
     /// Loopback port to listen on.
     pub port: u16,
+    /// A PostgreSQL database to run on instead of SQLite in the data directory. Its current
+    /// schema is emptied whenever a fresh server is asked for.
+    pub database_url: Option<String>,
 }
 
 impl Roostd {
@@ -30,9 +33,12 @@ impl Roostd {
     /// until `/readyz` answers.
     pub async fn start(launch: &Launch) -> anyhow::Result<Self> {
         let base = format!("http://127.0.0.1:{}", launch.port);
-        let child = Command::new(&launch.binary)
-            .args(["--listen", &format!("127.0.0.1:{}", launch.port), "--data-dir"])
-            .arg(&launch.data_dir)
+        let mut command = Command::new(&launch.binary);
+        command.args(["--listen", &format!("127.0.0.1:{}", launch.port), "--data-dir"]).arg(&launch.data_dir);
+        if let Some(url) = &launch.database_url {
+            command.args(["--database-url", url]);
+        }
+        let child = command
             .env("ROOST_RATE_LIMITS__REGISTRATIONS_PER_ADDRESS", "10000000")
             .env("ROOST_RATE_LIMITS__CHALLENGES_PER_ADDRESS", "10000000")
             .env("ROOST_RATE_LIMITS__LINKS_PER_ADDRESS", "10000000")
@@ -52,9 +58,12 @@ impl Roostd {
         bail!("{} did not become ready on {}", launch.binary.display(), server.base)
     }
 
-    /// Starts the server on an emptied data directory.
+    /// Starts the server on an emptied data directory (and an emptied PostgreSQL schema).
     pub async fn start_fresh(launch: &Launch) -> anyhow::Result<Self> {
         remove_data_dir(&launch.data_dir)?;
+        if let Some(url) = &launch.database_url {
+            empty_schema(url).await?;
+        }
         Self::start(launch).await
     }
 
@@ -93,4 +102,17 @@ pub fn remove_data_dir(dir: &Path) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Drops everything in the current schema of the PostgreSQL database at `url` (the one a server
+/// on that URL would create its tables in) and creates the schema again, empty.
+pub async fn empty_schema(url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+
+    let mut conn = sqlx::PgConnection::connect(url).await.with_context(|| "connecting to PostgreSQL")?;
+    let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()").fetch_one(&mut conn).await?;
+    let schema = schema.context("the database URL names no existing schema")?;
+    let sql = format!("DROP SCHEMA \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\"");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.with_context(|| format!("emptying {schema}"))?;
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `targets`: every SPEC section 12 target in one run, each against a fresh `roostd` the bench
-//! starts itself, reported as the ratio of what was measured to what the target asks.
+//! starts itself, reported as the ratio of what was measured to what the target asks. With
+//! `--database-url` the servers run on PostgreSQL and the PostgreSQL targets are measured.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,10 @@ pub struct Args {
     /// the bench), whichever is smaller.
     #[arg(long)]
     connections: Option<usize>,
+    /// Run the servers on this PostgreSQL database and measure the PostgreSQL targets
+    /// (throughput, latency, durability). Its current schema is emptied before each server.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 /// The SPEC's figures.
@@ -45,6 +50,10 @@ const CONNECTIONS: usize = 100_000;
 const BYTES_PER_CONNECTION: f64 = 4096.0;
 const GROUP_USERS: usize = 1_500;
 const GROUP_P99_MS: f64 = 200.0;
+const POSTGRES_MSGS_PER_S: f64 = 13_000.0;
+/// A fifth above the PostgreSQL target, as for SQLite.
+const POSTGRES_OFFERED: u64 = 15_600;
+const POSTGRES_P99_MS: f64 = 10.0;
 
 /// One target's outcome.
 struct Outcome {
@@ -66,13 +75,38 @@ impl Outcome {
 /// Runs every target in turn, prints each mode's own lines as it finishes, then the table of
 /// ratios and one JSON line with all of them.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let launch = Launch { binary: args.roostd.clone(), data_dir: args.data_dir.clone(), port: args.port };
+    let launch = Launch {
+        binary: args.roostd.clone(),
+        data_dir: args.data_dir.clone(),
+        port: args.port,
+        database_url: args.database_url.clone(),
+    };
+    let outcomes = match &args.database_url {
+        Some(url) => postgres_targets(&args, &launch, url).await?,
+        None => sqlite_targets(&args, &launch).await?,
+    };
+    remove_data_dir(&args.data_dir)?;
+
+    println!("\nSPEC section 12 targets (ratio = measured ÷ target):");
+    for outcome in &outcomes {
+        let ratio = outcome.ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+        let verdict = if outcome.met { "met" } else { "NOT MET" };
+        let note = if outcome.note.is_empty() { String::new() } else { format!(" ({})", outcome.note) };
+        println!("  {verdict:<8} {ratio:>6}  {}: {}{note}", outcome.target, outcome.measured);
+    }
+    println!("{}", json!({"mode": "targets", "results": outcomes.iter().map(Outcome::json).collect::<Vec<_>>()}));
+    Ok(())
+}
+
+/// The targets of one instance on the embedded store.
+async fn sqlite_targets(args: &Args, launch: &Launch) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
 
     eprintln!("== storage ceiling: raw inserts of the server's rows on this disk");
-    let ceiling = ceiling::measure(&ceiling::Args { dir: args.data_dir.clone(), seconds: 3, size: 256 })
-        .await
-        .context("storage ceiling")?;
+    let ceiling =
+        ceiling::measure(&ceiling::Args { dir: args.data_dir.clone(), seconds: 3, size: 256, database_url: None })
+            .await
+            .context("storage ceiling")?;
     crate::print(&ceiling);
 
     let duration = args.duration;
@@ -81,8 +115,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (Over::Websocket, "30,000 durable msg/s accepted and delivered live (sends over the WebSocket)"),
     ] {
         eprintln!("== throughput, sends over {}: {THROUGHPUT_OFFERED} msg/s offered for {duration} s", over.name());
-        let report = with_fresh_server(&launch, |base| async move {
-            let args = throughput::Args { over, ..throughput_args(base, THROUGHPUT_OFFERED, duration) };
+        let report = with_fresh_server(launch, |base, pid| async move {
+            let args = throughput::Args { over, ..throughput_args(base, pid, THROUGHPUT_OFFERED, duration) };
             throughput::measure(&args).await
         })
         .await
@@ -102,8 +136,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     eprintln!("== latency: {LATENCY_RATE} msg/s for {} s", args.duration);
-    let report = with_fresh_server(&launch, |base| async move {
-        throughput::measure(&throughput_args(base, LATENCY_RATE, duration)).await
+    let report = with_fresh_server(launch, |base, pid| async move {
+        throughput::measure(&throughput_args(base, pid, LATENCY_RATE, duration)).await
     })
     .await
     .context("latency target")?;
@@ -118,7 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let (count, limited) = connection_count(args.connections)?;
     eprintln!("== connections: {count} idle authenticated sockets");
-    let server = Roostd::start_fresh(&launch).await?;
+    let server = Roostd::start_fresh(launch).await?;
     let report = connections::measure(&connections::Args {
         server: server.base().to_owned(),
         server_pid: server.pid(),
@@ -144,7 +178,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     eprintln!("== fan-out: a {GROUP_USERS}-user group, 3 devices each online");
-    let report = with_fresh_server(&launch, |base| async move {
+    let report = with_fresh_server(launch, |base, _| async move {
         fanout::measure(&fanout::Args {
             server: base,
             users: GROUP_USERS - 1,
@@ -165,6 +199,76 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         note: if report.complete { String::new() } else { "some device missed a message".to_owned() },
     });
 
+    outcomes.push(durability_outcome(args).await?);
+    Ok(outcomes)
+}
+
+/// The PostgreSQL targets: client, server and PostgreSQL on this machine.
+async fn postgres_targets(args: &Args, launch: &Launch, url: &str) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    eprintln!("== storage ceiling: raw PostgreSQL inserts of the server's rows");
+    let ceiling = ceiling::measure(&ceiling::Args {
+        dir: args.data_dir.clone(),
+        seconds: 3,
+        size: 256,
+        database_url: Some(url.to_owned()),
+    })
+    .await
+    .context("storage ceiling")?;
+    crate::print(&ceiling);
+
+    let duration = args.duration;
+    for (over, target) in [
+        (Over::Http, "PostgreSQL: 13,000 durable msg/s delivered live (sends over HTTP)"),
+        (Over::Websocket, "PostgreSQL: 13,000 durable msg/s delivered live (sends over the WebSocket)"),
+    ] {
+        eprintln!("== throughput on PostgreSQL, sends over {}: {POSTGRES_OFFERED} msg/s offered", over.name());
+        let report = with_fresh_server(launch, |base, pid| async move {
+            let args = throughput::Args { over, ..throughput_args(base, pid, POSTGRES_OFFERED, duration) };
+            throughput::measure(&args).await
+        })
+        .await
+        .context("PostgreSQL throughput target")?;
+        let rate = report.accepted_per_s.min(report.delivered_per_s);
+        let cpu = report.cpu_per_message_us().map_or_else(String::new, |(server, postgres, bench)| {
+            format!(
+                "; CPU per message: server {server:.0} µs, PostgreSQL {postgres:.0} µs, load generator {bench:.0} µs"
+            )
+        });
+        outcomes.push(Outcome {
+            target,
+            measured: format!("{rate:.0} msg/s, {} errors", report.errors),
+            ratio: Some(rate / POSTGRES_MSGS_PER_S),
+            met: rate >= POSTGRES_MSGS_PER_S && report.errors == 0,
+            note: format!(
+                "{POSTGRES_OFFERED} offered; {:.0}% of PostgreSQL's ceiling here, {:.0} msg/s at 100 per commit{cpu}",
+                100.0 * rate / ceiling.best(),
+                ceiling.best()
+            ),
+        });
+    }
+
+    eprintln!("== latency on PostgreSQL: {LATENCY_RATE} msg/s for {duration} s");
+    let report = with_fresh_server(launch, |base, pid| async move {
+        throughput::measure(&throughput_args(base, pid, LATENCY_RATE, duration)).await
+    })
+    .await
+    .context("PostgreSQL latency target")?;
+    let kept_up = report.delivered_per_s >= 0.99 * LATENCY_RATE as f64 && report.errors == 0;
+    outcomes.push(Outcome {
+        target: "PostgreSQL: p99 send→socket under 10 ms at 5,000 msg/s",
+        measured: format!("p99 {:.2} ms (p50 {:.2}, p99.9 {:.2})", report.p99_ms, report.p50_ms, report.p999_ms),
+        ratio: Some(report.p99_ms / POSTGRES_P99_MS),
+        met: report.p99_ms < POSTGRES_P99_MS && kept_up,
+        note: if kept_up { String::new() } else { format!("delivered only {:.0} msg/s", report.delivered_per_s) },
+    });
+
+    outcomes.push(durability_outcome(args).await?);
+    Ok(outcomes)
+}
+
+/// Five kill -9 rounds under load, on the store the arguments name.
+async fn durability_outcome(args: &Args) -> anyhow::Result<Outcome> {
     eprintln!("== durability: 5 kill -9 rounds under load");
     let report = durability::measure(&durability::Args {
         roostd: args.roostd.clone(),
@@ -173,48 +277,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rounds: 5,
         seconds: 2,
         concurrency: 32,
+        database_url: args.database_url.clone(),
     })
     .await
     .context("durability target")?;
     crate::print(&report);
-    outcomes.push(Outcome {
-        target: "zero acknowledged messages lost over repeated kill -9",
+    Ok(Outcome {
+        target: if args.database_url.is_some() {
+            "PostgreSQL: zero acknowledged messages lost over repeated kill -9"
+        } else {
+            "zero acknowledged messages lost over repeated kill -9"
+        },
         measured: format!("{} lost of {} acknowledged", report.lost, report.acknowledged),
         ratio: None,
         met: report.lost == 0 && report.acknowledged > 0,
         note: String::new(),
-    });
-    remove_data_dir(&args.data_dir)?;
-
-    println!("\nSPEC section 12 targets (ratio = measured ÷ target):");
-    for outcome in &outcomes {
-        let ratio = outcome.ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
-        let verdict = if outcome.met { "met" } else { "NOT MET" };
-        let note = if outcome.note.is_empty() { String::new() } else { format!(" ({})", outcome.note) };
-        println!("  {verdict:<8} {ratio:>6}  {}: {}{note}", outcome.target, outcome.measured);
-    }
-    println!("{}", json!({"mode": "targets", "results": outcomes.iter().map(Outcome::json).collect::<Vec<_>>()}));
-    Ok(())
+    })
 }
 
-/// Starts a fresh server, runs `measure` against its base URL, prints the mode's own lines and
-/// stops the server.
+/// Starts a fresh server, runs `measure` against its base URL and process id, prints the mode's
+/// own lines and stops the server.
 async fn with_fresh_server<R, F, Fut>(launch: &Launch, measure: F) -> anyhow::Result<R>
 where
     R: Summary,
-    F: FnOnce(String) -> Fut,
+    F: FnOnce(String, u32) -> Fut,
     Fut: Future<Output = anyhow::Result<R>>,
 {
     let server = Roostd::start_fresh(launch).await?;
-    let report = measure(server.base().to_owned()).await?;
+    let report = measure(server.base().to_owned(), server.pid()).await?;
     server.kill();
     crate::print(&report);
     Ok(report)
 }
 
-fn throughput_args(server: String, rate: u64, duration: u64) -> throughput::Args {
+fn throughput_args(server: String, pid: u32, rate: u64, duration: u64) -> throughput::Args {
     let target = throughput::PairsArgs { server, pairs: 50 };
-    throughput::Args { target, rate, duration, size: 256, max_in_flight: 512, over: Over::Http }
+    throughput::Args { target, rate, duration, size: 256, max_in_flight: 512, over: Over::Http, server_pid: Some(pid) }
 }
 
 /// How many sockets the connections target opens, and the descriptor limit if it is what

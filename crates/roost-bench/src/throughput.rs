@@ -51,6 +51,10 @@ pub struct Args {
     /// own WebSocket.
     #[arg(long, value_enum, default_value_t = Over::Http)]
     pub over: Over,
+    /// The server's process id: when given, the report splits the processor time of the load
+    /// between the server, PostgreSQL (every process named `postgres`) and this load generator.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// How the senders send.
@@ -98,6 +102,21 @@ pub struct Report {
     pub p99_ms: f64,
     /// See `p50_ms`.
     pub p999_ms: f64,
+    /// Processor seconds used from the first send until the last delivery, when the server's
+    /// process id was given.
+    pub cpu: Option<crate::cpu::Sample>,
+}
+
+impl Report {
+    /// Microseconds of processor time per accepted message: (server, PostgreSQL, load generator).
+    pub fn cpu_per_message_us(&self) -> Option<(f64, f64, f64)> {
+        let cpu = self.cpu?;
+        let messages = self.accepted_per_s * self.load_secs;
+        (messages > 0.0).then(|| {
+            let us = |seconds: f64| seconds * 1e6 / messages;
+            (us(cpu.server), us(cpu.postgres), us(cpu.bench))
+        })
+    }
 }
 
 impl crate::Summary for Report {
@@ -116,7 +135,12 @@ impl crate::Summary for Report {
             self.p50_ms,
             self.p99_ms,
             self.p999_ms
-        )
+        ) + &self
+            .cpu_per_message_us()
+            .map(|(server, postgres, bench)| {
+                format!("; CPU per message: server {server:.1} µs, PostgreSQL {postgres:.1} µs, load generator {bench:.1} µs")
+            })
+            .unwrap_or_default()
     }
 
     fn json(&self) -> serde_json::Value {
@@ -124,7 +148,10 @@ impl crate::Summary for Report {
                "load_s": (self.load_secs * 10.0).round() / 10.0, "pairs": self.pairs, "over": self.over.name(),
                "size": self.size, "accepted_per_s": self.accepted_per_s.round(),
                "delivered_per_s": self.delivered_per_s.round(), "errors": self.errors,
-               "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms})
+               "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms,
+               "cpu_us_per_message": self.cpu_per_message_us().map(|(server, postgres, bench)| json!({
+                   "server": (server * 10.0).round() / 10.0, "postgres": (postgres * 10.0).round() / 10.0,
+                   "load_generator": (bench * 10.0).round() / 10.0}))})
     }
 }
 
@@ -187,6 +214,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut payload = vec![0u8; args.size];
     let load_started = Instant::now();
+    let cpu_before = crate::cpu::Sample::now(args.server_pid);
     for i in 0..total {
         // Open loop: each send is due at its own time, whether or not earlier ones finished.
         let due = load_started + interval.mul_f64(i as f64);
@@ -235,6 +263,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     while delivered.load(Ordering::Relaxed) < accepted.load(Ordering::Relaxed) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cpu = args.server_pid.map(|_| crate::cpu::Sample::now(args.server_pid).since(cpu_before));
     progress.finish_and_clear();
     for receiver in receivers {
         receiver.abort();
@@ -255,6 +284,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
+        cpu,
     })
 }
 

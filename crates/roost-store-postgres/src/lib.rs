@@ -76,8 +76,12 @@ impl PostgresStore {
     /// starting at once migrate exactly once.
     pub async fn connect(url: &str, settings: &PoolSettings) -> StoreResult<Self> {
         // Notices (such as "relation already exists, skipping" from an idempotent migration)
-        // would only be log noise.
-        let mut options = PgConnectOptions::from_str(url)?.options([("client_min_messages", "warning")]);
+        // would only be log noise. Statements are planned for their parameters each time
+        // (`force_custom_plan`): a prepared statement's generic plan is chosen once, from the
+        // table sizes of that moment, and a plan made while a table was nearly empty (every
+        // new database) can scan the whole table on every batch once it has grown.
+        let mut options = PgConnectOptions::from_str(url)?
+            .options([("client_min_messages", "warning"), ("plan_cache_mode", "force_custom_plan")]);
         if let Some(timeout) = settings.statement_timeout {
             options = options.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
         }
