@@ -945,7 +945,7 @@ fn unix_ms() -> i64 {
 
 /// A fresh client message id: the send time in milliseconds as 12 hex digits, then 12 random
 /// bytes. Time first, so a device's ids sort in the order it sends them and the server's
-/// idempotency index grows at its end instead of at random pages (docs/benchmarks.md measured
+/// idempotency index grows at its end instead of at random pages (docs/benchmark-log.md measured
 /// the server's storage ceiling about a third lower with fully random ids).
 fn new_client_message_id(now_ms: i64) -> String {
     format!("{:012x}{}", now_ms.max(0), bytes::encode(&rand::random::<[u8; 12]>()))

@@ -7,7 +7,7 @@
 //! beside the writer (in WAL mode a checkpoint and a write transaction proceed at the same time),
 //! so each copy is small and when the writer's own checkpoint comes due almost nothing is left to
 //! copy. (At 100 ms the copies were large enough to slow the commits beside them; at 10 ms the
-//! p99 send latency at 5,000 msg/s fell from 4–6 ms to 3–3.7 ms, see docs/benchmarks.md.) While
+//! p99 send latency at 5,000 msg/s fell from 4–6 ms to 3–3.7 ms, see docs/benchmark-log.md.) While
 //! the log stands still the checkpointer looks only a few times a second.
 //!
 //! The writer's checkpoint still runs: only it finds the moment when everything is copied and the

@@ -47,7 +47,7 @@ const STATEMENT_CACHE: usize = 512;
 /// 8 MiB rather than more: SQLite walks its page cache's hash table at the end of every write
 /// transaction (`pcache1TruncateUnsafe`), and a larger cache spreads the hot pages over more
 /// memory; at saturation 64 MiB gave 28–29k msg/s, 16 MiB 30–31k and 8 MiB 32–33k
-/// (docs/benchmarks.md). A page that no longer fits is read back from the operating system's
+/// (docs/benchmark-log.md). A page that no longer fits is read back from the operating system's
 /// cache.
 const WRITER_CACHE_SIZE: &str = "-8192";
 /// Page cache of each reader connection, in KiB (as `PRAGMA cache_size` takes it: negative).
