@@ -100,55 +100,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The targets of one instance on the embedded store.
 async fn sqlite_targets(args: &Args, launch: &Launch) -> anyhow::Result<Vec<Outcome>> {
-    let mut outcomes = Vec::new();
-
-    eprintln!("== storage ceiling: raw inserts of the server's rows on this disk");
-    let ceiling =
-        ceiling::measure(&ceiling::Args { dir: args.data_dir.clone(), seconds: 3, size: 256, database_url: None })
-            .await
-            .context("storage ceiling")?;
-    crate::print(&ceiling);
-
-    let duration = args.duration;
-    for (over, target) in [
-        (Over::Http, "30,000 durable msg/s accepted and delivered live (sends over HTTP)"),
-        (Over::Websocket, "30,000 durable msg/s accepted and delivered live (sends over the WebSocket)"),
-    ] {
-        eprintln!("== throughput, sends over {}: {THROUGHPUT_OFFERED} msg/s offered for {duration} s", over.name());
-        let report = with_fresh_server(launch, |base, pid| async move {
-            let args = throughput::Args { over, ..throughput_args(base, pid, THROUGHPUT_OFFERED, duration) };
-            throughput::measure(&args).await
-        })
-        .await
-        .context("throughput target")?;
-        let rate = report.accepted_per_s.min(report.delivered_per_s);
-        outcomes.push(Outcome {
-            target,
-            measured: format!("{rate:.0} msg/s, {} errors", report.errors),
-            ratio: Some(rate / THROUGHPUT_MSGS_PER_S),
-            met: rate >= THROUGHPUT_MSGS_PER_S && report.errors == 0,
-            note: format!(
-                "{THROUGHPUT_OFFERED} offered; {:.0}% of this disk's storage ceiling, {:.0} msg/s at 100 per commit",
-                100.0 * rate / ceiling.best(),
-                ceiling.best()
-            ),
-        });
-    }
-
-    eprintln!("== latency: {LATENCY_RATE} msg/s for {} s", args.duration);
-    let report = with_fresh_server(launch, |base, pid| async move {
-        throughput::measure(&throughput_args(base, pid, LATENCY_RATE, duration)).await
-    })
-    .await
-    .context("latency target")?;
-    let kept_up = report.delivered_per_s >= 0.99 * LATENCY_RATE as f64 && report.errors == 0;
-    outcomes.push(Outcome {
-        target: "p99 send→socket under 5 ms at 5,000 msg/s",
-        measured: format!("p99 {:.2} ms (p50 {:.2}, p99.9 {:.2})", report.p99_ms, report.p50_ms, report.p999_ms),
-        ratio: Some(report.p99_ms / LATENCY_P99_MS),
-        met: report.p99_ms < LATENCY_P99_MS && kept_up,
-        note: if kept_up { String::new() } else { format!("delivered only {:.0} msg/s", report.delivered_per_s) },
-    });
+    let ceiling = measure_ceiling(args, None).await?;
+    let mut outcomes = throughput_outcomes(
+        launch,
+        &ceiling,
+        &Throughput {
+            offered: THROUGHPUT_OFFERED,
+            target: THROUGHPUT_MSGS_PER_S,
+            labels: [
+                "30,000 durable msg/s accepted and delivered live (sends over HTTP)",
+                "30,000 durable msg/s accepted and delivered live (sends over the WebSocket)",
+            ],
+        },
+        args.duration,
+    )
+    .await?;
+    outcomes.push(
+        latency_outcome(launch, LATENCY_P99_MS, "p99 send→socket under 5 ms at 5,000 msg/s", args.duration).await?,
+    );
 
     let (count, limited) = connection_count(args.connections)?;
     eprintln!("== connections: {count} idle authenticated sockets");
@@ -205,66 +174,110 @@ async fn sqlite_targets(args: &Args, launch: &Launch) -> anyhow::Result<Vec<Outc
 
 /// The PostgreSQL targets: client, server and PostgreSQL on this machine.
 async fn postgres_targets(args: &Args, launch: &Launch, url: &str) -> anyhow::Result<Vec<Outcome>> {
-    let mut outcomes = Vec::new();
-    eprintln!("== storage ceiling: raw PostgreSQL inserts of the server's rows");
+    let ceiling = measure_ceiling(args, Some(url)).await?;
+    let mut outcomes = throughput_outcomes(
+        launch,
+        &ceiling,
+        &Throughput {
+            offered: POSTGRES_OFFERED,
+            target: POSTGRES_MSGS_PER_S,
+            labels: [
+                "PostgreSQL: 13,000 durable msg/s delivered live (sends over HTTP)",
+                "PostgreSQL: 13,000 durable msg/s delivered live (sends over the WebSocket)",
+            ],
+        },
+        args.duration,
+    )
+    .await?;
+    outcomes.push(
+        latency_outcome(
+            launch,
+            POSTGRES_P99_MS,
+            "PostgreSQL: p99 send→socket under 10 ms at 5,000 msg/s",
+            args.duration,
+        )
+        .await?,
+    );
+    outcomes.push(durability_outcome(args).await?);
+    Ok(outcomes)
+}
+
+/// The storage ceiling of the store the servers run on, printed as it is measured.
+async fn measure_ceiling(args: &Args, database_url: Option<&str>) -> anyhow::Result<ceiling::Report> {
+    eprintln!("== storage ceiling: raw inserts of the server's rows");
     let ceiling = ceiling::measure(&ceiling::Args {
         dir: args.data_dir.clone(),
         seconds: 3,
         size: 256,
-        database_url: Some(url.to_owned()),
+        database_url: database_url.map(str::to_owned),
     })
     .await
     .context("storage ceiling")?;
     crate::print(&ceiling);
+    Ok(ceiling)
+}
 
-    let duration = args.duration;
-    for (over, target) in [
-        (Over::Http, "PostgreSQL: 13,000 durable msg/s delivered live (sends over HTTP)"),
-        (Over::Websocket, "PostgreSQL: 13,000 durable msg/s delivered live (sends over the WebSocket)"),
-    ] {
-        eprintln!("== throughput on PostgreSQL, sends over {}: {POSTGRES_OFFERED} msg/s offered", over.name());
+/// A throughput target: what is offered, the rate to reach, and its two rows' labels (sends
+/// over HTTP, then over the WebSocket).
+struct Throughput {
+    offered: u64,
+    target: f64,
+    labels: [&'static str; 2],
+}
+
+/// The throughput target measured with HTTP sends and with WebSocket sends, each on a fresh
+/// server, against the storage ceiling of the same run.
+async fn throughput_outcomes(
+    launch: &Launch,
+    ceiling: &ceiling::Report,
+    throughput: &Throughput,
+    duration: u64,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for (over, label) in [Over::Http, Over::Websocket].into_iter().zip(throughput.labels) {
+        let offered = throughput.offered;
+        eprintln!("== throughput, sends over {}: {offered} msg/s offered for {duration} s", over.name());
         let report = with_fresh_server(launch, |base, pid| async move {
-            let args = throughput::Args { over, ..throughput_args(base, pid, POSTGRES_OFFERED, duration) };
-            throughput::measure(&args).await
+            throughput::measure(&throughput::Args { over, ..throughput_args(base, pid, offered, duration) }).await
         })
         .await
-        .context("PostgreSQL throughput target")?;
+        .context("throughput target")?;
         let rate = report.accepted_per_s.min(report.delivered_per_s);
         let cpu = report.cpu_per_message_us().map_or_else(String::new, |(server, postgres, bench)| {
-            format!(
-                "; CPU per message: server {server:.0} µs, PostgreSQL {postgres:.0} µs, load generator {bench:.0} µs"
-            )
+            let postgres = if postgres > 0.0 { format!(", PostgreSQL {postgres:.0} µs") } else { String::new() };
+            format!("; CPU per message: server {server:.0} µs{postgres}, load generator {bench:.0} µs")
         });
         outcomes.push(Outcome {
-            target,
+            target: label,
             measured: format!("{rate:.0} msg/s, {} errors", report.errors),
-            ratio: Some(rate / POSTGRES_MSGS_PER_S),
-            met: rate >= POSTGRES_MSGS_PER_S && report.errors == 0,
+            ratio: Some(rate / throughput.target),
+            met: rate >= throughput.target && report.errors == 0,
             note: format!(
-                "{POSTGRES_OFFERED} offered; {:.0}% of PostgreSQL's ceiling here, {:.0} msg/s at 100 per commit{cpu}",
+                "{offered} offered; {:.0}% of the storage ceiling, {:.0} msg/s at 100 per commit{cpu}",
                 100.0 * rate / ceiling.best(),
                 ceiling.best()
             ),
         });
     }
+    Ok(outcomes)
+}
 
-    eprintln!("== latency on PostgreSQL: {LATENCY_RATE} msg/s for {duration} s");
+/// The latency target at 5,000 msg/s (HTTP sends) on a fresh server.
+async fn latency_outcome(launch: &Launch, p99_ms: f64, label: &'static str, duration: u64) -> anyhow::Result<Outcome> {
+    eprintln!("== latency: {LATENCY_RATE} msg/s for {duration} s");
     let report = with_fresh_server(launch, |base, pid| async move {
         throughput::measure(&throughput_args(base, pid, LATENCY_RATE, duration)).await
     })
     .await
-    .context("PostgreSQL latency target")?;
+    .context("latency target")?;
     let kept_up = report.delivered_per_s >= 0.99 * LATENCY_RATE as f64 && report.errors == 0;
-    outcomes.push(Outcome {
-        target: "PostgreSQL: p99 send→socket under 10 ms at 5,000 msg/s",
+    Ok(Outcome {
+        target: label,
         measured: format!("p99 {:.2} ms (p50 {:.2}, p99.9 {:.2})", report.p99_ms, report.p50_ms, report.p999_ms),
-        ratio: Some(report.p99_ms / POSTGRES_P99_MS),
-        met: report.p99_ms < POSTGRES_P99_MS && kept_up,
+        ratio: Some(report.p99_ms / p99_ms),
+        met: report.p99_ms < p99_ms && kept_up,
         note: if kept_up { String::new() } else { format!("delivered only {:.0} msg/s", report.delivered_per_s) },
-    });
-
-    outcomes.push(durability_outcome(args).await?);
-    Ok(outcomes)
+    })
 }
 
 /// Five kill -9 rounds under load, on the store the arguments name.

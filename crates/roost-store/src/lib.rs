@@ -16,6 +16,8 @@ pub mod conformance;
 mod conversations;
 mod error;
 mod models;
+#[cfg(feature = "sqlx")]
+pub mod rows;
 pub mod sql;
 mod timing;
 
