@@ -248,6 +248,10 @@ impl Schema {
         );
         let schema = Self { admin_url: admin_url.to_owned(), name };
         let mut conn = schema.connect_admin().await;
+        static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SWEPT.swap(true, Ordering::Relaxed) {
+            drop_abandoned_schemas(&mut conn).await;
+        }
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{}\"", schema.name)))
             .execute(&mut conn)
             .await
@@ -287,6 +291,26 @@ impl Drop for Schema {
         });
         if dropped.join().ok().flatten().is_none() {
             let _ = writeln!(std::io::stderr(), "warning: could not drop the test schema {}", self.name);
+        }
+    }
+}
+
+/// Drops the schemas of test processes that are gone (a process killed before its tests ended
+/// leaves its schemas behind). A schema's name holds the id of the process that made it.
+async fn drop_abandoned_schemas(conn: &mut PgConnection) {
+    let Ok(names) =
+        sqlx::query_scalar::<_, String>("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'roost\\_test\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+    else {
+        return;
+    };
+    for name in names {
+        let pid = name.strip_prefix("roost_test_").and_then(|rest| rest.split('_').next());
+        let gone = pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists());
+        if gone {
+            let sql = format!("SET lock_timeout = '1s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await;
         }
     }
 }
