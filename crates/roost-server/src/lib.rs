@@ -159,9 +159,12 @@ impl Server {
     }
 }
 
-/// Periodic work: prune expired authentication state and forget idle rate-limit keys (every
-/// 30 s), prune conversation entries by retention (every `retention.prune_interval_secs`), and
-/// keep the metrics registry tidy.
+/// Periodic work. Every instance forgets idle rate-limit keys and keeps the metrics registry
+/// tidy (every 30 s). The work on the shared database runs only on the instance that leads it
+/// ([`roost_store::Store::lead_background_work`]): pruning expired authentication state (every
+/// 30 s) and conversation entries by retention (every `retention.prune_interval_secs`). An
+/// instance asks at each of its ticks, so when the leader is gone another takes over within one
+/// interval.
 async fn housekeeping(services: Services, metrics: metrics_exporter_prometheus::PrometheusHandle) {
     let mut auth_tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     auth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -171,17 +174,41 @@ async fn housekeeping(services: Services, metrics: metrics_exporter_prometheus::
     loop {
         tokio::select! {
             _ = auth_tick.tick() => {
-                if let Err(err) = services.auth.prune().await {
+                if leads_background_work(&services).await
+                    && let Err(err) = services.auth.prune().await
+                {
                     tracing::warn!(error = %err, "pruning authentication state failed");
                 }
                 services.ctx.limits.forget_idle();
                 metrics.run_upkeep();
             }
-            _ = retention_tick.tick() => match services.conversations.prune().await {
-                Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned conversation entries"),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "retention pruning failed"),
-            },
+            _ = retention_tick.tick() => {
+                if leads_background_work(&services).await {
+                    match services.conversations.prune().await {
+                        Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned conversation entries"),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "retention pruning failed"),
+                    }
+                }
+            }
         }
     }
+}
+
+/// Whether this instance does the shared background work now; recorded in the context and in
+/// `roost_background_leader`.
+async fn leads_background_work(services: &Services) -> bool {
+    let leads = match services.ctx.store.lead_background_work().await {
+        Ok(leads) => leads,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not tell whether this instance leads the background work");
+            false
+        }
+    };
+    let previously = services.ctx.leads_background_work.swap(leads, std::sync::atomic::Ordering::Relaxed);
+    if leads != previously {
+        tracing::info!(leads, "background work (pruning) {}", if leads { "runs here" } else { "runs elsewhere" });
+    }
+    ::metrics::gauge!("roost_background_leader").set(if leads { 1.0 } else { 0.0 });
+    leads
 }

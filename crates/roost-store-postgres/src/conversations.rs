@@ -473,34 +473,37 @@ impl ConversationStore for PostgresStore {
         })
     }
 
-    async fn prune_retention(&self, now: i64, max_age_ms: Option<i64>) -> StoreResult<u64> {
-        transaction!(self.pool, "prune_retention", |tx| {
-            let mut pruned = sqlx::query(
-                "DELETE FROM entries e USING conversations c WHERE c.id = e.conversation_id AND c.retention = 'ttl' \
-                 AND e.created_at <= $1 - c.retention_ttl_ms",
+    async fn prune_retention(&self, now: i64, max_age_ms: Option<i64>, batch: u32) -> StoreResult<u64> {
+        // Each statement deletes at most `batch` rows in a transaction of its own, so no lock is
+        // held over a big table for long.
+        let mut pruned = self
+            .delete_in_batches(
+                "DELETE FROM entries WHERE ctid = ANY(ARRAY(SELECT e.ctid FROM entries e JOIN conversations c \
+                 ON c.id = e.conversation_id WHERE c.retention = 'ttl' AND e.created_at <= $1 - c.retention_ttl_ms \
+                 LIMIT $2))",
+                Some(now),
+                batch,
             )
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if let Some(max_age) = max_age_ms {
-                let cutoff = now.saturating_sub(max_age);
-                for sql in [
-                    "DELETE FROM entries WHERE created_at <= $1",
-                    "DELETE FROM message_ids WHERE created_at <= $1",
-                    "DELETE FROM device_queue WHERE created_at <= $1",
-                ] {
-                    pruned += sqlx::query(sql).bind(cutoff).execute(&mut *tx).await?.rows_affected();
-                }
+            .await?;
+        if let Some(max_age) = max_age_ms {
+            let cutoff = now.saturating_sub(max_age);
+            for sql in [
+                "DELETE FROM entries WHERE ctid = ANY(ARRAY(SELECT ctid FROM entries WHERE created_at <= $1 LIMIT $2))",
+                "DELETE FROM message_ids WHERE ctid = ANY(ARRAY(SELECT ctid FROM message_ids WHERE created_at <= $1 LIMIT $2))",
+                "DELETE FROM device_queue WHERE ctid = ANY(ARRAY(SELECT ctid FROM device_queue WHERE created_at <= $1 LIMIT $2))",
+            ] {
+                pruned += self.delete_in_batches(sql, Some(cutoff), batch).await?;
             }
-            pruned += sqlx::query(
-                "DELETE FROM queue_blobs b WHERE NOT EXISTS (SELECT 1 FROM device_queue q WHERE q.blob_id = b.id)",
+        }
+        pruned += self
+            .delete_in_batches(
+                "DELETE FROM queue_blobs WHERE id IN (SELECT b.id FROM queue_blobs b WHERE NOT EXISTS \
+                 (SELECT 1 FROM device_queue q WHERE q.blob_id = b.id) LIMIT $1)",
+                None,
+                batch,
             )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            Ok(pruned)
-        })
+            .await?;
+        Ok(pruned)
     }
 }
 
@@ -817,4 +820,27 @@ async fn burn_acknowledged(conn: &mut PgConnection, id: &ConversationId, last_se
 
 fn prefixed(columns: &str, alias: &str) -> String {
     columns.split(", ").map(|column| format!("{alias}.{column}")).collect::<Vec<_>>().join(", ")
+}
+
+impl PostgresStore {
+    /// Runs a `DELETE` that takes a cutoff (`$1`, when given) and then a row limit until it
+    /// deletes fewer rows than the limit, each run its own transaction; returns how many rows
+    /// it deleted in all.
+    async fn delete_in_batches(&self, sql: &'static str, cutoff: Option<i64>, batch: u32) -> StoreResult<u64> {
+        let batch = i64::from(batch.max(1));
+        let mut deleted = 0;
+        loop {
+            let done = read!(self.pool, "prune_retention", |conn| {
+                let query = match cutoff {
+                    Some(cutoff) => sqlx::query(sql).bind(cutoff),
+                    None => sqlx::query(sql),
+                };
+                Ok(query.bind(batch).execute(conn).await?.rows_affected())
+            })?;
+            deleted += done;
+            if i64::try_from(done).unwrap_or(i64::MAX) < batch {
+                return Ok(deleted);
+            }
+        }
+    }
 }

@@ -31,20 +31,24 @@ mod import;
 mod run;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 pub use import::ImportReport;
 use roost_store::batch::Appender;
 use roost_store::{Store, StoreError, StoreResult};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, Row};
 
 /// The PostgreSQL store.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     appender: Appender,
+    options: PgConnectOptions,
+    /// The connection holding the background-work lock, while this process holds it.
+    leader: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
 
 /// How the store uses its connections.
@@ -69,6 +73,8 @@ impl Default for PoolSettings {
 /// Two-part key of the advisory lock that migrations run under: this namespace, and a hash of
 /// the schema being migrated (so separate schemas in one database migrate independently).
 const MIGRATION_LOCK: i32 = 0x526f_6f73; // "Roos"
+/// The namespace of the advisory lock held by the process that does the background work.
+const BACKGROUND_LOCK: i32 = 0x526f_6f42; // "RooB"
 
 impl PostgresStore {
     /// Connects to the database at a `postgres://` (or `postgresql://`) URL, checks that it is
@@ -93,11 +99,11 @@ impl PostgresStore {
             .max_connections(settings.max_connections.max(2))
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         check_durability(&pool).await?;
         migrate(&pool).await?;
-        Ok(Self { pool, appender })
+        Ok(Self { pool, appender, options, leader: Arc::default() })
     }
 
     /// Closes the pool's connections.
@@ -113,6 +119,30 @@ impl Store for PostgresStore {
             conn.execute("SELECT 1").await?;
             Ok(())
         })
+    }
+
+    /// The process that holds a session-level advisory lock (keyed on the schema) on a
+    /// connection of its own leads. The lock lives as long as that connection: when the process
+    /// dies or loses the connection, PostgreSQL releases it and the next process to ask takes it.
+    async fn lead_background_work(&self) -> StoreResult<bool> {
+        let mut leader = self.leader.lock().await;
+        if let Some(conn) = leader.as_mut() {
+            if conn.execute("SELECT 1").await.is_ok() {
+                return Ok(true);
+            }
+            // The connection is gone, and the lock with it; another process may hold it now.
+            *leader = None;
+        }
+        let mut conn = self.options.connect().await?;
+        let taken: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(coalesce(current_schema(), '')))")
+                .bind(BACKGROUND_LOCK)
+                .fetch_one(&mut conn)
+                .await?;
+        if taken {
+            *leader = Some(conn);
+        }
+        Ok(taken)
     }
 }
 

@@ -538,34 +538,38 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn prune_retention(&self, now: i64, max_age_ms: Option<i64>) -> StoreResult<u64> {
+    async fn prune_retention(&self, now: i64, max_age_ms: Option<i64>, batch: u32) -> StoreResult<u64> {
         timed("prune_retention", async {
-            let mut tx = self.writer.begin().await?;
-            let mut pruned = sqlx::query(
-                "DELETE FROM entries WHERE created_at <= $1 - (SELECT c.retention_ttl_ms FROM conversations c \
-                 WHERE c.id = entries.conversation_id AND c.retention = 'ttl')",
-            )
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            // Each statement deletes at most `batch` rows and commits on its own, so the group
+            // commit (which shares the one writer connection) waits for one batch at most.
+            let mut pruned = self
+                .delete_in_batches(
+                    "DELETE FROM entries WHERE rowid IN (SELECT e.rowid FROM entries e JOIN conversations c \
+                     ON c.id = e.conversation_id WHERE c.retention = 'ttl' AND e.created_at <= $1 - c.retention_ttl_ms \
+                     LIMIT $2)",
+                    Some(now),
+                    batch,
+                )
+                .await?;
             if let Some(max_age) = max_age_ms {
                 let cutoff = now.saturating_sub(max_age);
                 for sql in [
-                    "DELETE FROM entries WHERE created_at <= $1",
-                    "DELETE FROM message_ids WHERE created_at <= $1",
-                    "DELETE FROM device_queue WHERE created_at <= $1",
+                    "DELETE FROM entries WHERE rowid IN (SELECT rowid FROM entries WHERE created_at <= $1 LIMIT $2)",
+                    "DELETE FROM message_ids WHERE (client_message_id, sender_device, conversation_id) IN \
+                     (SELECT client_message_id, sender_device, conversation_id FROM message_ids WHERE created_at <= $1 LIMIT $2)",
+                    "DELETE FROM device_queue WHERE id IN (SELECT id FROM device_queue WHERE created_at <= $1 LIMIT $2)",
                 ] {
-                    pruned += sqlx::query(sql).bind(cutoff).execute(&mut *tx).await?.rows_affected();
+                    pruned += self.delete_in_batches(sql, Some(cutoff), batch).await?;
                 }
             }
-            pruned += sqlx::query(
-                "DELETE FROM queue_blobs WHERE NOT EXISTS (SELECT 1 FROM device_queue q WHERE q.blob_id = queue_blobs.id)",
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
+            pruned += self
+                .delete_in_batches(
+                    "DELETE FROM queue_blobs WHERE id IN (SELECT b.id FROM queue_blobs b WHERE NOT EXISTS \
+                     (SELECT 1 FROM device_queue q WHERE q.blob_id = b.id) LIMIT $1)",
+                    None,
+                    batch,
+                )
+                .await?;
             Ok(pruned)
         })
         .await
@@ -805,4 +809,24 @@ async fn burn_acknowledged(conn: &mut SqliteConnection, id: &ConversationId, las
         .execute(conn)
         .await?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// Runs a `DELETE` that takes a cutoff (`$1`, when given) and then a row limit until it
+    /// deletes fewer rows than the limit; returns how many it deleted in all.
+    async fn delete_in_batches(&self, sql: &'static str, cutoff: Option<i64>, batch: u32) -> StoreResult<u64> {
+        let batch = batch.max(1);
+        let mut deleted = 0;
+        loop {
+            let query = match cutoff {
+                Some(cutoff) => sqlx::query(sql).bind(cutoff),
+                None => sqlx::query(sql),
+            };
+            let done = query.bind(i64::from(batch)).execute(&self.writer).await?;
+            deleted += done.rows_affected();
+            if done.rows_affected() < u64::from(batch) {
+                return Ok(deleted);
+            }
+        }
+    }
 }

@@ -142,4 +142,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    /// One process uses the file (SQLite's locks are not meant for several servers), so it
+    /// always leads.
+    async fn lead_background_work(&self) -> StoreResult<bool> {
+        Ok(true)
+    }
 }

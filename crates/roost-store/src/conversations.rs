@@ -354,7 +354,10 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn set_read_receipts(&self, user: &UserId, enabled: bool) -> StoreResult<()>;
 
     /// Deletes entries past their conversation's TTL or the server's maximum age
-    /// (`max_age_ms`, `None` for unlimited), and queue entries and idempotency records past the
-    /// maximum age. Returns how many rows went.
-    async fn prune_retention(&self, now: i64, max_age_ms: Option<i64>) -> StoreResult<u64>;
+    /// (`max_age_ms`, `None` for unlimited), queue entries and idempotency records past the
+    /// maximum age, and Welcome payloads no queue entry refers to any more. Unlike the other
+    /// methods it is not one transaction: it deletes at most `batch` rows per transaction, so
+    /// that pruning a large backlog never holds the writers up for long. Returns how many rows
+    /// went.
+    async fn prune_retention(&self, now: i64, max_age_ms: Option<i64>, batch: u32) -> StoreResult<u64>;
 }

@@ -37,4 +37,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: AccountStore + ConversationStore {
     /// Checks that the backend answers (used by `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Whether this process should do the background work (pruning) now. Of the processes
+    /// sharing one database, at most one gets `true` at a time, and keeps getting it while it
+    /// lives; when it is gone (or its database connection is), the next process to ask gets it.
+    /// A store only one process uses always answers `true`.
+    async fn lead_background_work(&self) -> StoreResult<bool>;
 }

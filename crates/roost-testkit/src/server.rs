@@ -151,14 +151,23 @@ impl TestServer {
     }
 
     /// Stops the server, waits for it to finish in-flight work, and hands back its database.
-    pub async fn stop(mut self) -> TestDatabase {
+    ///
+    /// # Panics
+    /// For a server made by [`TestServer::another`]: use [`TestServer::halt`].
+    pub async fn stop(self) -> TestDatabase {
+        self.halt().await.expect("the first server holds the database")
+    }
+
+    /// Stops the server and waits for it to finish in-flight work; its store (connections
+    /// included) is closed once this returns. Hands back the database if it holds it.
+    pub async fn halt(mut self) -> Option<TestDatabase> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.expect("server task");
         }
-        self.database.take().expect("the first server holds the database")
+        self.database.take()
     }
 }
 

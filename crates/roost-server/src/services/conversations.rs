@@ -19,6 +19,9 @@ use super::{Caller, Context, encode_frame};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, LiveEvent, PushedEntry};
 
+/// Rows deleted per transaction when pruning: small enough that sends never wait long behind a
+/// pruning transaction, large enough that a backlog goes in few of them.
+const PRUNE_BATCH: u32 = 5_000;
 const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 64;
 const DEFAULT_PAGE: u32 = 50;
 
@@ -391,7 +394,7 @@ impl Conversations {
     /// queue entries (the pruning worker calls this on its interval).
     pub async fn prune(&self) -> Result<u64> {
         let max_age_ms = self.max_age_secs().map(super::secs_to_ms);
-        Ok(self.ctx.store.prune_retention(self.ctx.now(), max_age_ms).await?)
+        Ok(self.ctx.store.prune_retention(self.ctx.now(), max_age_ms, PRUNE_BATCH).await?)
     }
 
     /// The caller's user's settings.

@@ -10,6 +10,7 @@ mod keys;
 mod signatures;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 pub use accounts::Accounts;
 pub use auth::{Auth, Caller, token_hash};
@@ -40,6 +41,9 @@ pub struct Context {
     pub sessions: SessionCache,
     /// Member devices of conversations read recently.
     pub members: MemberCache,
+    /// Whether this instance did the background work (pruning) at its last turn; of the
+    /// instances sharing a database, one at a time does.
+    pub leads_background_work: AtomicBool,
 }
 
 impl Context {
@@ -53,6 +57,7 @@ impl Context {
             limits,
             sessions: SessionCache::new(MAX_SESSIONS),
             members: MemberCache::weighed(MAX_MEMBER_DEVICES, |members| members.len()),
+            leads_background_work: AtomicBool::new(false),
         }
     }
 

@@ -71,6 +71,12 @@ impl TestServer {
         self.server.stop().await
     }
 
+    /// Stops the server; hands back its database if it holds it.
+    #[allow(dead_code)] // Only the PostgreSQL suite runs several servers.
+    pub async fn halt(self) -> Option<TestDatabase> {
+        self.server.halt().await
+    }
+
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON body.
     pub async fn call(
         &self,

@@ -2,6 +2,7 @@
 //! conversation, and the database going away under traffic and coming back.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -114,4 +115,34 @@ async fn the_database_going_away_gives_503_and_the_server_recovers_by_itself() {
     assert!(ready, "the server did not become ready again");
     let (status, body) = send(&server, &bob.token(), &id, "after the outage", 1).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_at_a_time_does_the_background_work_and_another_takes_over() {
+    let first = server!(|config| config.retention.prune_interval_secs = 1);
+    let second = first.another().await;
+    let leads = |server: &TestServer| server.services.ctx.leads_background_work.load(Ordering::Relaxed);
+
+    // Each asks at every tick (the first one at start): one of them leads, never both.
+    let mut waited = Duration::ZERO;
+    while !(leads(&first) || leads(&second)) {
+        assert!(waited < Duration::from_secs(10), "nobody took the background work");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    for _ in 0..30 {
+        assert!(!(leads(&first) && leads(&second)), "both lead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The leader goes away (its database connections with it): the other takes over within an
+    // interval.
+    let (leader, follower) = if leads(&first) { (first, second) } else { (second, first) };
+    let _database = leader.halt().await;
+    let mut waited = Duration::ZERO;
+    while !leads(&follower) {
+        assert!(waited < Duration::from_secs(10), "the remaining server did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
 }

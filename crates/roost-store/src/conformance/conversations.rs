@@ -451,11 +451,11 @@ pub async fn ttl_and_maximum_age_prune_entries<S: Store>(store: &S) {
     store.append_message(message(1, member(1, 10), "new", 1, NOW + 30_000)).await.unwrap();
     store.append_message(message(2, member(1, 10), "kept", 1, NOW)).await.unwrap();
 
-    store.prune_retention(NOW + 60_000, None).await.unwrap();
+    store.prune_retention(NOW + 60_000, None, 1000).await.unwrap();
     assert_eq!(seqs(&everything(store, 20).await), vec![2]);
     assert_eq!(seqs(&everything(store, 21).await), vec![1], "permanent entries stay without a maximum age");
 
-    store.prune_retention(NOW + 100_000, Some(90_000)).await.unwrap();
+    store.prune_retention(NOW + 100_000, Some(90_000), 1000).await.unwrap();
     assert!(everything(store, 21).await.entries.is_empty(), "the maximum age bounds every policy");
     assert!(everything(store, 21).await.queue.is_empty(), "and queue entries");
     // The sequence keeps counting after pruning: no number is reused.
@@ -546,4 +546,42 @@ pub async fn revoking_a_device_drops_its_queue_and_positions<S: Store>(store: &S
     assert!(store.is_member_user(&conversation(1), &user(2)).await.unwrap(), "the user stays through device 20");
     store.revoke_device(&user(2), &device(20), NOW).await.unwrap();
     assert!(!store.is_member_user(&conversation(1), &user(2)).await.unwrap());
+}
+
+/// Pruning a backlog larger than one batch removes all of it, a batch at a time, and counts
+/// every row it removed.
+pub async fn pruning_removes_a_backlog_in_batches<S: Store>(store: &S) {
+    people(store).await;
+    create(store, 1, ConversationKind::Group, &[(2, 20), (3, 30)], RetentionPolicy::Ttl { ttl_secs: 60 }).await;
+    for i in 0..7 {
+        store.append_message(message(1, member(1, 10), &format!("b{i}"), 1, NOW + i)).await.unwrap();
+    }
+    let mut welcomed = commit(1, member(1, 10), 1);
+    welcomed.add = vec![member(2, 21)];
+    welcomed.welcome = Some(b"welcome-2".to_vec());
+    store.commit(welcomed).await.unwrap();
+    let queued = |d: u8| QueueWrite {
+        device_id: device(d),
+        kind: QueueKind::DeviceMessage,
+        conversation_id: None,
+        seq: None,
+        sender_device: Some(device(10)),
+        payload: vec![d],
+    };
+    store.enqueue((0..5).map(|_| queued(30)).collect(), NOW).await.unwrap();
+    let kept = store.append_message(message(1, member(1, 10), "young", 2, NOW + 200_000)).await.unwrap();
+
+    // Every message but the young one is past the TTL and the maximum age; so are the queue
+    // entries (the Welcomes and the five device messages) and the idempotency records.
+    let pruned = store.prune_retention(NOW + 200_000, Some(150_000), 2).await.unwrap();
+    // 8 entries (7 messages and the commit), 7 idempotency records, 8 queue entries (the
+    // Welcomes of devices 20 and 30, then 21, and 5 device messages) and 2 Welcome payloads.
+    assert_eq!(pruned, 8 + 7 + 8 + 2, "every pruned row is counted");
+    let left: Vec<u64> =
+        store.history(&conversation(1), 0, u64::MAX, 100).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(left, vec![kept.seq]);
+    for d in [20, 21, 30] {
+        assert!(everything(store, d).await.queue.is_empty(), "device {d}'s expired queue is gone");
+    }
+    assert_eq!(store.prune_retention(NOW + 200_000, Some(150_000), 2).await.unwrap(), 0, "nothing is left to prune");
 }

@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             acks_are_cumulative_and_only_move_the_own_position,
             burn_on_read_deletes_when_the_last_member_device_acks,
             ttl_and_maximum_age_prune_entries,
+            pruning_removes_a_backlog_in_batches,
             history_pages_backwards_from_the_join_point,
             conversation_views_count_unread_and_read_markers_are_monotonic,
             leaving_removes_all_devices_of_the_user,
