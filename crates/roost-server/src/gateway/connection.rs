@@ -21,7 +21,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::error::Error;
-use crate::http::AppState;
 use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
 use crate::services::{Caller, Services, encode_frame, token_hash};
@@ -63,15 +62,14 @@ enum Exit {
 /// This future is the connection's task and lives as long as the connection: its size is the
 /// largest of its states, so only the serving state is held inline and the short phases
 /// (authentication, presence, closing) are boxed and take memory only while they run.
-pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, app: AppState) {
+pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, services: Arc<Services>) {
     let Ok(upgraded) = upgrade.await else {
         return; // The peer went away before the switch.
     };
     let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let services = &app.services;
     let gateway = &services.ctx.config.gateway;
     let auth_timeout = Duration::from_secs(gateway.auth_timeout_secs);
-    let (caller, session) = match Box::pin(authenticate(&mut socket, services, auth_timeout)).await {
+    let (caller, session) = match Box::pin(authenticate(&mut socket, &services, auth_timeout)).await {
         Ok(authenticated) => authenticated,
         Err(exit) => return Box::pin(finish(&mut socket, exit)).await,
     };
@@ -92,7 +90,7 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, app: AppSta
     // state in this future (an async fn's arguments keep their place for its whole life).
     let mut connection = Connection {
         socket: &mut socket,
-        app: app.clone(),
+        services: services.clone(),
         caller,
         session,
         send_timeout: Duration::from_secs(gateway.send_timeout_secs),
@@ -108,7 +106,7 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, app: AppSta
         // The subscription is gone by now, so every counted connection is another one.
         let user = connection.caller.user_id;
         let others = services.hub.connections_of(&user);
-        Box::pin(announce_presence(services, user, false, others)).await;
+        Box::pin(announce_presence(&services, user, false, others)).await;
     }
     Box::pin(finish(connection.socket, exit)).await;
 }
@@ -120,14 +118,12 @@ async fn announce_presence(services: &Services, user: roost_proto::UserId, onlin
     if !online && others_online > 0 {
         return;
     }
-    let store = &services.ctx.store;
-    match (store.contact_devices(&user).await, store.active_devices(&user).await) {
-        (Ok(devices), Ok(own)) => {
-            let others = devices.into_iter().filter(|d| !own.iter().any(|o| o.id == *d));
+    match services.accounts.presence_audience(&user).await {
+        Ok(others) => {
             let frame = ServerFrame::Presence { user_id: user, online, last_seen: services.ctx.clock.now_ms() };
             services.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
         }
-        (Err(err), _) | (_, Err(err)) => tracing::warn!(error = %err, "could not announce presence"),
+        Err(err) => tracing::warn!(error = %err, "could not announce presence"),
     }
 }
 
@@ -170,8 +166,8 @@ async fn finish(socket: &mut WebSocket, exit: Exit) {
 
 struct Connection<'s> {
     socket: &'s mut WebSocket,
-    /// The services, behind the one shared pointer of the HTTP state.
-    app: AppState,
+    /// The services (one shared pointer, to keep the connection small).
+    services: Arc<Services>,
     caller: Caller,
     /// The key of the session the socket authenticated with (its token's hash).
     session: [u8; 32],
@@ -204,7 +200,7 @@ impl Connection<'_> {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(gateway.heartbeat_interval_secs));
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         heartbeat.reset();
-        let mut shutdown = self.app.services.hub.shutdown_signal();
+        let mut shutdown = self.services.hub.shutdown_signal();
         let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
@@ -267,14 +263,14 @@ impl Connection<'_> {
         self.flush().await?;
         // Start from the acknowledged positions, so the first live entry of a conversation with
         // nothing pending is pushed as is instead of being fetched again from the store.
-        let positions = self.app.services.ctx.store.positions(&self.caller.device_id).await.map_err(|err| {
+        let positions = self.services.delivery.positions(&self.caller).await.map_err(|err| {
             tracing::warn!(error = %err, "reading positions failed");
             Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
         })?;
         self.pushed.extend(positions);
         let mut cursor = SyncCursor::default();
         loop {
-            let page = self.app.services.ctx.store.sync(&self.caller.device_id, cursor, PAGE).await.map_err(|err| {
+            let page = self.services.delivery.stored_page(&self.caller, cursor, PAGE).await.map_err(|err| {
                 tracing::warn!(error = %err, "initial drain failed");
                 Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
             })?;
@@ -377,9 +373,10 @@ impl Connection<'_> {
         metrics::counter!("roost_gateway_store_catch_ups_total").increment(1);
         let mut after = after;
         loop {
-            let store = &self.app.services.ctx.store;
-            let entries = store
-                .entries_for_device(&self.caller.device_id, &conversation_id, after, PAGE)
+            let entries = self
+                .services
+                .delivery
+                .entries_after(&self.caller, &conversation_id, after, PAGE)
                 .await
                 .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
             let full = entries.len() == PAGE as usize;
@@ -396,9 +393,10 @@ impl Connection<'_> {
 
     async fn catch_up_queue(&mut self) -> Result<(), Exit> {
         loop {
-            let store = &self.app.services.ctx.store;
-            let items = store
-                .queue_for_device(&self.caller.device_id, self.queue_pushed, PAGE)
+            let items = self
+                .services
+                .delivery
+                .queue_after(&self.caller, self.queue_pushed, PAGE)
                 .await
                 .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
             let full = items.len() == PAGE as usize;
@@ -429,15 +427,15 @@ impl Connection<'_> {
         let caller = self.caller;
         let outcome = match frame {
             ClientFrame::Auth { .. } => return self.refuse(ErrorCode::InvalidArgument, "already authenticated").await,
-            ClientFrame::Ack(request) => self.app.services.delivery.ack(&caller, &request).await,
+            ClientFrame::Ack(request) => self.services.delivery.ack(&caller, &request).await,
             ClientFrame::Typing { conversation_id, active } => {
-                self.app.services.conversations.typing(&caller, &conversation_id, active).await
+                self.services.conversations.typing(&caller, &conversation_id, active).await
             }
             ClientFrame::Presence { visible } => {
                 if visible != self.visible {
                     self.visible = visible;
-                    let others = self.app.services.hub.connections_of(&caller.user_id).saturating_sub(1);
-                    announce_presence(&self.app.services, caller.user_id, visible, others).await;
+                    let others = self.services.hub.connections_of(&caller.user_id).saturating_sub(1);
+                    announce_presence(&self.services, caller.user_id, visible, others).await;
                 }
                 Ok(())
             }
@@ -462,16 +460,16 @@ impl Connection<'_> {
             let expired = Error::new(ErrorCode::SessionExpired, SESSION_EXPIRED);
             return self.send_frame(&send_failed(conversation_id, request.client_message_id, expired)).await;
         }
-        let most = self.app.services.ctx.config.gateway.max_sends_in_flight;
+        let most = self.services.ctx.config.gateway.max_sends_in_flight;
         let sends = self.sends.get_or_insert_with(|| Arc::new(Semaphore::new(most)));
         let Ok(permit) = sends.clone().try_acquire_owned() else {
             let busy = Error::new(ErrorCode::RateLimited, "too many sends in flight on this connection");
             return self.send_frame(&send_failed(conversation_id, request.client_message_id, busy)).await;
         };
-        let (app, caller) = (self.app.clone(), self.caller);
+        let (services, caller) = (self.services.clone(), self.caller);
         tokio::spawn(async move {
             let client_message_id = request.client_message_id.clone();
-            let frame = match app.services.conversations.send(&caller, &conversation_id, request).await {
+            let frame = match services.conversations.send(&caller, &conversation_id, request).await {
                 Ok(accepted) => ServerFrame::Sent {
                     conversation_id,
                     client_message_id,
@@ -481,7 +479,7 @@ impl Connection<'_> {
                 },
                 Err(err) => send_failed(conversation_id, client_message_id, err),
             };
-            app.services.hub.publish([caller.device_id], LiveEvent::Frame(encode_frame(&frame)));
+            services.hub.publish([caller.device_id], LiveEvent::Frame(encode_frame(&frame)));
             drop(permit);
         });
         Ok(())
@@ -521,7 +519,7 @@ impl Connection<'_> {
 
     /// Whether the session the socket authenticated with has expired.
     fn session_expired(&self) -> bool {
-        self.caller.expires_at <= self.app.services.ctx.clock.now_ms()
+        self.caller.expires_at <= self.services.ctx.clock.now_ms()
     }
 
     /// Writes every queued frame.

@@ -23,8 +23,10 @@ use roost_proto::ErrorCode;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use std::sync::Arc;
+
 use crate::error::Error;
-use crate::http::AppState;
+use crate::services::Services;
 
 /// Initial capacity of a connection's read buffer. Client frames are small (auth, ack, typing);
 /// tungstenite's default of 128 KiB per connection would dominate idle memory.
@@ -36,7 +38,7 @@ const READ_BUFFER_BYTES: usize = 256;
         (status = 101, description = "Switching Protocols: send an `auth` frame first; see docs/protocol.md for every frame"),
         (status = 400, description = "Not a WebSocket upgrade request", body = roost_proto::ErrorBody),
     ))]
-pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Response {
+pub async fn upgrade(State(services): State<Arc<Services>>, mut request: Request) -> Response {
     let accept = match accept_key(request.method(), request.version(), request.headers()) {
         Ok(accept) => accept,
         Err(problem) => {
@@ -51,9 +53,9 @@ pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Res
         )
         .into_response();
     };
-    let config = socket_config(&state);
+    let config = socket_config(&services);
     // The task waits for the 101 below to be written, then owns the socket until it closes.
-    tokio::spawn(connection::run(upgrade, config, state));
+    tokio::spawn(connection::run(upgrade, config, services));
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -91,8 +93,8 @@ fn accept_key(method: &Method, version: Version, headers: &HeaderMap) -> Result<
     HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| "the Sec-WebSocket-Key header is unusable")
 }
 
-fn socket_config(state: &AppState) -> WebSocketConfig {
-    let config = &state.services.ctx.config;
+fn socket_config(services: &Services) -> WebSocketConfig {
+    let config = &services.ctx.config;
     // The largest frame the server writes: a commit (or message) with its base64 and JSON.
     let largest_out = config.limits.max_handshake_bytes.max(config.limits.max_message_bytes) / 3 * 4 + 64 * 1024;
     WebSocketConfig::default()

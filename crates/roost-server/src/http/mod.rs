@@ -29,8 +29,8 @@ pub struct AppState(Arc<Shared>);
 
 /// The contents of [`AppState`].
 pub struct Shared {
-    /// The services.
-    pub services: Services,
+    /// The services (shared with the WebSocket gateway, which takes them alone).
+    pub services: Arc<Services>,
     /// The Prometheus registry to render.
     pub metrics: PrometheusHandle,
 }
@@ -38,7 +38,13 @@ pub struct Shared {
 impl AppState {
     /// Wraps the services and the metrics registry.
     pub fn new(services: Services, metrics: PrometheusHandle) -> Self {
-        Self(Arc::new(Shared { services, metrics }))
+        Self(Arc::new(Shared { services: Arc::new(services), metrics }))
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Services> {
+    fn from_ref(state: &AppState) -> Self {
+        state.services.clone()
     }
 }
 

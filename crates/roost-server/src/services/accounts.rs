@@ -102,6 +102,14 @@ impl Accounts {
         Ok(())
     }
 
+    /// The devices that hear about `user`'s presence: the current member devices of every
+    /// conversation the user is in, except the user's own.
+    pub async fn presence_audience(&self, user: &UserId) -> Result<Vec<DeviceId>> {
+        let contacts = self.ctx.store.contact_devices(user).await?;
+        let own = self.ctx.store.active_devices(user).await?;
+        Ok(contacts.into_iter().filter(|d| !own.iter().any(|o| o.id == *d)).collect())
+    }
+
     /// Tells the user's own connected devices and those of everyone sharing a conversation with
     /// the user that its device list changed. Best effort: clients also fetch device lists.
     async fn announce_device_list(&self, user: &UserId) {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use roost_proto::conversation::{AckRequest, Entry, QueueEntry, QueueKind, SyncResponse};
 use roost_proto::{ConversationId, DeviceId, bytes};
-use roost_store::{EntryRecord, QueueRecord, QueueWrite, SyncCursor};
+use roost_store::{EntryRecord, QueueRecord, QueueWrite, SyncCursor, SyncPage};
 
 use super::{Caller, Context};
 use crate::error::{Error, Result};
@@ -45,6 +45,35 @@ impl Delivery {
             queue: page.queue.into_iter().map(queue_view).collect(),
             cursor: full.then(|| encode_cursor(&next)),
         })
+    }
+
+    /// The caller device's acknowledged position in each conversation it is a member of (where
+    /// its live connection starts counting).
+    pub async fn positions(&self, caller: &Caller) -> Result<Vec<(ConversationId, u64)>> {
+        Ok(self.ctx.store.positions(&caller.device_id).await?)
+    }
+
+    /// A page of what is stored for the caller's device and not acknowledged, as records (what a
+    /// live connection sends before it pushes).
+    pub async fn stored_page(&self, caller: &Caller, cursor: SyncCursor, limit: u32) -> Result<SyncPage> {
+        Ok(self.ctx.store.sync(&caller.device_id, cursor, limit).await?)
+    }
+
+    /// The caller device's unacknowledged entries of one conversation after `after`, in order
+    /// (what a live connection reads when it missed a push).
+    pub async fn entries_after(
+        &self,
+        caller: &Caller,
+        conversation: &ConversationId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<EntryRecord>> {
+        Ok(self.ctx.store.entries_for_device(&caller.device_id, conversation, after, limit).await?)
+    }
+
+    /// The caller device's queue entries after `after`, oldest first.
+    pub async fn queue_after(&self, caller: &Caller, after: u64, limit: u32) -> Result<Vec<QueueRecord>> {
+        Ok(self.ctx.store.queue_for_device(&caller.device_id, after, limit).await?)
     }
 
     /// Acknowledges entries (cumulative per conversation) and queue entries (up to an id). Only
