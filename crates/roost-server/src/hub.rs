@@ -14,9 +14,39 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use roost_proto::socket::ServerFrame;
 use roost_proto::{ConversationId, DeviceId, UserId};
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A server frame encoded once as JSON text and shared, not copied, by every connection it goes
+/// to. (It holds the WebSocket library's text type, so the gateway writes it without a copy or
+/// a second UTF-8 check; nothing outside this type and the gateway sees that library.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedFrame(Utf8Bytes);
+
+impl EncodedFrame {
+    /// Encodes a frame.
+    pub fn encode(frame: &ServerFrame) -> Self {
+        // Serializing these plain data types cannot fail; an empty frame would only be ignored.
+        Self(serde_json::to_string(frame).unwrap_or_default().into())
+    }
+
+    /// A frame already encoded (as it travels between processes).
+    pub fn from_text(text: String) -> Self {
+        Self(text.into())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The text as the gateway writes it (shared, not copied).
+    pub(crate) fn text(&self) -> Utf8Bytes {
+        self.0.clone()
+    }
+}
 
 /// Something a connected device should learn now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +59,7 @@ pub enum LiveEvent {
     Queued,
     /// Any other server frame, encoded once (ephemeral, typing, read receipt, presence, device
     /// list changes).
-    Frame(Utf8Bytes),
+    Frame(EncodedFrame),
     /// The session whose token has this hash was logged out: a connection authenticated with it
     /// closes.
     SessionEnded([u8; 32]),
@@ -43,7 +73,7 @@ pub struct PushedEntry {
     /// The entry's sequence number.
     pub seq: u64,
     /// The encoded `entry` frame.
-    pub frame: Utf8Bytes,
+    pub frame: EncodedFrame,
 }
 
 /// Why the hub ended a subscription.
@@ -375,7 +405,8 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let mut subscription = hub.subscribe(user(1), device(1), 1000, 5).unwrap();
         assert_eq!(subscription.try_next(), None, "nothing waits yet");
-        let frames: Vec<LiveEvent> = (0..100).map(|n| LiveEvent::Frame(n.to_string().into())).collect();
+        let frames: Vec<LiveEvent> =
+            (0..100).map(|n| LiveEvent::Frame(EncodedFrame::from_text(n.to_string()))).collect();
         for frame in &frames {
             hub.publish([device(1)], frame.clone());
         }

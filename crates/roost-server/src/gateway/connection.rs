@@ -21,9 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::error::Error;
-use crate::hub::{CloseReason, LiveEvent, PushedEntry, Subscription};
+use crate::hub::{CloseReason, EncodedFrame, LiveEvent, PushedEntry, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
-use crate::services::{Caller, Services, encode_frame, token_hash};
+use crate::services::{Caller, Services, token_hash};
 
 /// Entries or queue items fetched from the store per round trip.
 const PAGE: u32 = 200;
@@ -121,7 +121,7 @@ async fn announce_presence(services: &Services, user: roost_proto::UserId, onlin
     match services.accounts.presence_audience(&user).await {
         Ok(others) => {
             let frame = ServerFrame::Presence { user_id: user, online, last_seen: services.ctx.clock.now_ms() };
-            services.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
+            services.hub.publish(others, LiveEvent::Frame(EncodedFrame::encode(&frame)));
         }
         Err(err) => tracing::warn!(error = %err, "could not announce presence"),
     }
@@ -316,7 +316,7 @@ impl Connection<'_> {
                 }
             },
             LiveEvent::Queued => self.catch_up_queue().await,
-            LiveEvent::Frame(frame) => self.send_text(frame).await,
+            LiveEvent::Frame(frame) => self.send_text(frame.text()).await,
             LiveEvent::SessionEnded(session) if session == self.session => {
                 Err(Exit::Close(close::SESSION_ENDED, "this session was logged out"))
             }
@@ -331,7 +331,7 @@ impl Connection<'_> {
         let mut next = Some(entry);
         while let Some(entry) = next {
             self.pushed.insert(conversation_id, entry.seq);
-            self.send_text(entry.frame.clone()).await?;
+            self.send_text(entry.frame.text()).await?;
             let wanted = entry.seq + 1;
             next = self
                 .held
@@ -479,7 +479,7 @@ impl Connection<'_> {
                 },
                 Err(err) => send_failed(conversation_id, client_message_id, err),
             };
-            services.hub.publish([caller.device_id], LiveEvent::Frame(encode_frame(&frame)));
+            services.hub.publish([caller.device_id], LiveEvent::Frame(EncodedFrame::encode(&frame)));
             drop(permit);
         });
         Ok(())
@@ -490,7 +490,7 @@ impl Connection<'_> {
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), Exit> {
-        self.send_text(encode_frame(frame)).await
+        self.send_text(EncodedFrame::encode(frame).text()).await
     }
 
     /// Writes one text message: whole up to `FRAGMENT_BYTES`, as a fragmented message (RFC 6455

@@ -12,10 +12,10 @@ use roost_proto::{Base64Bytes, DeviceId, ErrorCode, Handle, UserId};
 use roost_store::{DeviceRecord, NewDevice, NewLinkRequest, StoreError};
 use sha2::{Digest, Sha256};
 
-use super::{Caller, Context, encode_frame, secs_to_ms, signatures};
+use super::{Caller, Context, secs_to_ms, signatures};
 use crate::config::RegistrationPolicy;
 use crate::error::{Error, Result};
-use crate::hub::{CloseReason, Hub, LiveEvent};
+use crate::hub::{CloseReason, EncodedFrame, Hub, LiveEvent};
 
 const MAX_DEVICE_NAME_CHARS: usize = 64;
 
@@ -123,7 +123,7 @@ impl Accounts {
                 devices.extend(contacts);
                 devices.sort();
                 devices.dedup();
-                let frame = encode_frame(&roost_proto::socket::ServerFrame::DevicesChanged { user_id: *user });
+                let frame = EncodedFrame::encode(&roost_proto::socket::ServerFrame::DevicesChanged { user_id: *user });
                 self.hub.publish(devices, LiveEvent::Frame(frame));
             }
             (Err(err), _) | (_, Err(err)) => tracing::warn!(error = %err, "could not announce a device list change"),

@@ -15,9 +15,9 @@ use roost_proto::{Base64Bytes, ConversationId, DeviceId};
 use roost_store::{CommitWrite, ConversationView, MemberDevice, MemberRef, MessageWrite, NewConversation, QueueWrite};
 
 use super::delivery::entry_view;
-use super::{Caller, Context, encode_frame};
+use super::{Caller, Context};
 use crate::error::{Error, Result};
-use crate::hub::{Hub, LiveEvent, PushedEntry};
+use crate::hub::{EncodedFrame, Hub, LiveEvent, PushedEntry};
 
 /// Rows deleted per transaction when pruning: small enough that sends never wait long behind a
 /// pruning transaction, large enough that a backlog goes in few of them.
@@ -281,7 +281,7 @@ impl Conversations {
             epoch: request.epoch,
             payload: request.ciphertext,
         };
-        self.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
+        self.hub.publish(others, LiveEvent::Frame(EncodedFrame::encode(&frame)));
         Ok(SendAccepted { seq: None, created_at: now, duplicate: false })
     }
 
@@ -371,7 +371,7 @@ impl Conversations {
         }
         if store.read_receipts(&caller.user_id).await? {
             let receipt = ServerFrame::ReadReceipt { conversation_id: *id, user_id: caller.user_id, seq: read_seq };
-            self.hub.publish(others.iter().map(|m| m.device_id), LiveEvent::Frame(encode_frame(&receipt)));
+            self.hub.publish(others.iter().map(|m| m.device_id), LiveEvent::Frame(EncodedFrame::encode(&receipt)));
         }
         Ok(read_seq)
     }
@@ -386,7 +386,7 @@ impl Conversations {
         let frame =
             ServerFrame::Typing { conversation_id: *id, user_id: caller.user_id, device_id: caller.device_id, active };
         let others = members.iter().map(|m| m.device_id).filter(|d| *d != caller.device_id);
-        self.hub.publish(others, LiveEvent::Frame(encode_frame(&frame)));
+        self.hub.publish(others, LiveEvent::Frame(EncodedFrame::encode(&frame)));
         Ok(())
     }
 
@@ -444,7 +444,7 @@ impl Conversations {
 
     fn publish_entry(&self, entry: Entry, recipients: Vec<DeviceId>) {
         let (conversation_id, seq) = (entry.conversation_id, entry.seq);
-        let frame = encode_frame(&ServerFrame::Entry(entry));
+        let frame = EncodedFrame::encode(&ServerFrame::Entry(entry));
         self.hub.publish(recipients, LiveEvent::Entry(Arc::new(PushedEntry { conversation_id, seq, frame })));
     }
 

@@ -18,7 +18,6 @@ pub use conversations::Conversations;
 pub use delivery::Delivery;
 pub use keys::Keys;
 use roost_store::Store;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use self::cache::{MAX_MEMBER_DEVICES, MAX_SESSIONS, MemberCache, SessionCache};
 use crate::clock::Clock;
@@ -100,13 +99,6 @@ impl Services {
             ctx,
         }
     }
-}
-
-/// Encodes a socket frame once, to be shared by every recipient.
-pub(crate) fn encode_frame(frame: &roost_proto::socket::ServerFrame) -> Utf8Bytes {
-    // Serializing these plain data types cannot fail; an empty frame would only be ignored.
-    // The bytes are shared, not copied, by every recipient's socket.
-    serde_json::to_string(frame).unwrap_or_default().into()
 }
 
 fn secs_to_ms(secs: u64) -> i64 {
