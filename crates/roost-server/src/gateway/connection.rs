@@ -1,41 +1,30 @@
 //! One device's connection: authenticate, drain what is stored, then push live.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use roost_proto::conversation::SendRequest;
 use roost_proto::socket::{ClientFrame, ServerFrame, close};
 use roost_proto::{ConversationId, ErrorCode, ErrorDetail};
 use roost_store::SyncCursor;
 use tokio::sync::Semaphore;
-use tokio::time::error::Elapsed;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::order::{Next, Order};
+use super::writer::{self, WebSocket};
 use crate::error::Error;
-use crate::hub::{CloseReason, EncodedFrame, LiveEvent, PushedEntry, Subscription};
+use crate::hub::{CloseReason, EncodedFrame, LiveEvent, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
 use crate::services::{Caller, Services, token_hash};
 
 /// Entries or queue items fetched from the store per round trip.
 const PAGE: u32 = 200;
-/// Entries that arrived ahead of an earlier one kept waiting for it, at most.
-const MAX_HELD: usize = 64;
-/// How long an entry waits for an earlier one before the connection reads the gap from the store.
-const HOLD: Duration = Duration::from_millis(50);
-/// Largest frame written in one piece; longer messages go out as fragments of this size.
-/// tungstenite's write buffer keeps the capacity of the largest frame it ever wrote, so a single
-/// 1 MiB message written whole would stay in that connection's memory for as long as it lives
-/// (measured: one 256 KiB message to 1,500 sockets left 500 MiB behind; in 4 KiB fragments, 8 MiB).
-const FRAGMENT_BYTES: usize = 4 * 1024;
 /// Why a connection whose session expired refuses sends and closes.
 const SESSION_EXPIRED: &str = "the session has expired; authenticate again";
 /// Live events written together, at most, before the connection turns to its other work.
@@ -46,8 +35,6 @@ const BATCH: usize = 64;
 /// entry and the `sent` answer of the sender's own device (about 750 bytes together) still go
 /// out in one write.
 pub(super) const WRITE_BUFFER_BYTES: usize = 1024;
-
-type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How a connection ended.
 enum Exit {
@@ -94,9 +81,7 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, services: A
         caller,
         session,
         send_timeout: Duration::from_secs(gateway.send_timeout_secs),
-        pushed: HashMap::new(),
-        held: Vec::new(),
-        held_since: None,
+        order: Order::default(),
         queue_pushed: 0,
         visible: false,
         sends: None,
@@ -149,10 +134,10 @@ async fn authenticate(
     Ok((caller, token_hash(&token)))
 }
 
-/// Completes when entries have been held for [`HOLD`]; never while none are.
-async fn hold_expired(since: Option<Instant>) {
-    match since {
-        Some(since) => Box::pin(tokio::time::sleep_until(since + HOLD)).await,
+/// Completes at the deadline; never without one.
+async fn hold_expired(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => Box::pin(tokio::time::sleep_until(deadline)).await,
         None => std::future::pending().await,
     }
 }
@@ -172,14 +157,8 @@ struct Connection<'s> {
     /// The key of the session the socket authenticated with (its token's hash).
     session: [u8; 32],
     send_timeout: Duration,
-    /// The last sequence number pushed per conversation on this connection.
-    pushed: HashMap<ConversationId, u64>,
-    /// Live entries that overtook an earlier entry of their conversation. Concurrent sends are
-    /// committed together and their pushes race, so a later entry often arrives a moment before
-    /// an earlier one; it waits here (briefly, and only a few) instead of costing a store read.
-    held: Vec<Arc<PushedEntry>>,
-    /// When the oldest held entry arrived.
-    held_since: Option<Instant>,
+    /// Where each conversation's entries stand on this connection.
+    order: Order,
     /// The last queue id pushed.
     queue_pushed: u64,
     /// Whether the device opted in to presence on this connection.
@@ -192,7 +171,7 @@ struct Connection<'s> {
 impl Connection<'_> {
     async fn serve(&mut self, mut subscription: Subscription, gateway: &crate::config::GatewayConfig) -> Exit {
         // The futures of the rarely taken paths (store reads, frame handling) are boxed so the
-        // long-lived state of an idle connection stays small; see docs/benchmarks.md.
+        // long-lived state of an idle connection stays small (docs/benchmark-log.md, memory per connection).
         if let Err(exit) = Box::pin(self.drain()).await {
             return exit;
         }
@@ -229,7 +208,7 @@ impl Connection<'_> {
                         Box::pin(self.send(Message::Ping(Default::default()))).await
                     }
                 }
-                _ = hold_expired(self.held_since) => Box::pin(self.release_held()).await,
+                _ = hold_expired(self.order.hold_deadline()) => Box::pin(self.release_held()).await,
                 _ = shutdown.changed() => Err(Exit::Close(close::GOING_AWAY, "the server is shutting down")),
             };
             if let Err(exit) = step {
@@ -267,7 +246,7 @@ impl Connection<'_> {
             tracing::warn!(error = %err, "reading positions failed");
             Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
         })?;
-        self.pushed.extend(positions);
+        self.order.start_from(positions);
         let mut cursor = SyncCursor::default();
         loop {
             let page = self.services.delivery.stored_page(&self.caller, cursor, PAGE).await.map_err(|err| {
@@ -282,7 +261,7 @@ impl Connection<'_> {
                 cursor.entries_after = Some((last.conversation_id, last.seq));
             }
             for entry in page.entries {
-                self.pushed.insert(entry.conversation_id, entry.seq);
+                self.order.pushed(entry.conversation_id, entry.seq);
                 self.send_frame(&ServerFrame::Entry(entry_view(entry))).await?;
             }
             for item in page.queue {
@@ -300,18 +279,17 @@ impl Connection<'_> {
     /// conversation's entries arrive in order and exactly once per connection.
     async fn deliver(&mut self, event: LiveEvent) -> Result<(), Exit> {
         match event {
-            LiveEvent::Entry(entry) => match self.pushed.get(&entry.conversation_id).copied() {
-                Some(last) if entry.seq <= last => Ok(()),
-                Some(last) if entry.seq == last + 1 => self.push_in_order(entry).await,
-                Some(_) if self.held.len() < MAX_HELD => {
-                    self.held_since.get_or_insert_with(Instant::now);
-                    self.held.push(entry);
+            LiveEvent::Entry(entry) => match self.order.offer(entry, Instant::now()) {
+                Next::Skip | Next::Held => Ok(()),
+                Next::Push(entries) => {
+                    for entry in entries {
+                        self.send_text(entry.frame.text()).await?;
+                    }
                     Ok(())
                 }
-                last => {
-                    let conversation_id = entry.conversation_id;
-                    self.catch_up(conversation_id, last.unwrap_or(0)).await?;
-                    self.forget_held(&conversation_id);
+                Next::CatchUp { conversation_id, after } => {
+                    self.catch_up(conversation_id, after).await?;
+                    self.order.forget_held(&conversation_id);
                     Ok(())
                 }
             },
@@ -325,45 +303,10 @@ impl Connection<'_> {
         }
     }
 
-    /// Pushes the next entry of its conversation, then every held entry it makes next in turn.
-    async fn push_in_order(&mut self, entry: Arc<PushedEntry>) -> Result<(), Exit> {
-        let conversation_id = entry.conversation_id;
-        let mut next = Some(entry);
-        while let Some(entry) = next {
-            self.pushed.insert(conversation_id, entry.seq);
-            self.send_text(entry.frame.text()).await?;
-            let wanted = entry.seq + 1;
-            next = self
-                .held
-                .iter()
-                .position(|h| h.conversation_id == conversation_id && h.seq == wanted)
-                .map(|at| self.held.swap_remove(at));
-        }
-        self.forget_held(&conversation_id);
-        Ok(())
-    }
-
-    /// Drops held entries of a conversation that were pushed already.
-    fn forget_held(&mut self, conversation_id: &ConversationId) {
-        let pushed = self.pushed.get(conversation_id).copied().unwrap_or(0);
-        self.held.retain(|h| h.conversation_id != *conversation_id || h.seq > pushed);
-        if self.held.is_empty() {
-            // Give the room back too: an idle connection should hold nothing here.
-            self.held = Vec::new();
-            self.held_since = None;
-        }
-    }
-
-    /// The entries a held one was waiting for never came live (a send that failed between its
+    /// The entries held ones were waiting for never came live (a send that failed between its
     /// commit and its push): read the gaps from the store.
     async fn release_held(&mut self) -> Result<(), Exit> {
-        let held = std::mem::take(&mut self.held);
-        self.held_since = None;
-        let mut conversations: Vec<ConversationId> = held.iter().map(|h| h.conversation_id).collect();
-        conversations.sort_unstable();
-        conversations.dedup();
-        for conversation_id in conversations {
-            let after = self.pushed.get(&conversation_id).copied().unwrap_or(0);
+        for (conversation_id, after) in self.order.release_held() {
             self.catch_up(conversation_id, after).await?;
         }
         Ok(())
@@ -382,7 +325,7 @@ impl Connection<'_> {
             let full = entries.len() == PAGE as usize;
             for entry in entries {
                 after = entry.seq;
-                self.pushed.insert(conversation_id, entry.seq);
+                self.order.pushed(conversation_id, entry.seq);
                 self.send_frame(&ServerFrame::Entry(entry_view(entry))).await?;
             }
             if !full {
@@ -493,28 +436,12 @@ impl Connection<'_> {
         self.send_text(EncodedFrame::encode(frame).text()).await
     }
 
-    /// Writes one text message: whole up to `FRAGMENT_BYTES`, as a fragmented message (RFC 6455
-    /// section 5.4, split on character boundaries) beyond. The write timeout covers the whole
-    /// message, so a peer cannot stretch it by taking one fragment at a time.
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Exit> {
-        if text.len() <= FRAGMENT_BYTES {
-            return self.send(Message::Text(text)).await;
-        }
-        let socket = &mut *self.socket;
-        let written = timeout(self.send_timeout, async move {
-            for frame in fragments(&text) {
-                socket.feed(Message::Frame(frame)).await?;
-            }
-            Ok(())
-        })
-        .await;
-        sent(written)
+        writer::write_text(self.socket, self.send_timeout, text).await.map_err(|_| Exit::Gone)
     }
 
-    /// Queues one frame for writing, giving up on a peer that does not take it in time. Frames
-    /// are written once [`WRITE_BUFFER_BYTES`] have gathered, and by [`Self::flush`].
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
-        sent(timeout(self.send_timeout, self.socket.feed(message)).await)
+        writer::feed(self.socket, self.send_timeout, message).await.map_err(|_| Exit::Gone)
     }
 
     /// Whether the session the socket authenticated with has expired.
@@ -524,77 +451,12 @@ impl Connection<'_> {
 
     /// Writes every queued frame.
     async fn flush(&mut self) -> Result<(), Exit> {
-        sent(timeout(self.send_timeout, self.socket.flush()).await)
+        writer::flush(self.socket, self.send_timeout).await.map_err(|_| Exit::Gone)
     }
 }
 
-/// What a timed write means for the connection: a failed or timed-out write ends it.
 /// The answer to a refused `send` frame.
 fn send_failed(conversation_id: ConversationId, client_message_id: String, err: Error) -> ServerFrame {
     let error = ErrorDetail { code: err.code, message: err.message, current_epoch: err.current_epoch };
     ServerFrame::SendFailed { conversation_id, client_message_id, error }
-}
-
-fn sent(written: Result<Result<(), tokio_tungstenite::tungstenite::Error>, Elapsed>) -> Result<(), Exit> {
-    match written {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Exit::Gone),
-        Err(_) => {
-            metrics::counter!("roost_gateway_send_timeouts_total").increment(1);
-            Err(Exit::Gone)
-        }
-    }
-}
-
-/// A text message longer than `FRAGMENT_BYTES` as frames of at most that size: the first a text
-/// frame, the rest continuations, the last final. Boundaries fall between characters, and the
-/// pieces share the message's bytes.
-fn fragments(text: &Utf8Bytes) -> Vec<Frame> {
-    let all = Bytes::from(text.clone());
-    let mut frames = Vec::with_capacity(text.len() / FRAGMENT_BYTES + 1);
-    let mut start = 0;
-    while start < text.len() {
-        let mut end = (start + FRAGMENT_BYTES).min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let opcode = if start == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
-        frames.push(Frame::message(all.slice(start..end), opcode, end == text.len()));
-        start = end;
-    }
-    frames
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn joined(frames: &[Frame]) -> Vec<u8> {
-        frames.iter().flat_map(|frame| frame.payload().to_vec()).collect()
-    }
-
-    #[test]
-    fn a_long_message_is_split_into_a_text_frame_and_continuations_on_character_boundaries() {
-        // Three-byte characters, so a cut every 4 KiB would fall inside one.
-        let text = "€".repeat(20_000);
-        let frames = fragments(&Utf8Bytes::from(text.clone()));
-        assert_eq!(frames.len(), text.len().div_ceil(FRAGMENT_BYTES / 3 * 3));
-        assert_eq!(joined(&frames), text.as_bytes());
-        for (i, frame) in frames.iter().enumerate() {
-            let header = frame.header();
-            let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
-            assert_eq!(header.opcode, opcode);
-            assert_eq!(header.is_final, i == frames.len() - 1);
-            assert!(frame.payload().len() <= FRAGMENT_BYTES);
-            assert!(std::str::from_utf8(frame.payload()).is_ok(), "fragment {i} splits a character");
-        }
-    }
-
-    #[test]
-    fn a_message_just_over_the_limit_ends_with_a_short_final_frame() {
-        let text = "a".repeat(FRAGMENT_BYTES + 1);
-        let frames = fragments(&Utf8Bytes::from(text.clone()));
-        assert_eq!(frames.iter().map(|f| f.payload().len()).collect::<Vec<_>>(), vec![FRAGMENT_BYTES, 1]);
-        assert_eq!(joined(&frames), text.as_bytes());
-    }
 }

@@ -12,6 +12,8 @@
 //! inside a task of its own, a second allocation of over 600 bytes kept for the connection's life.
 
 mod connection;
+mod order;
+mod writer;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
