@@ -128,10 +128,19 @@ impl Server {
     ) -> Result<(), ServeError> {
         let services = self.services;
         let hub = services.hub.clone();
+        let on_postgres = services.ctx.config.database_url.as_deref().and_then(DatabaseBackend::of)
+            == Some(DatabaseBackend::Postgres);
         let state = AppState::new(services.clone(), crate::metrics::prometheus());
         let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
         let app = http::router(state);
         tracing::info!(address = %listener.local_addr()?, "roostd listening");
+        if on_postgres {
+            // Until instances cooperate over Redis, say what a second instance would not get.
+            tracing::info!(
+                "on PostgreSQL without Redis: this instance runs alone; other instances on the same database keep \
+                 every storage rule, but live delivery, connection caps, presence and caches stay per instance"
+            );
+        }
         // WebSockets outlive the HTTP server's graceful shutdown, so they are told separately and
         // given a moment to send their close frames.
         let signal_sockets = hub.clone();
