@@ -43,6 +43,9 @@ pub struct Config {
     /// The database: a `sqlite:` URL overriding the file under `data_dir`, or a `postgres://`
     /// URL for PostgreSQL (which several instances can share).
     pub database_url: Option<String>,
+    /// Redis (`redis://...`), with a PostgreSQL `database_url`: the instances sharing that
+    /// database carry live events to each other through it.
+    pub redis_url: Option<String>,
     /// Who may register.
     pub registration: RegistrationPolicy,
     /// Log format.
@@ -203,6 +206,7 @@ impl Default for Config {
             server_name: "localhost".to_owned(),
             data_dir: PathBuf::from("./roost-data"),
             database_url: None,
+            redis_url: None,
             registration: RegistrationPolicy::Open,
             log_format: LogFormat::Text,
             limits: Limits::default(),
@@ -302,12 +306,16 @@ impl Config {
         for (key, value) in env {
             let path: Vec<String> = if key == "DATABASE_URL" {
                 vec!["database_url".to_owned()]
+            } else if key == "REDIS_URL" {
+                vec!["redis_url".to_owned()]
             } else if let Some(rest) = key.strip_prefix("ROOST_") {
                 rest.split("__").map(str::to_ascii_lowercase).collect()
             } else {
                 continue;
             };
-            let known = path.first().is_some_and(|top| top == "database_url" || defaults.contains_key(top));
+            let known = path
+                .first()
+                .is_some_and(|top| top == "database_url" || top == "redis_url" || defaults.contains_key(top));
             if known {
                 insert_env_value(&mut from_env, &defaults, &path, &value);
             }
@@ -366,6 +374,20 @@ impl Config {
                 "postgres.max_connections must be at least 2 and postgres.acquire_timeout_secs at least 1".into(),
             ));
         }
+        if let Some(redis) = &self.redis_url {
+            let on_postgres =
+                self.database_url.as_deref().and_then(DatabaseBackend::of) == Some(DatabaseBackend::Postgres);
+            if !on_postgres {
+                return Err(ConfigError(
+                    "redis_url needs a postgres:// database_url: instances cooperate over a shared PostgreSQL \
+                     database, and the SQLite store serves one instance"
+                        .into(),
+                ));
+            }
+            if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+                return Err(ConfigError(format!("redis_url {:?} is not a redis:// URL", redact_url(redis))));
+            }
+        }
         if let DatabaseLocation::Url(url) = self.database_location()
             && DatabaseBackend::of(&url).is_none()
         {
@@ -387,7 +409,11 @@ impl Config {
 
     /// A copy with passwords in URLs replaced by `***`, fit to print or log.
     pub fn redacted(&self) -> Self {
-        Self { database_url: self.database_url.as_deref().map(redact_url), ..self.clone() }
+        Self {
+            database_url: self.database_url.as_deref().map(redact_url),
+            redis_url: self.redis_url.as_deref().map(redact_url),
+            ..self.clone()
+        }
     }
 
     /// The effective configuration as TOML, secrets redacted (what `roostd config` prints).
@@ -404,6 +430,7 @@ impl fmt::Debug for Config {
             .field("server_name", &shown.server_name)
             .field("data_dir", &shown.data_dir)
             .field("database_url", &shown.database_url)
+            .field("redis_url", &shown.redis_url)
             .field("registration", &shown.registration)
             .field("limits", &shown.limits)
             .field("rate_limits", &shown.rate_limits)
@@ -564,10 +591,27 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let config = Config { database_url: Some("postgres://roost:hunter2@db/roost".into()), ..Config::default() };
+        let config = Config {
+            database_url: Some("postgres://roost:hunter2@db/roost".into()),
+            redis_url: Some("redis://:swordfish@cache:6379".into()),
+            ..Config::default()
+        };
         let printed = config.to_redacted_toml();
         assert!(printed.contains("postgres://roost:***@db/roost"), "{printed}");
-        assert!(!printed.contains("hunter2"));
-        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(printed.contains("redis://:***@cache:6379"), "{printed}");
+        assert!(!printed.contains("hunter2") && !printed.contains("swordfish"));
+        assert!(!format!("{config:?}").contains("hunter2") && !format!("{config:?}").contains("swordfish"));
+    }
+
+    #[test]
+    fn redis_goes_with_postgres_only() {
+        let sqlite = env(&[("REDIS_URL", "redis://127.0.0.1:6379")]);
+        let err = Config::load_with_env(None, &FlagOverrides::default(), sqlite).unwrap_err().to_string();
+        assert!(err.contains("needs a postgres://"), "{err}");
+        let both = env(&[("DATABASE_URL", "postgres://db/roost"), ("REDIS_URL", "redis://127.0.0.1:6379")]);
+        let config = Config::load_with_env(None, &FlagOverrides::default(), both).unwrap();
+        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        let odd = env(&[("DATABASE_URL", "postgres://db/roost"), ("ROOST_REDIS_URL", "http://cache")]);
+        assert!(Config::load_with_env(None, &FlagOverrides::default(), odd).is_err());
     }
 }

@@ -12,7 +12,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use futures::future::BoxFuture;
 
 use roost_proto::socket::ServerFrame;
 use roost_proto::{ConversationId, DeviceId, UserId};
@@ -63,6 +65,32 @@ pub enum LiveEvent {
     /// The session whose token has this hash was logged out: a connection authenticated with it
     /// closes.
     SessionEnded([u8; 32]),
+    /// An entry was committed whose frame did not travel with the news (from another instance,
+    /// too large for the bus): read it from the store.
+    Committed {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The entry's sequence number.
+        seq: u64,
+    },
+    /// Events from other instances may have been lost (the bus reconnected or fell behind):
+    /// read everything missed from the store.
+    Resync,
+}
+
+/// Where live events for devices whose sockets are held by other instances go: the seam between
+/// this instance's mailboxes and the instances sharing its database. Without one (SQLite, or
+/// PostgreSQL without Redis) every event stays in this process.
+pub trait Bus: Send + Sync + 'static {
+    /// Carries `event` to whichever instances hold sockets of `devices` (none of them held here).
+    fn forward(&self, devices: &[DeviceId], event: &LiveEvent);
+    /// Ends the subscription of `device` on whichever instance holds it.
+    fn kick(&self, device: DeviceId, reason: CloseReason);
+    /// Starts receiving the device's events from other instances; completes once they will
+    /// arrive (or the bus has given up for now and will catch up when it can).
+    fn watch(&self, device: DeviceId) -> BoxFuture<'static, ()>;
+    /// Stops receiving the device's events from other instances.
+    fn unwatch(&self, device: DeviceId);
 }
 
 /// A committed entry as pushed to connections.
@@ -178,11 +206,17 @@ pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
+    bus: OnceLock<Arc<dyn Bus>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Self { state: Mutex::default(), next_id: AtomicU64::new(0), shutdown: watch::Sender::new(false) }
+        Self {
+            state: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            shutdown: watch::Sender::new(false),
+            bus: OnceLock::new(),
+        }
     }
 }
 
@@ -269,14 +303,48 @@ impl Hub {
         self.shutdown.subscribe()
     }
 
-    /// Ends a device's subscription (for example because it was revoked).
+    /// Connects the hub to the other instances. Set once, before serving.
+    pub fn set_bus(&self, bus: Arc<dyn Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Waits until events for `device` from other instances will reach this instance (at once
+    /// without a bus).
+    pub async fn watch(&self, device: DeviceId) {
+        if let Some(bus) = self.bus.get() {
+            bus.watch(device).await;
+        }
+    }
+
+    /// Ends a device's subscription (for example because it was revoked), here or on the
+    /// instance that holds it.
     pub fn kick(&self, device: &DeviceId, reason: CloseReason) {
+        if self.is_online(device) {
+            self.remove(device, None, Some(reason));
+        } else if let Some(bus) = self.bus.get() {
+            bus.kick(*device, reason);
+        }
+    }
+
+    /// Ends the subscription of a device held here (what a kick from another instance does).
+    pub fn kick_local(&self, device: &DeviceId, reason: CloseReason) {
         self.remove(device, None, Some(reason));
     }
 
-    /// Whether no device is subscribed (lets callers skip looking up recipients).
+    /// The devices subscribed here.
+    pub fn local_devices(&self) -> Vec<DeviceId> {
+        self.lock().devices.keys().copied().collect()
+    }
+
+    /// Whether no device is subscribed here.
     pub fn is_idle(&self) -> bool {
         self.lock().devices.is_empty()
+    }
+
+    /// Whether any device anywhere may be listening: one is subscribed here, or other
+    /// instances may hold sockets (lets callers skip looking up recipients when neither).
+    pub fn may_have_listeners(&self) -> bool {
+        self.bus.get().is_some() || !self.is_idle()
     }
 
     /// Whether a device is subscribed.
@@ -289,18 +357,48 @@ impl Hub {
         self.lock().per_user.get(user).copied().unwrap_or(0)
     }
 
-    /// Offers `event` to each listed device that is subscribed. A subscriber whose buffer is full
-    /// is cut off as a slow consumer. Returns how many took the event.
+    /// Offers `event` to each listed device: to its subscriber here, or through the bus to the
+    /// instance that holds it. A subscriber whose buffer is full is cut off as a slow consumer.
+    /// Returns how many subscribers here took the event.
     pub fn publish(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent) -> usize {
+        let bus = self.bus.get();
+        let mut elsewhere = Vec::new();
+        let delivered = self.offer(devices, &event, |device| {
+            if bus.is_some() {
+                elsewhere.push(device);
+            }
+        });
+        if let Some(bus) = bus
+            && !elsewhere.is_empty()
+        {
+            bus.forward(&elsewhere, &event);
+        }
+        delivered
+    }
+
+    /// Offers `event` to the listed devices' subscribers here only (what arrives from other
+    /// instances). Returns how many took it.
+    pub fn publish_local(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent) -> usize {
+        self.offer(devices, &event, |_| {})
+    }
+
+    /// Offers the event to the subscribers here; hands each device without one to `absent`.
+    fn offer(
+        &self,
+        devices: impl IntoIterator<Item = DeviceId>,
+        event: &LiveEvent,
+        mut absent: impl FnMut(DeviceId),
+    ) -> usize {
         let mut slow = Vec::new();
         let mut delivered = 0;
         {
             let state = self.lock();
             for device in devices {
                 let Some(subscriber) = state.devices.get(&device) else {
+                    absent(device);
                     continue;
                 };
-                match subscriber.mailbox.offer(&event) {
+                match subscriber.mailbox.offer(event) {
                     Offer::Taken => delivered += 1,
                     Offer::Full => slow.push(device),
                     Offer::Closed => {}
@@ -325,6 +423,9 @@ impl Hub {
         if let Some(subscriber) = state.devices.remove(device) {
             if let Some(reason) = reason {
                 subscriber.mailbox.close(reason);
+            }
+            if let Some(bus) = self.bus.get() {
+                bus.unwatch(*device);
             }
             if let Some(count) = state.per_user.get_mut(&subscriber.user) {
                 *count = count.saturating_sub(1);

@@ -4,6 +4,7 @@
 //! binary only parses configuration and calls it, and tests call it on `127.0.0.1:0`.
 #![deny(missing_docs)]
 
+pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -42,6 +43,9 @@ pub enum ServeError {
     /// The store could not be opened or migrated.
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
+    /// Redis could not be reached.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
     /// The database URL names a backend roostd does not have.
     #[error("unsupported database URL {0:?}: use sqlite:// or postgres://")]
     UnsupportedDatabase(String),
@@ -100,19 +104,32 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
-    Server::new(config, store, Arc::new(SystemClock)).serve(listener, shutdown).await
+    let mut server = Server::new(config, store, Arc::new(SystemClock));
+    server.connect_bus().await?;
+    server.serve(listener, shutdown).await
 }
 
 /// A server assembled from its parts but not yet serving: tests keep its [`Services`] to drive
 /// background work (pruning) on an injected clock.
 pub struct Server {
     services: Services,
+    bus: Option<Arc<bus::RedisBus>>,
 }
 
 impl Server {
     /// Assembles the services over a store and a clock.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { services: Services::new(Context::new(store, clock, config)) }
+        Self { services: Services::new(Context::new(store, clock, config)), bus: None }
+    }
+
+    /// Connects to the other instances over Redis when `redis_url` is set (a no-op otherwise).
+    pub async fn connect_bus(&mut self) -> Result<(), ServeError> {
+        if let Some(url) = self.services.ctx.config.redis_url.clone() {
+            let bus = bus::RedisBus::connect(&url, &self.services.hub).await?;
+            self.services.hub.set_bus(bus.clone());
+            self.bus = Some(bus);
+        }
+        Ok(())
     }
 
     /// The services, shared with the running server.
@@ -126,7 +143,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let services = self.services;
+        let (services, bus) = (self.services, self.bus);
         let hub = services.hub.clone();
         let on_postgres = services.ctx.config.database_url.as_deref().and_then(DatabaseBackend::of)
             == Some(DatabaseBackend::Postgres);
@@ -134,8 +151,10 @@ impl Server {
         let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
         let app = http::router(state);
         tracing::info!(address = %listener.local_addr()?, "roostd listening");
-        if on_postgres {
-            // Until instances cooperate over Redis, say what a second instance would not get.
+        if bus.is_some() {
+            tracing::info!("instances sharing this database carry live events to each other over Redis");
+        } else if on_postgres {
+            // Say what a second instance on the same database would not get.
             tracing::info!(
                 "on PostgreSQL without Redis: this instance runs alone; other instances on the same database keep \
                  every storage rule, but live delivery, connection caps, presence and caches stay per instance"
@@ -164,6 +183,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         housekeeping.abort();
+        if let Some(bus) = bus {
+            bus.close().await;
+        }
         served.map_err(ServeError::Io)
     }
 }

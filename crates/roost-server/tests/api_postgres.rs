@@ -8,6 +8,8 @@ const BACKEND: roost_testkit::Backend = roost_testkit::Backend::Postgres;
 
 #[macro_use]
 mod api;
+#[path = "api/instances.rs"]
+mod instances;
 #[path = "api/migrate_store.rs"]
 mod migrate_store;
 #[path = "api/shared_database.rs"]

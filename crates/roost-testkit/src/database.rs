@@ -217,6 +217,27 @@ impl RawConnection {
     }
 }
 
+/// The environment variable naming the Redis server tests may use.
+pub const REDIS_URL_VAR: &str = "ROOST_TEST_REDIS_URL";
+
+/// The Redis server for tests, or `None` after a notice that tests needing Redis are skipped.
+pub fn redis_url() -> Option<String> {
+    match std::env::var(REDIS_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            static NOTICE: Once = Once::new();
+            NOTICE.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "notice: {REDIS_URL_VAR} is not set; tests of instances cooperating over Redis are skipped \
+                     (set it to a redis:// URL to run them, as .ci/run does)"
+                );
+            });
+            None
+        }
+    }
+}
+
 /// The PostgreSQL server for tests, or `None` after a notice that PostgreSQL tests are skipped.
 pub fn postgres_url() -> Option<String> {
     match std::env::var(DATABASE_URL_VAR) {

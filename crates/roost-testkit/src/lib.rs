@@ -12,5 +12,5 @@ mod database;
 pub mod proxy;
 pub mod server;
 
-pub use database::{Backend, RawConnection, TestDatabase, files_contain, postgres_url};
+pub use database::{Backend, RawConnection, TestDatabase, files_contain, postgres_url, redis_url};
 pub use server::{TestServer, capture_logs, config_for};

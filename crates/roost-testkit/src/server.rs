@@ -99,7 +99,15 @@ impl TestServer {
     /// Another server on this one's database, as a second `roostd` process behind a load
     /// balancer would be: the same store, nothing else shared (its own caches, hub, limits).
     pub async fn another(&self) -> Self {
-        Self::serve(self.config.clone(), self.manual_clock.clone()).await
+        self.another_with(|_| {}).await
+    }
+
+    /// Another server on this one's database, with its configuration changed (a Redis reached
+    /// another way, say).
+    pub async fn another_with(&self, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        Self::serve(config, self.manual_clock.clone()).await
     }
 
     async fn serve(config: Config, manual_clock: Option<Arc<ManualClock>>) -> Self {
@@ -110,7 +118,8 @@ impl TestServer {
             None => Arc::new(SystemClock),
         };
         let store = roost_server::open_store(&config).await.expect("open store");
-        let server = roost_server::Server::new(config.clone(), store, clock);
+        let mut server = roost_server::Server::new(config.clone(), store, clock);
+        server.connect_bus().await.expect("connect to Redis");
         let services = server.services().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

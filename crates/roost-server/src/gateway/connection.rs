@@ -72,6 +72,9 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, services: A
             return Box::pin(finish(&mut socket, exit)).await;
         }
     };
+    // Events for this device from other instances reach this one before the drain reads the
+    // store, so nothing committed meanwhile falls between the two.
+    Box::pin(services.hub.watch(caller.device_id)).await;
     metrics::counter!("roost_gateway_connections_total").increment(1);
     // The connection borrows the socket: moving it in would leave a second, dead copy of its
     // state in this future (an async fn's arguments keep their place for its whole life).
@@ -293,6 +296,15 @@ impl Connection<'_> {
                     Ok(())
                 }
             },
+            LiveEvent::Committed { conversation_id, seq } => {
+                let after = self.order.last(&conversation_id);
+                if seq > after {
+                    self.catch_up(conversation_id, after).await?;
+                    self.order.forget_held(&conversation_id);
+                }
+                Ok(())
+            }
+            LiveEvent::Resync => self.resync().await,
             LiveEvent::Queued => self.catch_up_queue().await,
             LiveEvent::Frame(frame) => self.send_text(frame.text()).await,
             LiveEvent::SessionEnded(session) if session == self.session => {
@@ -300,6 +312,37 @@ impl Connection<'_> {
             }
             // Another session of the same device (it logged in again since).
             LiveEvent::SessionEnded(_) => Ok(()),
+        }
+    }
+
+    /// Reads from the store everything this connection may have missed: the entries after the
+    /// last one pushed in each conversation, and the queue after the last item pushed.
+    async fn resync(&mut self) -> Result<(), Exit> {
+        metrics::counter!("roost_gateway_resyncs_total").increment(1);
+        // Only the entries page on here; the queue is read after them, from its own position.
+        let mut cursor = SyncCursor { queue_after: u64::MAX, entries_after: None };
+        loop {
+            let page = self
+                .services
+                .delivery
+                .stored_page(&self.caller, cursor, PAGE)
+                .await
+                .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
+            let more = page.entries.len() == PAGE as usize;
+            if let Some(last) = page.entries.last() {
+                cursor.entries_after = Some((last.conversation_id, last.seq));
+            }
+            for entry in page.entries {
+                if entry.seq > self.order.last(&entry.conversation_id) {
+                    let conversation_id = entry.conversation_id;
+                    self.order.pushed(conversation_id, entry.seq);
+                    self.send_frame(&ServerFrame::Entry(entry_view(entry))).await?;
+                    self.order.forget_held(&conversation_id);
+                }
+            }
+            if !more {
+                return self.catch_up_queue().await;
+            }
         }
     }
 

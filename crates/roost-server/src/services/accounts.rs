@@ -113,7 +113,7 @@ impl Accounts {
     /// Tells the user's own connected devices and those of everyone sharing a conversation with
     /// the user that its device list changed. Best effort: clients also fetch device lists.
     async fn announce_device_list(&self, user: &UserId) {
-        if self.hub.is_idle() {
+        if !self.hub.may_have_listeners() {
             return;
         }
         let own = self.ctx.store.active_devices(user).await.map(|d| d.into_iter().map(|d| d.id).collect::<Vec<_>>());

@@ -175,14 +175,16 @@ impl Conversations {
     /// Stores a commit, then pushes it to connected member devices (the removed ones included:
     /// they learn of their removal from it) and wakes the devices that got queue entries.
     async fn apply_commit(&self, write: CommitWrite) -> Result<CommitAccepted> {
-        // The pushed frame needs the commit bytes the store consumes; copy them only when some
-        // device is connected to receive them.
-        let pushed = (!self.hub.is_idle()).then(|| write.clone());
+        // The pushed frame needs the commit bytes the store consumes. They are kept whether or
+        // not a device is connected now: one that connects while the commit is under way may
+        // have read the store before it, and then only the push brings it this entry.
+        let pushed = write.clone();
         let id = write.conversation_id;
         let outcome = self.ctx.store.commit(write).await;
         self.ctx.members.forget(&id);
         let outcome = outcome?;
-        if let Some(write) = pushed {
+        {
+            let write = pushed;
             let entry = Entry {
                 conversation_id: write.conversation_id,
                 seq: outcome.seq,
@@ -451,7 +453,7 @@ impl Conversations {
     /// The current member devices, when any device at all is connected (a lost push only delays
     /// delivery: the next sync or reconnect returns the entry).
     async fn live_recipients(&self, id: &ConversationId) -> Vec<DeviceId> {
-        if self.hub.is_idle() {
+        if !self.hub.may_have_listeners() {
             return Vec::new();
         }
         match self.members(id).await {

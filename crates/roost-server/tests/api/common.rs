@@ -66,6 +66,12 @@ impl TestServer {
         Self { server: self.server.another().await, http: reqwest::Client::new() }
     }
 
+    /// Another server on this one's database with its configuration changed.
+    #[allow(dead_code)] // Only the PostgreSQL suite shares a database between servers.
+    pub async fn another_with(&self, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self { server: self.server.another_with(adjust).await, http: reqwest::Client::new() }
+    }
+
     /// Stops the server and hands back its database.
     pub async fn stop(self) -> TestDatabase {
         self.server.stop().await

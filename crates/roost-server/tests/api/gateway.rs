@@ -84,7 +84,7 @@ fn b64(text: &str) -> String {
     bytes::encode(text.as_bytes())
 }
 
-async fn direct(server: &TestServer, creator: &TestUser, others: &[&TestUser]) -> ConversationId {
+pub async fn direct(server: &TestServer, creator: &TestUser, others: &[&TestUser]) -> ConversationId {
     let id = ConversationId::from_bytes(rand::random());
     let creator_device = creator.devices[0].id();
     let mut members: Vec<_> = creator.devices.iter().map(|d| d.id()).filter(|d| *d != creator_device).collect();
@@ -98,7 +98,7 @@ async fn direct(server: &TestServer, creator: &TestUser, others: &[&TestUser]) -
     id
 }
 
-async fn send(server: &TestServer, token: &str, id: &ConversationId, client_id: &str) -> u64 {
+pub async fn send(server: &TestServer, token: &str, id: &ConversationId, client_id: &str) -> u64 {
     let body = json!({"client_message_id": client_id, "epoch": 1, "ciphertext": b64(client_id)});
     let (status, sent) = server.post(&format!("/v1/conversations/{id}/messages"), Some(token), body).await;
     assert_eq!(status, StatusCode::CREATED, "{sent}");

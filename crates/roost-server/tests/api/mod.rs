@@ -7,6 +7,6 @@ pub mod common;
 pub mod accounts;
 mod auth;
 pub mod conversations;
-mod gateway;
+pub mod gateway;
 mod keys;
 mod robustness;

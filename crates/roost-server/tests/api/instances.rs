@@ -1,0 +1,104 @@
+//! Instances cooperating over Redis: live events reach a device's socket on whichever instance
+//! holds it, and a lost Redis costs latency, not messages.
+
+use reqwest::{Method, StatusCode};
+use roost_testkit::{TestDatabase, config_for, redis_url};
+use serde_json::json;
+
+use crate::api::common::TestServer;
+use crate::api::gateway::{Socket, direct, send};
+
+/// Two servers on one database cooperating over Redis (the second connects to Redis at
+/// `second_redis` when given), or `None` where PostgreSQL or Redis is not available here.
+async fn two_instances(second_redis: Option<String>) -> Option<(TestServer, TestServer)> {
+    let redis = redis_url()?;
+    let database = TestDatabase::create(crate::BACKEND).await?;
+    let mut config = config_for(&database);
+    config.redis_url = Some(redis);
+    let first = TestServer::start_on(database, config.clone()).await;
+    let second = match second_redis {
+        Some(url) => first.another_with(|config| config.redis_url = Some(url)).await,
+        None => first.another().await,
+    };
+    Some((first, second))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_on_one_instance_gets_what_is_sent_through_another_live_and_in_order() {
+    let Some((first, second)) = two_instances(None).await else { return };
+    let alice = first.user("alice").await;
+    let bob = first.user("bob").await;
+    let id = direct(&first, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&second, &bob.token()).await;
+    bobs.drain().await;
+    let mut alices = Socket::connect(&first, &alice.token()).await;
+    alices.drain().await;
+
+    // Entries sent through the first instance reach bob's socket on the second, each once, in
+    // order.
+    for i in 1..=20 {
+        assert_eq!(send(&first, &alice.token(), &id, &format!("m{i}")).await, i);
+    }
+    for i in 1..=20 {
+        let frame = bobs.next_frame().await;
+        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(i)), "{frame}");
+    }
+    // A large entry travels as a wake-up; the second instance reads it from the store.
+    let large = "x".repeat(20 * 1024);
+    let body =
+        json!({"client_message_id": "large", "epoch": 1, "ciphertext": roost_proto::bytes::encode(large.as_bytes())});
+    let (status, _) = first.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let frame = bobs.next_frame().await;
+    assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(21)), "{frame}");
+
+    // Typing and queue wake-ups cross too.
+    alices.send(json!({"type": "typing", "conversation_id": id, "active": true})).await;
+    let typing = bobs.next_frame().await;
+    assert_eq!(typing["type"], "typing", "{typing}");
+    let payload = json!({"payload": roost_proto::bytes::encode(b"to bob")});
+    let (status, _) =
+        first.post(&format!("/v1/devices/{}/messages", bob.devices[0].id()), Some(&alice.token()), payload).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let queued = bobs.next_frame().await;
+    assert_eq!((queued["type"].as_str(), queued["kind"].as_str()), (Some("queue"), Some("device_message")), "{queued}");
+
+    // A logout through the first instance closes the socket on the second at once.
+    let (status, _) = first.call(Method::DELETE, "/v1/auth/session", Some(&bob.token()), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(bobs.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_delays_live_events_but_loses_none() {
+    let Some(redis) = redis_url() else { return };
+    let (proxy, through_proxy) = {
+        let (_, target) = roost_testkit::proxy::redirect(&redis, "127.0.0.1:1".parse().unwrap());
+        let proxy = roost_testkit::proxy::Proxy::start(target).await;
+        let (url, _) = roost_testkit::proxy::redirect(&redis, proxy.address());
+        (proxy, url)
+    };
+    let Some((first, second)) = two_instances(Some(through_proxy)).await else { return };
+    let alice = first.user("alice").await;
+    let bob = first.user("bob").await;
+    let id = direct(&first, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&second, &bob.token()).await;
+    bobs.drain().await;
+    assert_eq!(send(&first, &alice.token(), &id, "before").await, 1);
+    assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(1));
+
+    // The second instance loses Redis: what is sent meanwhile is stored (the sends succeed) but
+    // its news cannot reach the second instance.
+    proxy.cut();
+    for i in 2..=6 {
+        assert_eq!(send(&first, &alice.token(), &id, &format!("during{i}")).await, i);
+    }
+    // Redis back: the second instance listens again and its connections read what they missed.
+    proxy.restore();
+    for i in 2..=6 {
+        let frame = bobs.next_frame().await;
+        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(i)), "{frame}");
+    }
+    assert_eq!(send(&first, &alice.token(), &id, "after").await, 7);
+    assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(7));
+}
