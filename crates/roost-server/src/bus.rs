@@ -42,6 +42,15 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 #[error("connecting to Redis: {0}")]
 pub struct BusError(String);
 
+/// A message on a device's channel: what it says, and the instance that said it (an instance
+/// ignores its own messages, such as the kick it sends when it takes a device's socket over).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Envelope {
+    o: u64,
+    #[serde(flatten)]
+    w: Wire,
+}
+
 /// What travels on a device's channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
@@ -82,6 +91,8 @@ enum Listen {
 
 /// The Redis side of the hub.
 pub struct RedisBus {
+    /// This instance on the bus (random per start).
+    origin: u64,
     outbox: mpsc::Sender<(String, Arc<str>)>,
     listen: mpsc::UnboundedSender<Listen>,
     publisher: Client,
@@ -103,12 +114,14 @@ impl RedisBus {
         publisher.init().await.map_err(|err| BusError(err.to_string()))?;
         subscriber.init().await.map_err(|err| BusError(err.to_string()))?;
 
+        let origin = rand::random();
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let (listen, changes) = mpsc::unbounded_channel();
         tokio::spawn(publish(publisher.clone(), queued));
-        tokio::spawn(manage(subscriber.clone(), changes));
-        tokio::spawn(receive(subscriber.clone(), Arc::downgrade(hub), listen.clone()));
-        Ok(Arc::new(Self { outbox, listen, publisher, subscriber }))
+        let bus = Arc::new(Self { origin, outbox, listen: listen.clone(), publisher, subscriber: subscriber.clone() });
+        tokio::spawn(manage(subscriber.clone(), changes, Arc::downgrade(&bus)));
+        tokio::spawn(receive(subscriber, Arc::downgrade(hub), listen, origin));
+        Ok(bus)
     }
 
     /// Closes both connections.
@@ -118,7 +131,7 @@ impl RedisBus {
     }
 
     fn send(&self, devices: &[DeviceId], wire: &Wire) {
-        let Ok(payload) = serde_json::to_string(wire) else { return };
+        let Ok(payload) = serde_json::to_string(&Envelope { o: self.origin, w: wire.clone() }) else { return };
         let payload: Arc<str> = payload.into();
         for device in devices {
             if self.outbox.try_send((channel(device), payload.clone())).is_err() {
@@ -214,14 +227,18 @@ async fn publish(publisher: Client, mut queued: mpsc::Receiver<(String, Arc<str>
 }
 
 /// Applies changes to the channels listened on, in order (so a device that disconnects and
-/// reconnects here is not left unsubscribed by a late unsubscribe).
-async fn manage(subscriber: SubscriberClient, mut changes: mpsc::UnboundedReceiver<Listen>) {
+/// reconnects here is not left unsubscribed by a late unsubscribe). A device's channel, once
+/// listened on, is told that this instance holds its socket now.
+async fn manage(subscriber: SubscriberClient, mut changes: mpsc::UnboundedReceiver<Listen>, bus: Weak<RedisBus>) {
     while let Some(change) = changes.recv().await {
         match change {
             Listen::Watch(device, done) => {
                 if let Err(err) = subscriber.subscribe(channel(&device)).await {
                     // Redis is away: the reconnect listens again for every device held here.
                     tracing::warn!(error = %err, "subscribing to a device's channel failed");
+                }
+                if let Some(bus) = bus.upgrade() {
+                    bus.send(&[device], &Wire::Kick { r: Kick::Replaced });
                 }
                 let _ = done.send(());
             }
@@ -242,7 +259,7 @@ async fn manage(subscriber: SubscriberClient, mut changes: mpsc::UnboundedReceiv
 
 /// Delivers what other instances publish for the devices held here; after a reconnect or a
 /// fall behind, listens again and makes every local connection resync.
-async fn receive(subscriber: SubscriberClient, hub: Weak<Hub>, listen: mpsc::UnboundedSender<Listen>) {
+async fn receive(subscriber: SubscriberClient, hub: Weak<Hub>, listen: mpsc::UnboundedSender<Listen>, origin: u64) {
     use tokio::sync::broadcast::error::RecvError;
 
     let mut messages = subscriber.message_rx();
@@ -253,10 +270,12 @@ async fn receive(subscriber: SubscriberClient, hub: Weak<Hub>, listen: mpsc::Unb
                 Ok(message) => {
                     let Some(hub) = hub.upgrade() else { return };
                     let device = message.channel.strip_prefix("roost:dev:").and_then(|id| id.parse::<DeviceId>().ok());
-                    let wire = message.value.as_str().and_then(|text| serde_json::from_str::<Wire>(&text).ok());
-                    if let (Some(device), Some(wire)) = (device, wire) {
+                    let envelope = message.value.as_str().and_then(|text| serde_json::from_str::<Envelope>(&text).ok());
+                    if let (Some(device), Some(envelope)) = (device, envelope)
+                        && envelope.o != origin
+                    {
                         metrics::counter!("roost_bus_received_total").increment(1);
-                        deliver(&hub, device, wire);
+                        deliver(&hub, device, envelope.w);
                     }
                     false
                 }
@@ -329,9 +348,11 @@ mod tests {
             serde_json::to_string(&Wire::Kick { r: Kick::Revoked }).unwrap_or_default(),
             r#"{"t":"kick","r":"revoked"}"#
         );
-        for wire in [entry, wake_up, Wire::Queued, Wire::SessionEnded { h: hex(&[9; 32]) }] {
-            let text = serde_json::to_string(&wire).unwrap_or_default();
-            assert_eq!(serde_json::from_str::<Wire>(&text).ok(), Some(wire));
+        let envelope = Envelope { o: 42, w: Wire::Queued };
+        assert_eq!(serde_json::to_string(&envelope).unwrap_or_default(), r#"{"o":42,"t":"queued"}"#);
+        for w in [entry, wake_up, Wire::Queued, Wire::SessionEnded { h: hex(&[9; 32]) }] {
+            let text = serde_json::to_string(&Envelope { o: 7, w: w.clone() }).unwrap_or_default();
+            assert_eq!(serde_json::from_str::<Envelope>(&text).ok(), Some(Envelope { o: 7, w }));
         }
         assert_eq!(unhex(&hex(&[0xab; 32])), Some([0xab; 32]));
         assert_eq!(unhex("zz"), None);

@@ -86,8 +86,9 @@ pub trait Bus: Send + Sync + 'static {
     fn forward(&self, devices: &[DeviceId], event: &LiveEvent);
     /// Ends the subscription of `device` on whichever instance holds it.
     fn kick(&self, device: DeviceId, reason: CloseReason);
-    /// Starts receiving the device's events from other instances; completes once they will
-    /// arrive (or the bus has given up for now and will catch up when it can).
+    /// Starts receiving the device's events from other instances, then tells them that this
+    /// instance now holds the device's socket (one held elsewhere closes as replaced); completes
+    /// once events will arrive (or the bus has given up for now and will catch up when it can).
     fn watch(&self, device: DeviceId) -> BoxFuture<'static, ()>;
     /// Stops receiving the device's events from other instances.
     fn unwatch(&self, device: DeviceId);

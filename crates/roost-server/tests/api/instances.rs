@@ -102,3 +102,23 @@ async fn losing_redis_delays_live_events_but_loses_none() {
     assert_eq!(send(&first, &alice.token(), &id, "after").await, 7);
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_new_connection_on_another_instance_replaces_its_old_one() {
+    let Some((first, second)) = two_instances(None).await else { return };
+    let alice = first.user("alice").await;
+    let bob = first.user("bob").await;
+    let id = direct(&first, &alice, &[&bob]).await;
+    let mut old = Socket::connect(&first, &bob.token()).await;
+    old.drain().await;
+    let mut new = Socket::connect(&second, &bob.token()).await;
+    new.drain().await;
+    // One consumer per device, whichever instances its connections reach.
+    assert_eq!(old.closed().await, Some(roost_proto::socket::close::REPLACED));
+    // The new connection goes on receiving, from either instance.
+    assert_eq!(send(&first, &alice.token(), &id, "to the new socket").await, 1);
+    let frame = new.next_frame().await;
+    assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(1)), "{frame}");
+    assert_eq!(send(&second, &alice.token(), &id, "and through the other instance").await, 2);
+    assert_eq!(new.next_frame().await["seq"].as_u64(), Some(2));
+}
