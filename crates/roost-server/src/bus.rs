@@ -55,12 +55,15 @@ struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Wire {
-    /// An entry was committed; `f` is its frame when small enough to travel.
+    /// An entry was committed; `f` is its frame when small enough to travel, `e` the devices
+    /// whose membership ends with it.
     Entry {
         c: ConversationId,
         s: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         f: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        e: Vec<DeviceId>,
     },
     /// Any other frame.
     Frame { f: String },
@@ -150,6 +153,7 @@ impl Bus for RedisBus {
                 c: entry.conversation_id,
                 s: entry.seq,
                 f: (entry.frame.as_str().len() <= MAX_FRAME_ON_BUS).then(|| entry.frame.as_str().to_owned()),
+                e: entry.ends_for.clone(),
             },
             LiveEvent::Frame(frame) => Wire::Frame { f: frame.as_str().to_owned() },
             LiveEvent::Queued => Wire::Queued,
@@ -302,12 +306,13 @@ async fn receive(subscriber: SubscriberClient, hub: Weak<Hub>, listen: mpsc::Unb
 
 fn deliver(hub: &Hub, device: DeviceId, wire: Wire) {
     let event = match wire {
-        Wire::Entry { c, s, f: Some(frame) } => LiveEvent::Entry(Arc::new(PushedEntry {
+        Wire::Entry { c, s, f: Some(frame), e } => LiveEvent::Entry(Arc::new(PushedEntry {
             conversation_id: c,
             seq: s,
             frame: EncodedFrame::from_text(frame),
+            ends_for: e,
         })),
-        Wire::Entry { c, s, f: None } => LiveEvent::Committed { conversation_id: c, seq: s },
+        Wire::Entry { c, s, f: None, e } => LiveEvent::Committed { conversation_id: c, seq: s, ends_for: e },
         Wire::Frame { f } => LiveEvent::Frame(EncodedFrame::from_text(f)),
         Wire::Queued => LiveEvent::Queued,
         Wire::SessionEnded { h } => match unhex(&h) {
@@ -334,15 +339,15 @@ mod tests {
     #[test]
     fn the_wire_format_is_stable() {
         let id = ConversationId::from_bytes([7; 16]);
-        let entry = Wire::Entry { c: id, s: 5, f: Some("{\"type\":\"entry\"}".into()) };
+        let entry = Wire::Entry { c: id, s: 5, f: Some("{\"type\":\"entry\"}".into()), e: vec![] };
         assert_eq!(
             serde_json::to_string(&entry).unwrap_or_default(),
             r#"{"t":"entry","c":"BwcHBwcHBwcHBwcHBwcHBw","s":5,"f":"{\"type\":\"entry\"}"}"#
         );
-        let wake_up = Wire::Entry { c: id, s: 6, f: None };
+        let wake_up = Wire::Entry { c: id, s: 6, f: None, e: vec![DeviceId::from_bytes([1; 32])] };
         assert_eq!(
             serde_json::to_string(&wake_up).unwrap_or_default(),
-            r#"{"t":"entry","c":"BwcHBwcHBwcHBwcHBwcHBw","s":6}"#
+            r#"{"t":"entry","c":"BwcHBwcHBwcHBwcHBwcHBw","s":6,"e":["AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE"]}"#
         );
         assert_eq!(
             serde_json::to_string(&Wire::Kick { r: Kick::Revoked }).unwrap_or_default(),

@@ -72,6 +72,8 @@ pub enum LiveEvent {
         conversation_id: ConversationId,
         /// The entry's sequence number.
         seq: u64,
+        /// The devices whose membership ends with this entry (see [`PushedEntry::ends_for`]).
+        ends_for: Vec<DeviceId>,
     },
     /// Events from other instances may have been lost (the bus reconnected or fell behind):
     /// read everything missed from the store.
@@ -103,6 +105,9 @@ pub struct PushedEntry {
     pub seq: u64,
     /// The encoded `entry` frame.
     pub frame: EncodedFrame,
+    /// The devices whose membership ends with this entry (removed by this commit, or leaving):
+    /// a connection of one of them pushes nothing of the conversation after it.
+    pub ends_for: Vec<DeviceId>,
 }
 
 /// Why the hub ended a subscription.

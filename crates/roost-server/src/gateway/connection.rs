@@ -282,7 +282,7 @@ impl Connection<'_> {
     /// conversation's entries arrive in order and exactly once per connection.
     async fn deliver(&mut self, event: LiveEvent) -> Result<(), Exit> {
         match event {
-            LiveEvent::Entry(entry) => match self.order.offer(entry, Instant::now()) {
+            LiveEvent::Entry(entry) => match self.order.offer(entry, &self.caller.device_id, Instant::now()) {
                 Next::Skip | Next::Held => Ok(()),
                 Next::Push(entries) => {
                     for entry in entries {
@@ -296,10 +296,13 @@ impl Connection<'_> {
                     Ok(())
                 }
             },
-            LiveEvent::Committed { conversation_id, seq } => {
+            LiveEvent::Committed { conversation_id, seq, ends_for } => {
                 let after = self.order.last(&conversation_id);
                 if seq > after {
                     self.catch_up(conversation_id, after).await?;
+                    if ends_for.contains(&self.caller.device_id) && self.order.last(&conversation_id) == seq {
+                        self.order.ended(conversation_id, seq);
+                    }
                     self.order.forget_held(&conversation_id);
                 }
                 Ok(())

@@ -292,26 +292,34 @@ impl Conversations {
         let payload = request.payload.map(Base64Bytes::into_vec).unwrap_or_default();
         check_size("payload", &payload, self.ctx.config.limits.max_handshake_bytes)?;
         let now = self.ctx.now();
-        // The leaving user's devices get the leave entry too: look the recipients up first.
-        let recipients = self.live_recipients(id).await;
-        let pushed = (!recipients.is_empty()).then(|| payload.clone());
-        let seq = self.ctx.store.leave(id, member_of(caller), payload, now).await;
+        // The leaving user's devices get the leave entry too (and nothing after it): look the
+        // members up first. Looked up whether or not a device is connected now, since one may
+        // connect while the leave is stored.
+        let members = match self.members(id).await {
+            Ok(members) => members,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not list members to push to");
+                Arc::from([])
+            }
+        };
+        let recipients: Vec<DeviceId> = members.iter().map(|m| m.device_id).collect();
+        let leaving: Vec<DeviceId> =
+            members.iter().filter(|m| m.user_id == caller.user_id).map(|m| m.device_id).collect();
+        let seq = self.ctx.store.leave(id, member_of(caller), payload.clone(), now).await;
         self.ctx.members.forget(id);
         let seq = seq?;
-        if let Some(payload) = pushed {
-            let conversation = self.ctx.store.conversation(id).await?;
-            let entry = Entry {
-                conversation_id: *id,
-                seq,
-                kind: EntryKind::Leave,
-                sender_user: caller.user_id,
-                sender_device: caller.device_id,
-                epoch: conversation.map_or(0, |c| c.epoch),
-                payload: payload.into(),
-                created_at: now,
-            };
-            self.publish_entry(entry, recipients);
-        }
+        let conversation = self.ctx.store.conversation(id).await?;
+        let entry = Entry {
+            conversation_id: *id,
+            seq,
+            kind: EntryKind::Leave,
+            sender_user: caller.user_id,
+            sender_device: caller.device_id,
+            epoch: conversation.map_or(0, |c| c.epoch),
+            payload: payload.into(),
+            created_at: now,
+        };
+        self.publish_entry(entry, recipients, leaving);
         Ok(seq)
     }
 
@@ -436,18 +444,19 @@ impl Conversations {
         Ok(members)
     }
 
-    /// Pushes a stored entry to every connected member device and to `also` (removed devices,
-    /// which still receive the entry that removed them). The frame is encoded once.
-    async fn push_entry(&self, entry: Entry, also: &[DeviceId]) {
+    /// Pushes a stored entry to every connected member device and to `removed` (devices this
+    /// entry removed, which still receive it and nothing after). The frame is encoded once.
+    async fn push_entry(&self, entry: Entry, removed: &[DeviceId]) {
         let mut recipients = self.live_recipients(&entry.conversation_id).await;
-        recipients.extend_from_slice(also);
-        self.publish_entry(entry, recipients);
+        recipients.extend_from_slice(removed);
+        self.publish_entry(entry, recipients, removed.to_vec());
     }
 
-    fn publish_entry(&self, entry: Entry, recipients: Vec<DeviceId>) {
+    fn publish_entry(&self, entry: Entry, recipients: Vec<DeviceId>, ends_for: Vec<DeviceId>) {
         let (conversation_id, seq) = (entry.conversation_id, entry.seq);
         let frame = EncodedFrame::encode(&ServerFrame::Entry(entry));
-        self.hub.publish(recipients, LiveEvent::Entry(Arc::new(PushedEntry { conversation_id, seq, frame })));
+        let pushed = PushedEntry { conversation_id, seq, frame, ends_for };
+        self.hub.publish(recipients, LiveEvent::Entry(Arc::new(pushed)));
     }
 
     /// The current member devices, when any device at all is connected (a lost push only delays

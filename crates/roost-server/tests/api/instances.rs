@@ -122,3 +122,43 @@ async fn a_devices_new_connection_on_another_instance_replaces_its_old_one() {
     assert_eq!(send(&second, &alice.token(), &id, "and through the other instance").await, 2);
     assert_eq!(new.next_frame().await["seq"].as_u64(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_through_one_instance_gets_nothing_after_it_on_another_whatever_a_third_sends() {
+    let Some((a, b)) = two_instances(None).await else { return };
+    let c = a.another().await;
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let carol = a.user("carol").await;
+    let members = [bob.devices[0].id(), carol.devices[0].id()];
+    let id = crate::api::conversations::create(&a, &alice.token(), "group", &members, None).await;
+    let mut carols = Socket::connect(&b, &carol.token()).await;
+    carols.drain().await;
+    // The third instance sends once, so its member cache lists carol.
+    assert_eq!(send(&c, &alice.token(), &id, "before").await, 1);
+    assert_eq!(carols.next_frame().await["seq"].as_u64(), Some(1));
+
+    // Carol is removed through the first instance...
+    let remove = json!({"epoch": 1, "commit": crate::api::conversations::b64("remove carol"),
+                        "group_info": crate::api::conversations::b64("g2"), "remove": [carol.devices[0].id()]});
+    let (status, removal) = a.post(&format!("/v1/conversations/{id}/commits"), Some(&alice.token()), remove).await;
+    assert_eq!(status, StatusCode::CREATED, "{removal}");
+    let frame = carols.next_frame().await;
+    assert_eq!((frame["kind"].as_str(), frame["seq"].as_u64()), (Some("commit"), Some(2)), "{frame}");
+    // (A removal also wakes the removed device's queue.)
+    assert_eq!(carols.next_frame().await["type"], "queue");
+
+    // ...then the third, which has not heard of it, sends; and after that it queues a payload for
+    // carol (from carol: alice no longer shares a conversation with her). Its events reach carol's
+    // instance in the order it published them, so the payload's wake-up comes first only if the
+    // entry was not delivered.
+    let body = json!({"client_message_id": "after", "epoch": 2, "ciphertext": crate::api::conversations::b64("after")});
+    let (status, sent) = c.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let payload = json!({"payload": roost_proto::bytes::encode(b"probe")});
+    let (status, _) =
+        c.post(&format!("/v1/devices/{}/messages", carol.devices[0].id()), Some(&carol.token()), payload).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let next = carols.next_frame().await;
+    assert_eq!(next["type"], "queue", "carol got something after her removal: {next}");
+}
