@@ -8,24 +8,41 @@
 //! message to a 1,500-user group with three devices each costs up to 4,500 publishes, of which
 //! each instance receives those of its own devices.
 //!
+//! Cache invalidations are the one broadcast: every instance listens on `roost:caches`, and a
+//! change to sessions or memberships (rare next to messages) is published there before the
+//! request that made it is answered.
+//!
 //! Redis is a wake-up path, never the record: everything an event announces is stored first.
 //! When the subscriber connection comes back after a loss, or falls behind, every local
 //! connection reads what it missed from the store ([`LiveEvent::Resync`]). An entry's frame
 //! travels with the news when small; a large one travels as a wake-up and the receiving
-//! connection reads it from the store.
+//! connection reads it from the store. After such a loss every cache is emptied too, since
+//! invalidations may have been lost with it; and while Redis is silently unreachable, values are
+//! trusted only for the short shared TTL.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
+use fred::types::config::UnresponsiveConfig;
 use futures::future::BoxFuture;
 use roost_proto::{ConversationId, DeviceId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{Bus, CloseReason, EncodedFrame, Hub, LiveEvent, PushedEntry};
+use crate::services::Context;
+use crate::services::cache::Stale;
+
+/// The channel every instance listens on for cache invalidations.
+const CACHES: &str = "roost:caches";
+/// How long an instance waits for the others to confirm a cache invalidation (one that is
+/// frozen rather than gone holds changes up this long).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Events waiting to be published before new ones are dropped (and counted).
 const OUTBOX: usize = 65_536;
@@ -36,19 +53,62 @@ const MAX_FRAME_ON_BUS: usize = 8 * 1024;
 /// How long a Redis command may take before it fails (while Redis is away, commands fail
 /// rather than wait).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often each connection pings Redis, so that a silently lost connection (no reset, just
+/// silence) is noticed and replaced...
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// ...once a ping or command has waited this long.
+const UNRESPONSIVE: Duration = Duration::from_secs(3);
 
 /// Why the bus could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("connecting to Redis: {0}")]
 pub struct BusError(String);
 
-/// A message on a device's channel: what it says, and the instance that said it (an instance
-/// ignores its own messages, such as the kick it sends when it takes a device's socket over).
+/// A message on the bus: what it says, and the instance that said it (an instance ignores its
+/// own messages, such as the kick it sends when it takes a device's socket over).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Envelope {
+struct Envelope<W> {
     o: u64,
     #[serde(flatten)]
-    w: Wire,
+    w: W,
+}
+
+/// What travels on the caches channel: an invalidation, numbered by its instance so that each
+/// instance that applied it can confirm it (on `roost:ack:<instance>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Change {
+    i: u64,
+    #[serde(flatten)]
+    f: Forget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Forget {
+    /// A session ended (hex of its token's hash).
+    Session { h: String },
+    /// A conversation's members changed.
+    Members { c: ConversationId },
+    /// A device was revoked.
+    Revoked { d: DeviceId },
+}
+
+impl Forget {
+    fn of(stale: Stale) -> Self {
+        match stale {
+            Stale::Session(hash) => Self::Session { h: hex(&hash) },
+            Stale::Members(c) => Self::Members { c },
+            Stale::Revoked(d) => Self::Revoked { d },
+        }
+    }
+
+    fn stale(self) -> Option<Stale> {
+        Some(match self {
+            Self::Session { h } => Stale::Session(unhex(&h)?),
+            Self::Members { c } => Stale::Members(c),
+            Self::Revoked { d } => Stale::Revoked(d),
+        })
+    }
 }
 
 /// What travels on a device's channel.
@@ -88,8 +148,8 @@ enum Kick {
 enum Listen {
     Watch(DeviceId, oneshot::Sender<()>),
     Unwatch(DeviceId),
-    /// After a reconnect: listen again for every device held here.
-    Again(Vec<DeviceId>),
+    /// After a reconnect: listen again for the caches and every device held here.
+    Again,
 }
 
 /// The Redis side of the hub.
@@ -100,35 +160,114 @@ pub struct RedisBus {
     listen: mpsc::UnboundedSender<Listen>,
     publisher: Client,
     subscriber: SubscriberClient,
+    /// Set by [`close`](Self::close): the heartbeat stops.
+    closed: AtomicBool,
+    /// Invalidations this instance published, waiting for the others to confirm them.
+    confirmations: Arc<Confirmations>,
+}
+
+/// Invalidations waiting for confirmations, by number.
+#[derive(Default)]
+struct Confirmations {
+    next: AtomicU64,
+    pending: std::sync::Mutex<HashMap<u64, Pending>>,
+}
+
+struct Pending {
+    /// Confirmations received.
+    received: i64,
+    /// How many instances received the invalidation, once Redis has said.
+    expected: Option<i64>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Confirmations {
+    fn open(&self) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (done, confirmed) = oneshot::channel();
+        self.lock().insert(id, Pending { received: 0, expected: None, done: Some(done) });
+        (id, confirmed)
+    }
+
+    fn expect(&self, id: u64, receivers: i64) {
+        self.update(id, |pending| pending.expected = Some(receivers));
+    }
+
+    fn confirm(&self, id: u64) {
+        self.update(id, |pending| pending.received += 1);
+    }
+
+    fn close(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn update(&self, id: u64, change: impl FnOnce(&mut Pending)) {
+        let mut pending = self.lock();
+        let Some(entry) = pending.get_mut(&id) else { return };
+        change(entry);
+        if entry.expected.is_some_and(|expected| entry.received >= expected)
+            && let Some(entry) = pending.remove(&id)
+            && let Some(done) = entry.done
+        {
+            let _ = done.send(());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl RedisBus {
-    /// Connects to Redis at `url` and starts carrying `hub`'s events to and from the other
-    /// instances.
-    pub async fn connect(url: &str, hub: &Arc<Hub>) -> Result<Arc<Self>, BusError> {
+    /// Connects to Redis at `url` and starts carrying `hub`'s events and invalidations of
+    /// `ctx`'s caches to and from the other instances.
+    pub async fn connect(url: &str, hub: &Arc<Hub>, ctx: &Arc<Context>) -> Result<Arc<Self>, BusError> {
         let config = RedisConfig::from_url(url).map_err(|err| BusError(err.to_string()))?;
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|performance| performance.default_command_timeout = COMMAND_TIMEOUT)
-            .with_connection_config(|connection| connection.connection_timeout = COMMAND_TIMEOUT)
+            .with_connection_config(|connection| {
+                connection.connection_timeout = COMMAND_TIMEOUT;
+                connection.unresponsive = UnresponsiveConfig { max_timeout: Some(UNRESPONSIVE), interval: HEARTBEAT };
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         let publisher = builder.build().map_err(|err| BusError(err.to_string()))?;
         let subscriber = builder.build_subscriber_client().map_err(|err| BusError(err.to_string()))?;
         publisher.init().await.map_err(|err| BusError(err.to_string()))?;
         subscriber.init().await.map_err(|err| BusError(err.to_string()))?;
-
         let origin = rand::random();
+        subscriber
+            .subscribe(vec![CACHES.to_owned(), confirmations(origin)])
+            .await
+            .map_err(|err| BusError(err.to_string()))?;
+
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let (listen, changes) = mpsc::unbounded_channel();
         tokio::spawn(publish(publisher.clone(), queued));
-        let bus = Arc::new(Self { origin, outbox, listen: listen.clone(), publisher, subscriber: subscriber.clone() });
-        tokio::spawn(manage(subscriber.clone(), changes, Arc::downgrade(&bus)));
-        tokio::spawn(receive(subscriber, Arc::downgrade(hub), listen, origin));
+        let bus = Arc::new(Self {
+            origin,
+            outbox,
+            listen: listen.clone(),
+            publisher,
+            subscriber: subscriber.clone(),
+            closed: AtomicBool::new(false),
+            confirmations: Arc::default(),
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&bus)));
+        let local = Local {
+            hub: Arc::downgrade(hub),
+            ctx: Arc::downgrade(ctx),
+            outbox: bus.outbox.clone(),
+            confirmations: bus.confirmations.clone(),
+        };
+        tokio::spawn(manage(subscriber.clone(), changes, Arc::downgrade(&bus), local.clone()));
+        tokio::spawn(receive(subscriber, local, listen, origin));
         Ok(bus)
     }
 
     /// Closes both connections.
     pub async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         let _ = self.subscriber.quit().await;
         let _ = self.publisher.quit().await;
     }
@@ -184,6 +323,52 @@ impl Bus for RedisBus {
     fn unwatch(&self, device: DeviceId) {
         let _ = self.listen.send(Listen::Unwatch(device));
     }
+
+    fn forget(&self, stale: Stale) -> BoxFuture<'static, ()> {
+        let publisher = self.publisher.clone();
+        let confirmations = self.confirmations.clone();
+        let (id, confirmed) = confirmations.open();
+        let payload = serde_json::to_string(&Envelope { o: self.origin, w: Change { i: id, f: Forget::of(stale) } });
+        Box::pin(async move {
+            let Ok(payload) = payload else { return confirmations.close(id) };
+            // Every instance listening, this one included, confirms once it has applied the
+            // change; the change is answered only then, so no instance serves from a stale value
+            // after that. An instance that does not listen now distrusts its caches until it
+            // listens again.
+            match publisher.publish::<i64, _, _>(CACHES, payload).await {
+                Ok(receivers) => {
+                    metrics::counter!("roost_bus_published_total").increment(1);
+                    confirmations.expect(id, receivers);
+                    if tokio::time::timeout(CONFIRM_TIMEOUT, confirmed).await.is_err() {
+                        metrics::counter!("roost_bus_unconfirmed_total").increment(1);
+                        tracing::warn!("an instance did not confirm a cache change in time");
+                    }
+                }
+                Err(err) => {
+                    // The other instances trust what they cached for the shared TTL at most, and
+                    // empty their caches when their own link to Redis is lost and comes back.
+                    metrics::counter!("roost_bus_dropped_total").increment(1);
+                    tracing::warn!(error = %err, "telling other instances of a cache change failed");
+                }
+            }
+            confirmations.close(id);
+        })
+    }
+}
+
+/// The channel on which instance `origin` receives confirmations of its invalidations.
+fn confirmations(origin: u64) -> String {
+    format!("roost:ack:{origin}")
+}
+
+/// What the bus delivers to on this instance.
+#[derive(Clone)]
+struct Local {
+    hub: Weak<Hub>,
+    ctx: Weak<Context>,
+    /// For confirmations to other instances.
+    outbox: mpsc::Sender<(String, Arc<str>)>,
+    confirmations: Arc<Confirmations>,
 }
 
 /// A device's channel.
@@ -204,6 +389,20 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
         *slot = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// Pings both connections while the bus is open, so that one lost silently is noticed (see
+/// [`UNRESPONSIVE`]) and replaced, and what it missed is read from the store.
+async fn heartbeat(bus: Weak<RedisBus>) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    loop {
+        ticks.tick().await;
+        let Some(bus) = bus.upgrade() else { return };
+        if bus.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let (_, _): (Result<(), _>, Result<(), _>) = tokio::join!(bus.publisher.ping(None), bus.subscriber.ping(None));
+    }
 }
 
 /// Sends what was queued for other instances, many publishes per round trip.
@@ -232,8 +431,15 @@ async fn publish(publisher: Client, mut queued: mpsc::Receiver<(String, Arc<str>
 
 /// Applies changes to the channels listened on, in order (so a device that disconnects and
 /// reconnects here is not left unsubscribed by a late unsubscribe). A device's channel, once
-/// listened on, is told that this instance holds its socket now.
-async fn manage(subscriber: SubscriberClient, mut changes: mpsc::UnboundedReceiver<Listen>, bus: Weak<RedisBus>) {
+/// listened on, is told that this instance holds its socket now. Once everything is listened
+/// on again after a reconnect, the caches are trusted again and every local connection reads
+/// from the store what it may have missed.
+async fn manage(
+    subscriber: SubscriberClient,
+    mut changes: mpsc::UnboundedReceiver<Listen>,
+    bus: Weak<RedisBus>,
+    local: Local,
+) {
     while let Some(change) = changes.recv().await {
         match change {
             Listen::Watch(device, done) => {
@@ -249,57 +455,97 @@ async fn manage(subscriber: SubscriberClient, mut changes: mpsc::UnboundedReceiv
             Listen::Unwatch(device) => {
                 let _ = subscriber.unsubscribe(channel(&device)).await;
             }
-            Listen::Again(devices) => {
-                let channels: Vec<String> = devices.iter().map(channel).collect();
-                if !channels.is_empty()
-                    && let Err(err) = subscriber.subscribe(channels).await
-                {
-                    tracing::warn!(error = %err, "subscribing again after a reconnect failed");
+            Listen::Again => {
+                let (Some(hub), Some(ctx)) = (local.hub.upgrade(), local.ctx.upgrade()) else { return };
+                let devices = hub.local_devices();
+                let Some(origin) = bus.upgrade().map(|bus| bus.origin) else { return };
+                let mut channels = vec![CACHES.to_owned(), confirmations(origin)];
+                channels.extend(devices.iter().map(channel));
+                if let Err(err) = subscriber.subscribe(channels).await {
+                    tracing::warn!(error = %err, "subscribing again after a reconnect failed; retrying");
+                    let Some(bus) = bus.upgrade() else { return };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(HEARTBEAT).await;
+                        let _ = bus.listen.send(Listen::Again);
+                    });
+                    continue;
                 }
+                caught_up(&hub, &ctx);
             }
         }
     }
 }
 
-/// Delivers what other instances publish for the devices held here; after a reconnect or a
-/// fall behind, listens again and makes every local connection resync.
-async fn receive(subscriber: SubscriberClient, hub: Weak<Hub>, listen: mpsc::UnboundedSender<Listen>, origin: u64) {
+/// News from other instances may have been missed: empty the caches and make every local
+/// connection read the store.
+fn caught_up(hub: &Hub, ctx: &Context) {
+    metrics::counter!("roost_bus_resyncs_total").increment(1);
+    tracing::info!("news from other instances may have been missed; caches emptied, connections read the store");
+    ctx.trust_caches();
+    hub.publish_local(hub.local_devices(), LiveEvent::Resync);
+}
+
+/// Delivers what other instances publish for the devices held here and applies their cache
+/// invalidations. While the subscriber connection is lost the caches are not trusted; after a
+/// reconnect everything is listened on again (then [`caught_up`]), and after a fall behind
+/// the instance catches up at once.
+async fn receive(subscriber: SubscriberClient, local: Local, listen: mpsc::UnboundedSender<Listen>, origin: u64) {
     use tokio::sync::broadcast::error::RecvError;
 
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
+    let mut errors = subscriber.error_rx();
     loop {
-        let missed = tokio::select! {
+        tokio::select! {
             message = messages.recv() => match message {
                 Ok(message) => {
-                    let Some(hub) = hub.upgrade() else { return };
-                    let device = message.channel.strip_prefix("roost:dev:").and_then(|id| id.parse::<DeviceId>().ok());
-                    let envelope = message.value.as_str().and_then(|text| serde_json::from_str::<Envelope>(&text).ok());
-                    if let (Some(device), Some(envelope)) = (device, envelope)
-                        && envelope.o != origin
-                    {
-                        metrics::counter!("roost_bus_received_total").increment(1);
-                        deliver(&hub, device, envelope.w);
+                    let text = message.value.as_str();
+                    let text = text.as_deref().unwrap_or_default();
+                    if message.channel == CACHES {
+                        let Some(ctx) = local.ctx.upgrade() else { return };
+                        if let Ok(Envelope { o, w: Change { i, f } }) = serde_json::from_str::<Envelope<Change>>(text) {
+                            metrics::counter!("roost_bus_received_total").increment(1);
+                            if o != origin && let Some(stale) = f.stale() {
+                                ctx.forget(stale);
+                            }
+                            let _ = local.outbox.try_send((confirmations(o), i.to_string().into()));
+                        }
+                    } else if message.channel.starts_with("roost:ack:") {
+                        if let Ok(id) = text.parse() {
+                            local.confirmations.confirm(id);
+                        }
+                    } else {
+                        let Some(hub) = local.hub.upgrade() else { return };
+                        let device = message.channel.strip_prefix("roost:dev:").and_then(|id| id.parse::<DeviceId>().ok());
+                        if let (Some(device), Ok(envelope)) = (device, serde_json::from_str::<Envelope<Wire>>(text))
+                            && envelope.o != origin
+                        {
+                            metrics::counter!("roost_bus_received_total").increment(1);
+                            deliver(&hub, device, envelope.w);
+                        }
                     }
-                    false
                 }
-                Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Lagged(_)) => {
+                    let (Some(hub), Some(ctx)) = (local.hub.upgrade(), local.ctx.upgrade()) else { return };
+                    caught_up(&hub, &ctx);
+                }
+                Err(RecvError::Closed) => return,
+            },
+            error = errors.recv() => match error {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    let Some(ctx) = local.ctx.upgrade() else { return };
+                    ctx.distrust_caches();
+                }
                 Err(RecvError::Closed) => return,
             },
             reconnect = reconnects.recv() => match reconnect {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
-                    let Some(hub) = hub.upgrade() else { return };
-                    let _ = listen.send(Listen::Again(hub.local_devices()));
-                    true
+                    let Some(ctx) = local.ctx.upgrade() else { return };
+                    ctx.distrust_caches();
+                    let _ = listen.send(Listen::Again);
                 }
                 Err(RecvError::Closed) => return,
             },
-        };
-        if missed {
-            let Some(hub) = hub.upgrade() else { return };
-            metrics::counter!("roost_bus_resyncs_total").increment(1);
-            tracing::info!("live events from other instances may have been missed; connections read the store");
-            hub.publish_local(hub.local_devices(), LiveEvent::Resync);
         }
     }
 }
@@ -357,7 +603,14 @@ mod tests {
         assert_eq!(serde_json::to_string(&envelope).unwrap_or_default(), r#"{"o":42,"t":"queued"}"#);
         for w in [entry, wake_up, Wire::Queued, Wire::SessionEnded { h: hex(&[9; 32]) }] {
             let text = serde_json::to_string(&Envelope { o: 7, w: w.clone() }).unwrap_or_default();
-            assert_eq!(serde_json::from_str::<Envelope>(&text).ok(), Some(Envelope { o: 7, w }));
+            assert_eq!(serde_json::from_str::<Envelope<Wire>>(&text).ok(), Some(Envelope { o: 7, w }));
+        }
+        let change = Envelope { o: 7, w: Change { i: 3, f: Forget::Members { c: id } } };
+        let text = serde_json::to_string(&change).unwrap_or_default();
+        assert_eq!(text, r#"{"o":7,"i":3,"t":"members","c":"BwcHBwcHBwcHBwcHBwcHBw"}"#);
+        assert_eq!(serde_json::from_str::<Envelope<Change>>(&text).ok(), Some(change));
+        for stale in [Stale::Session([5; 32]), Stale::Members(id), Stale::Revoked(DeviceId::from_bytes([1; 32]))] {
+            assert_eq!(Forget::of(stale).stale(), Some(stale));
         }
         assert_eq!(unhex(&hex(&[0xab; 32])), Some([0xab; 32]));
         assert_eq!(unhex("zz"), None);

@@ -21,6 +21,8 @@ use roost_proto::{ConversationId, DeviceId, UserId};
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::services::cache::Stale;
+
 /// A server frame encoded once as JSON text and shared, not copied, by every connection it goes
 /// to. (It holds the WebSocket library's text type, so the gateway writes it without a copy or
 /// a second UTF-8 check; nothing outside this type and the gateway sees that library.)
@@ -94,6 +96,9 @@ pub trait Bus: Send + Sync + 'static {
     fn watch(&self, device: DeviceId) -> BoxFuture<'static, ()>;
     /// Stops receiving the device's events from other instances.
     fn unwatch(&self, device: DeviceId);
+    /// Tells every other instance to forget what `stale` makes stale in its caches; completes
+    /// once the bus took the news (or failed to).
+    fn forget(&self, stale: Stale) -> BoxFuture<'static, ()>;
 }
 
 /// A committed entry as pushed to connections.
@@ -319,6 +324,14 @@ impl Hub {
     pub async fn watch(&self, device: DeviceId) {
         if let Some(bus) = self.bus.get() {
             bus.watch(device).await;
+        }
+    }
+
+    /// Tells the other instances, if any, what became stale in their caches; completes once they
+    /// were told.
+    pub async fn forget_elsewhere(&self, stale: Stale) {
+        if let Some(bus) = self.bus.get() {
+            bus.forget(stale).await;
         }
     }
 

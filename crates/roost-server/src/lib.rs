@@ -125,7 +125,7 @@ impl Server {
     /// Connects to the other instances over Redis when `redis_url` is set (a no-op otherwise).
     pub async fn connect_bus(&mut self) -> Result<(), ServeError> {
         if let Some(url) = self.services.ctx.config.redis_url.clone() {
-            let bus = bus::RedisBus::connect(&url, &self.services.hub).await?;
+            let bus = bus::RedisBus::connect(&url, &self.services.hub, &self.services.ctx).await?;
             self.services.hub.set_bus(bus.clone());
             self.bus = Some(bus);
         }

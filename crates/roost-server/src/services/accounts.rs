@@ -12,6 +12,7 @@ use roost_proto::{Base64Bytes, DeviceId, ErrorCode, Handle, UserId};
 use roost_store::{DeviceRecord, NewDevice, NewLinkRequest, StoreError};
 use sha2::{Digest, Sha256};
 
+use super::cache::Stale;
 use super::{Caller, Context, secs_to_ms, signatures};
 use crate::config::RegistrationPolicy;
 use crate::error::{Error, Result};
@@ -94,8 +95,7 @@ impl Accounts {
         let revoked = self.ctx.store.revoke_device(&caller.user_id, device_id, self.ctx.now()).await;
         // Its sessions and memberships are gone from the store (or the store failed midway):
         // nothing cached about them may be used again.
-        self.ctx.sessions.invalidate(|_, session| session.device_id == *device_id);
-        self.ctx.members.invalidate(|_, _| true);
+        super::forget_everywhere(&self.ctx, &self.hub, Stale::Revoked(*device_id)).await;
         revoked?;
         self.hub.kick(device_id, CloseReason::Revoked);
         self.announce_device_list(&caller.user_id).await;

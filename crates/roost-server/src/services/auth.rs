@@ -12,6 +12,7 @@ use roost_proto::{Base64Bytes, DeviceId, ErrorCode, UserId, bytes, signing};
 use roost_store::SessionRecord;
 use sha2::{Digest, Sha256};
 
+use super::cache::Stale;
 use super::{Context, secs_to_ms, signatures};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, LiveEvent};
@@ -150,7 +151,7 @@ impl Auth {
     pub async fn close_session(&self, caller: &Caller, token: &str) -> Result<()> {
         let hash = token_hash(token);
         let deleted = self.ctx.store.delete_session(&hash).await;
-        self.ctx.sessions.forget(&hash);
+        super::forget_everywhere(&self.ctx, &self.hub, Stale::Session(hash)).await;
         deleted?;
         self.hub.publish([caller.device_id], LiveEvent::SessionEnded(hash));
         Ok(())

@@ -2,21 +2,39 @@
 //! member devices.
 //!
 //! Both are read-through: a miss reads the store. Every path that changes a session or a
-//! membership in this process invalidates them right after its store write, so a logout, a
-//! revocation or a member's removal takes effect for the very next request. Entries are also
-//! short-lived and the caches are bounded, so a change made outside this process (an operator
-//! editing the database) is seen within [`TTL`] at the latest.
+//! membership invalidates them right after its store write ([`Stale`]), in this process and,
+//! when instances cooperate over Redis, on every other instance before it answers, so a logout,
+//! a revocation or a member's removal takes effect for the very next request wherever it lands.
+//! Entries are also short-lived and the caches are bounded, so a change made outside Roost (an
+//! operator editing the database), or one whose invalidation was lost with Redis, is seen within
+//! the TTL at the latest ([`TTL`] alone, [`SHARED_TTL`] with other instances).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use roost_proto::ConversationId;
+use roost_proto::{ConversationId, DeviceId};
 use roost_store::{MemberRef, SessionRecord};
 
 /// How long a cached value is trusted without reading the store again.
 pub const TTL: Duration = Duration::from_secs(60);
+/// The same when instances share the database: an invalidation from another instance travels
+/// over Redis and is lost if Redis is, so values are trusted for less time (one read of a session
+/// or a member list every few seconds costs the store little).
+pub const SHARED_TTL: Duration = Duration::from_secs(5);
+
+/// A change that makes cached values stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// The session with this token hash ended.
+    Session([u8; 32]),
+    /// The members of this conversation changed.
+    Members(ConversationId),
+    /// This device was revoked: its sessions ended and it left every conversation (which ones
+    /// is not known here, so every member list is stale).
+    Revoked(DeviceId),
+}
 
 /// A bounded read-through cache whose fills cannot outlive an invalidation.
 ///
@@ -27,12 +45,17 @@ pub struct ReadThrough<K, V> {
     inner: Mutex<Entries<K, V>>,
     /// Most total weight kept.
     capacity: usize,
+    /// How long a value is trusted.
+    ttl: Duration,
     /// What one value counts against the capacity.
     weigh: fn(&V) -> usize,
 }
 
 struct Entries<K, V> {
     generation: u64,
+    /// Cleared while invalidations may be missed (the bus to other instances is down): the cache
+    /// then holds nothing and every read goes to the store.
+    trusted: bool,
     values: HashMap<K, (V, Instant)>,
     /// Sum of the weights of `values`.
     weight: usize,
@@ -51,15 +74,20 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     /// An empty cache whose values weigh `weigh(value)` each (at least 1), at most `capacity` in
     /// all. A value heavier than the whole capacity is not kept.
     pub fn weighed(capacity: usize, weigh: fn(&V) -> usize) -> Self {
-        let entries = Entries { generation: 0, values: HashMap::new(), weight: 0 };
-        Self { inner: Mutex::new(entries), capacity, weigh }
+        let entries = Entries { generation: 0, trusted: true, values: HashMap::new(), weight: 0 };
+        Self { inner: Mutex::new(entries), capacity, ttl: TTL, weigh }
+    }
+
+    /// The same cache, trusting values for `ttl` rather than [`TTL`].
+    pub fn trusting_for(self, ttl: Duration) -> Self {
+        Self { ttl, ..self }
     }
 
     /// The cached value, or a ticket to fill it after reading the store.
     pub fn get(&self, key: &K) -> Result<V, Ticket> {
         let inner = self.lock();
         match inner.values.get(key) {
-            Some((value, read_at)) if read_at.elapsed() < TTL => Ok(value.clone()),
+            Some((value, read_at)) if read_at.elapsed() < self.ttl => Ok(value.clone()),
             _ => Err(Ticket(inner.generation)),
         }
     }
@@ -68,14 +96,14 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     pub fn fill(&self, key: K, ticket: Ticket, value: V) {
         let weight = (self.weigh)(&value).max(1);
         let mut inner = self.lock();
-        if inner.generation != ticket.0 || weight > self.capacity {
+        if inner.generation != ticket.0 || !inner.trusted || weight > self.capacity {
             return;
         }
         if let Some((old, _)) = inner.values.remove(&key) {
             inner.weight -= (self.weigh)(&old).max(1);
         }
         if inner.weight + weight > self.capacity {
-            inner.values.retain(|_, (_, read_at)| read_at.elapsed() < TTL);
+            inner.values.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
             self.reweigh(&mut inner);
             if inner.weight + weight > self.capacity {
                 inner.values.clear();
@@ -104,6 +132,23 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
         inner.generation += 1;
         inner.values.retain(|key, (value, _)| !stale(key, value));
         self.reweigh(&mut inner);
+    }
+
+    /// Empties the cache and keeps it empty until [`trust`](Self::trust): invalidations may be
+    /// missed meanwhile. Readers in flight may not fill theirs.
+    pub fn distrust(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.trusted = false;
+        inner.values.clear();
+        inner.weight = 0;
+    }
+
+    /// Empties the cache and lets it fill again (invalidations arrive again from now on, and
+    /// whatever was missed before is gone). Readers in flight may not fill theirs.
+    pub fn trust(&self) {
+        self.distrust();
+        self.lock().trusted = true;
     }
 
     fn reweigh(&self, inner: &mut Entries<K, V>) {
@@ -145,6 +190,24 @@ mod tests {
         cache.invalidate(|_, value| *value == 20);
         assert!(cache.get(&2).is_err());
         assert_eq!(cache.get(&3), Ok(30));
+    }
+
+    #[test]
+    fn a_distrusted_cache_holds_nothing_until_trusted_again() {
+        let cache: ReadThrough<u8, u8> = ReadThrough::new(10);
+        let before = cache.get(&1).unwrap_err();
+        cache.fill(2, cache.get(&2).unwrap_err(), 20);
+        cache.distrust();
+        assert!(cache.get(&2).is_err(), "emptied");
+        cache.fill(1, before, 10);
+        let during = cache.get(&1).expect_err("a fill from before was kept");
+        cache.fill(1, during, 10);
+        assert!(cache.get(&1).is_err(), "a fill while distrusted was kept");
+        cache.trust();
+        cache.fill(1, during, 10);
+        assert!(cache.get(&1).is_err(), "a fill from while distrusted was kept after");
+        cache.fill(1, cache.get(&1).unwrap_err(), 11);
+        assert_eq!(cache.get(&1), Ok(11));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use roost_proto::socket::ServerFrame;
 use roost_proto::{Base64Bytes, ConversationId, DeviceId};
 use roost_store::{CommitWrite, ConversationView, MemberDevice, MemberRef, MessageWrite, NewConversation, QueueWrite};
 
+use super::cache::Stale;
 use super::delivery::entry_view;
 use super::{Caller, Context};
 use crate::error::{Error, Result};
@@ -83,7 +84,7 @@ impl Conversations {
             })
             .await;
         // A typing frame may have cached "no members" for this id before it existed.
-        self.ctx.members.forget(&request.conversation_id);
+        super::forget_everywhere(&self.ctx, &self.hub, Stale::Members(request.conversation_id)).await;
         created?;
         self.hub.publish(welcomed, LiveEvent::Queued);
         self.summary(caller, &request.conversation_id).await
@@ -180,8 +181,13 @@ impl Conversations {
         // have read the store before it, and then only the push brings it this entry.
         let pushed = write.clone();
         let id = write.conversation_id;
+        let changes_members = !write.add.is_empty() || !write.remove.is_empty();
         let outcome = self.ctx.store.commit(write).await;
-        self.ctx.members.forget(&id);
+        if changes_members {
+            super::forget_everywhere(&self.ctx, &self.hub, Stale::Members(id)).await;
+        } else {
+            self.ctx.members.forget(&id);
+        }
         let outcome = outcome?;
         {
             let write = pushed;
@@ -306,7 +312,7 @@ impl Conversations {
         let leaving: Vec<DeviceId> =
             members.iter().filter(|m| m.user_id == caller.user_id).map(|m| m.device_id).collect();
         let seq = self.ctx.store.leave(id, member_of(caller), payload.clone(), now).await;
-        self.ctx.members.forget(id);
+        super::forget_everywhere(&self.ctx, &self.hub, Stale::Members(*id)).await;
         let seq = seq?;
         let conversation = self.ctx.store.conversation(id).await?;
         let entry = Entry {

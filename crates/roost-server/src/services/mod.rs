@@ -19,7 +19,7 @@ pub use delivery::Delivery;
 pub use keys::Keys;
 use roost_store::Store;
 
-use self::cache::{MAX_MEMBER_DEVICES, MAX_SESSIONS, MemberCache, SessionCache};
+use self::cache::{MAX_MEMBER_DEVICES, MAX_SESSIONS, MemberCache, SHARED_TTL, SessionCache, Stale, TTL};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -49,15 +49,42 @@ impl Context {
     /// Builds the context.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let limits = RateLimiters::new(&config.rate_limits);
+        let ttl = if config.redis_url.is_some() { SHARED_TTL } else { TTL };
         Self {
             store,
             clock,
             config,
             limits,
-            sessions: SessionCache::new(MAX_SESSIONS),
-            members: MemberCache::weighed(MAX_MEMBER_DEVICES, |members| members.len()),
+            sessions: SessionCache::new(MAX_SESSIONS).trusting_for(ttl),
+            members: MemberCache::weighed(MAX_MEMBER_DEVICES, |members| members.len()).trusting_for(ttl),
             leads_background_work: AtomicBool::new(false),
         }
+    }
+
+    /// Forgets what `stale` makes stale in this instance's caches.
+    pub fn forget(&self, stale: Stale) {
+        match stale {
+            Stale::Session(hash) => self.sessions.forget(&hash),
+            Stale::Members(conversation) => self.members.forget(&conversation),
+            Stale::Revoked(device) => {
+                self.sessions.invalidate(|_, session| session.device_id == device);
+                self.members.invalidate(|_, _| true);
+            }
+        }
+    }
+
+    /// Empties the caches and keeps them empty: invalidations from other instances may be
+    /// missed until [`trust_caches`](Self::trust_caches).
+    pub fn distrust_caches(&self) {
+        self.sessions.distrust();
+        self.members.distrust();
+    }
+
+    /// Empties the caches (invalidations from other instances may have been missed) and lets
+    /// them fill again: called once they arrive again.
+    pub fn trust_caches(&self) {
+        self.sessions.trust();
+        self.members.trust();
     }
 
     fn now(&self) -> i64 {
@@ -99,6 +126,13 @@ impl Services {
             ctx,
         }
     }
+}
+
+/// Forgets what `stale` makes stale here and on every other instance; completes once the
+/// others were told (or telling them failed), so the caller answers only after that.
+async fn forget_everywhere(ctx: &Context, hub: &Hub, stale: Stale) {
+    ctx.forget(stale);
+    hub.forget_elsewhere(stale).await;
 }
 
 fn secs_to_ms(secs: u64) -> i64 {

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use roost_testkit::{TestDatabase, config_for, redis_url};
 use serde_json::json;
 
-use crate::api::common::TestServer;
+use crate::api::common::{TestServer, TestUser, assert_error};
 use crate::api::gateway::{Socket, direct, send};
 
 /// Two servers on one database cooperating over Redis (the second connects to Redis at
@@ -21,6 +21,14 @@ async fn two_instances(second_redis: Option<String>) -> Option<(TestServer, Test
         None => first.another().await,
     };
     Some((first, second))
+}
+
+/// Three servers on one database cooperating over Redis, or `None` where PostgreSQL or Redis is
+/// not available here.
+async fn three_instances() -> Option<(TestServer, TestServer, TestServer)> {
+    let (a, b) = two_instances(None).await?;
+    let c = a.another().await;
+    Some((a, b, c))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,8 +133,7 @@ async fn a_devices_new_connection_on_another_instance_replaces_its_old_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_removed_through_one_instance_gets_nothing_after_it_on_another_whatever_a_third_sends() {
-    let Some((a, b)) = two_instances(None).await else { return };
-    let c = a.another().await;
+    let Some((a, b, c)) = three_instances().await else { return };
     let alice = a.user("alice").await;
     let bob = a.user("bob").await;
     let carol = a.user("carol").await;
@@ -147,6 +154,11 @@ async fn a_member_removed_through_one_instance_gets_nothing_after_it_on_another_
     assert_eq!((frame["kind"].as_str(), frame["seq"].as_u64()), (Some("commit"), Some(2)), "{frame}");
     // (A removal also wakes the removed device's queue.)
     assert_eq!(carols.next_frame().await["type"], "queue");
+    // The third instance had cached carol among the members; it forgot them when told, so carol
+    // can no longer send there what only its cache authorizes.
+    let ephemeral = json!({"client_message_id": "e", "epoch": 2, "ciphertext": crate::api::conversations::b64("hi"), "ephemeral": true});
+    let refused = c.post(&format!("/v1/conversations/{id}/messages"), Some(&carol.token()), ephemeral).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "not_a_member");
 
     // ...then the third, which has not heard of it, sends; and after that it queues a payload for
     // carol (from carol: alice no longer shares a conversation with her). Its events reach carol's
@@ -161,4 +173,51 @@ async fn a_member_removed_through_one_instance_gets_nothing_after_it_on_another_
     assert_eq!(status, StatusCode::CREATED);
     let next = carols.next_frame().await;
     assert_eq!(next["type"], "queue", "carol got something after her removal: {next}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_logged_out_or_revoked_on_one_instance_is_refused_on_the_others_at_once() {
+    let Some((a, b, c)) = three_instances().await else { return };
+    let mut alice = a.user("alice").await;
+    for _ in 0..10 {
+        a.login(&mut alice.devices[0]).await;
+        let token = alice.token();
+        // Both other instances have the session cached...
+        for instance in [&b, &c] {
+            assert_eq!(instance.get("/v1/auth/session", Some(&token)).await.0, StatusCode::OK);
+        }
+        // ...and refuse it as soon as the logout is answered.
+        let (status, _) = a.call(Method::DELETE, "/v1/auth/session", Some(&token), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        for instance in [&b, &c] {
+            assert_error(
+                &instance.get("/v1/auth/session", Some(&token)).await,
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+            );
+        }
+    }
+
+    // A revoked device's sessions likewise.
+    a.login(&mut alice.devices[0]).await;
+    let second = b.link_device(&mut alice).await;
+    let target = alice.devices[second].id();
+    let target_token = alice.devices[second].token();
+    for instance in [&b, &c] {
+        assert_eq!(instance.get("/v1/auth/session", Some(&target_token)).await.0, StatusCode::OK);
+    }
+    let (status, body) =
+        a.post(&format!("/v1/devices/{target}/revoke"), Some(&alice.token()), revoke(&alice, &target)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    for instance in [&b, &c] {
+        assert_error(
+            &instance.get("/v1/auth/session", Some(&target_token)).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        );
+    }
+}
+
+fn revoke(user: &TestUser, device: &roost_proto::DeviceId) -> serde_json::Value {
+    json!({"signature": user.sign(&roost_proto::signing::revoke_device_message(&user.id(), device))})
 }
