@@ -29,14 +29,74 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
 use fred::types::config::UnresponsiveConfig;
+use fred::types::scripts::Script;
 use futures::future::BoxFuture;
-use roost_proto::{ConversationId, DeviceId};
+use roost_proto::{ConversationId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::{Bus, CloseReason, EncodedFrame, Hub, LiveEvent, PushedEntry};
+use crate::hub::{Bus, CloseReason, EncodedFrame, Hub, LiveEvent, PushedEntry, Seat, TooManyConnections};
 use crate::services::Context;
 use crate::services::cache::Stale;
+
+/// How long a connection stays counted against its user's cap unless its instance renews it (so
+/// the connections of an instance that died stop counting)...
+const SEAT_LEASE: Duration = Duration::from_secs(30);
+/// ...and how often each instance renews its connections' seats.
+const SEAT_RENEWAL: Duration = Duration::from_secs(10);
+/// Seats renewed in one script call, at most.
+const RENEWAL_BATCH: usize = 500;
+
+/// Counts the user's devices connected anywhere except `ARGV[1]` (seats are sorted-set members
+/// `<device> <instance> <number>` scored by their lease's end, in Redis's own clock); admits the
+/// seat `ARGV[2]` unless that reaches `ARGV[3]`. 1 if admitted, 0 if not.
+const TAKE_SEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local seen, count = {}, 0
+for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local device = string.match(seat, '^(%S+)')
+  if device ~= ARGV[1] and not seen[device] then
+    seen[device] = true
+    count = count + 1
+  end
+end
+if count >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"#;
+
+/// Gives the seat `ARGV[1]` back; returns how many devices of the user are still connected.
+const LEAVE_SEAT: &str = r#"
+redis.call('ZREM', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local seen, count = {}, 0
+for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local device = string.match(seat, '^(%S+)')
+  if not seen[device] then
+    seen[device] = true
+    count = count + 1
+  end
+end
+return count
+"#;
+
+/// Renews the seat `ARGV[i + 1]` of each key `KEYS[i]` for `ARGV[1]` ms (adding it again if
+/// Redis lost it).
+const RENEW_SEATS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', key, lease)
+end
+return #KEYS
+"#;
 
 /// The channel every instance listens on for cache invalidations.
 const CACHES: &str = "roost:caches";
@@ -164,6 +224,9 @@ pub struct RedisBus {
     closed: AtomicBool,
     /// Invalidations this instance published, waiting for the others to confirm them.
     confirmations: Arc<Confirmations>,
+    /// The seats of the connections held here, renewed while they last.
+    seats: Arc<std::sync::Mutex<HashMap<String, UserId>>>,
+    next_seat: AtomicU64,
 }
 
 /// Invalidations waiting for confirmations, by number.
@@ -214,7 +277,7 @@ impl Confirmations {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.pending)
     }
 }
 
@@ -252,8 +315,11 @@ impl RedisBus {
             subscriber: subscriber.clone(),
             closed: AtomicBool::new(false),
             confirmations: Arc::default(),
+            seats: Arc::default(),
+            next_seat: AtomicU64::new(0),
         });
         tokio::spawn(heartbeat(Arc::downgrade(&bus)));
+        tokio::spawn(renew_seats(Arc::downgrade(&bus)));
         let local = Local {
             hub: Arc::downgrade(hub),
             ctx: Arc::downgrade(ctx),
@@ -354,6 +420,47 @@ impl Bus for RedisBus {
             confirmations.close(id);
         })
     }
+
+    fn take_seat(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        max: u32,
+    ) -> BoxFuture<'static, Result<Seat, TooManyConnections>> {
+        let name = format!("{device} {} {}", self.origin, self.next_seat.fetch_add(1, Ordering::Relaxed));
+        let seat = Seat { user, name };
+        let args = vec![device.to_string(), seat.name.clone(), max.to_string(), lease_ms()];
+        let script = Script::from_lua(TAKE_SEAT);
+        let publisher = self.publisher.clone();
+        let seats = self.seats.clone();
+        Box::pin(async move {
+            match script.evalsha_with_reload::<i64, _, _>(&publisher, seats_key(&user), args).await {
+                Ok(0) => return Err(TooManyConnections),
+                Ok(_) => {}
+                // Redis is away: admitted, counted by the renewal once it is back (until then,
+                // the cap holds per instance).
+                Err(err) => tracing::warn!(error = %err, "counting a connection across instances failed"),
+            }
+            lock(&seats).insert(seat.name.clone(), user);
+            Ok(seat)
+        })
+    }
+
+    fn leave_seat(&self, seat: Seat) -> BoxFuture<'static, Option<u32>> {
+        lock(&self.seats).remove(&seat.name);
+        let script = Script::from_lua(LEAVE_SEAT);
+        let publisher = self.publisher.clone();
+        Box::pin(async move {
+            match script.evalsha_with_reload::<i64, _, _>(&publisher, seats_key(&seat.user), vec![seat.name]).await {
+                Ok(count) => u32::try_from(count).ok(),
+                Err(err) => {
+                    // Its lease ends it.
+                    tracing::warn!(error = %err, "giving a connection's seat back failed");
+                    None
+                }
+            }
+        })
+    }
 }
 
 /// The channel on which instance `origin` receives confirmations of its invalidations.
@@ -403,6 +510,43 @@ async fn heartbeat(bus: Weak<RedisBus>) {
         }
         let (_, _): (Result<(), _>, Result<(), _>) = tokio::join!(bus.publisher.ping(None), bus.subscriber.ping(None));
     }
+}
+
+/// Renews the seats of the connections held here while the bus is open (and adds them again
+/// after Redis lost them, in a restart).
+async fn renew_seats(bus: Weak<RedisBus>) {
+    let script = Script::from_lua(RENEW_SEATS);
+    let mut ticks = tokio::time::interval(SEAT_RENEWAL);
+    loop {
+        ticks.tick().await;
+        let Some(bus) = bus.upgrade() else { return };
+        if bus.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let held: Vec<(String, UserId)> = lock(&bus.seats).iter().map(|(name, user)| (name.clone(), *user)).collect();
+        for batch in held.chunks(RENEWAL_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|(_, user)| seats_key(user)).collect();
+            let args: Vec<String> =
+                std::iter::once(lease_ms()).chain(batch.iter().map(|(name, _)| name.clone())).collect();
+            if let Err(err) = script.evalsha_with_reload::<i64, _, _>(&bus.publisher, keys, args).await {
+                tracing::warn!(error = %err, "renewing connections' seats failed");
+                break;
+            }
+        }
+    }
+}
+
+/// The sorted set of a user's seats.
+fn seats_key(user: &UserId) -> String {
+    format!("roost:seats:{user}")
+}
+
+fn lease_ms() -> String {
+    SEAT_LEASE.as_millis().to_string()
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends what was queued for other instances, many publishes per round trip.

@@ -99,6 +99,26 @@ pub trait Bus: Send + Sync + 'static {
     /// Tells every other instance to forget what `stale` makes stale in its caches; completes
     /// once the bus took the news (or failed to).
     fn forget(&self, stale: Stale) -> BoxFuture<'static, ()>;
+    /// Counts a connection of `user`'s `device` against the user's cap over all instances
+    /// (another connection of the same device does not count: it is being replaced).
+    fn take_seat(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        max: u32,
+    ) -> BoxFuture<'static, Result<Seat, TooManyConnections>>;
+    /// Gives a seat back; completes with how many devices of its user are still connected on
+    /// any instance, when the bus could tell.
+    fn leave_seat(&self, seat: Seat) -> BoxFuture<'static, Option<u32>>;
+}
+
+/// A connection counted against its user's cap over all instances, until given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seat {
+    /// The connection's user.
+    pub user: UserId,
+    /// The bus's name for this connection.
+    pub name: String,
 }
 
 /// A committed entry as pushed to connections.
@@ -333,6 +353,30 @@ impl Hub {
         if let Some(bus) = self.bus.get() {
             bus.forget(stale).await;
         }
+    }
+
+    /// Counts a connection against its user's cap over all instances (without a bus there are
+    /// none: [`subscribe`](Self::subscribe) counts this instance's connections).
+    pub async fn take_seat(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        max_per_user: u32,
+    ) -> Result<Option<Seat>, TooManyConnections> {
+        match self.bus.get() {
+            Some(bus) => bus.take_seat(user, device, max_per_user).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Gives a seat back; returns how many devices of the user are still connected, on any
+    /// instance when the bus could tell, else here.
+    pub async fn leave_seat(&self, user: &UserId, seat: Option<Seat>) -> u32 {
+        let anywhere = match (seat, self.bus.get()) {
+            (Some(seat), Some(bus)) => bus.leave_seat(seat).await,
+            _ => None,
+        };
+        anywhere.unwrap_or_else(|| self.connections_of(user))
     }
 
     /// Ends a device's subscription (for example because it was revoked), here or on the

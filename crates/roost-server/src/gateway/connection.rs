@@ -60,17 +60,14 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, services: A
         Ok(authenticated) => authenticated,
         Err(exit) => return Box::pin(finish(&mut socket, exit)).await,
     };
-    let subscription = match services.hub.subscribe(
-        caller.user_id,
-        caller.device_id,
-        gateway.outgoing_buffer,
-        gateway.max_connections_per_user,
-    ) {
-        Ok(subscription) => subscription,
-        Err(_) => {
-            let exit = Exit::Close(close::TOO_MANY_CONNECTIONS, "this user has the maximum number of connections");
-            return Box::pin(finish(&mut socket, exit)).await;
-        }
+    let too_many = Exit::Close(close::TOO_MANY_CONNECTIONS, "this user has the maximum number of connections");
+    let (user, device, max) = (caller.user_id, caller.device_id, gateway.max_connections_per_user);
+    let Ok(seat) = Box::pin(services.hub.take_seat(user, device, max)).await else {
+        return Box::pin(finish(&mut socket, too_many)).await;
+    };
+    let Ok(subscription) = services.hub.subscribe(user, device, gateway.outgoing_buffer, max) else {
+        Box::pin(services.hub.leave_seat(&user, seat)).await;
+        return Box::pin(finish(&mut socket, too_many)).await;
     };
     // Events for this device from other instances reach this one before the drain reads the
     // store, so nothing committed meanwhile falls between the two.
@@ -90,10 +87,9 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, services: A
         sends: None,
     };
     let exit = connection.serve(subscription, gateway).await;
+    // The subscription is gone by now, so every counted connection is another one.
+    let others = Box::pin(services.hub.leave_seat(&user, seat)).await;
     if connection.visible {
-        // The subscription is gone by now, so every counted connection is another one.
-        let user = connection.caller.user_id;
-        let others = services.hub.connections_of(&user);
         Box::pin(announce_presence(&services, user, false, others)).await;
     }
     Box::pin(finish(connection.socket, exit)).await;

@@ -37,6 +37,25 @@ impl Socket {
         socket
     }
 
+    /// Opens a socket and authenticates it; returns it after the `ready` frame, or the close
+    /// code if the server closed it instead.
+    pub async fn try_connect(server: &TestServer, token: &str) -> Result<Self, Option<u16>> {
+        let mut socket = Self::open(server).await;
+        socket.send(json!({"type": "auth", "token": token})).await;
+        loop {
+            match tokio::time::timeout(PATIENCE, socket.ws.next()).await.expect("an answer in time") {
+                Some(Ok(Message::Text(text))) => {
+                    let ready: Value = serde_json::from_str(&text).expect("JSON frame");
+                    assert_eq!(ready["type"], "ready", "{ready}");
+                    return Ok(socket);
+                }
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws.send(Message::Text(frame.to_string().into())).await.expect("send frame");
     }
@@ -343,9 +362,8 @@ async fn a_user_may_hold_only_so_many_connections() {
         socket.drain().await;
         kept.push(socket);
     }
-    let mut third = Socket::open(&server).await;
-    third.send(json!({"type": "auth", "token": alice.devices[2].token()})).await;
-    assert_eq!(third.closed().await, Some(roost_proto::socket::close::TOO_MANY_CONNECTIONS));
+    let third = Socket::try_connect(&server, &alice.devices[2].token()).await.err();
+    assert_eq!(third, Some(Some(roost_proto::socket::close::TOO_MANY_CONNECTIONS)));
     // Another user is unaffected.
     let bob = server.user("bob").await;
     Socket::connect(&server, &bob.token()).await.drain().await;

@@ -11,10 +11,18 @@ use crate::api::gateway::{Socket, direct, send};
 /// Two servers on one database cooperating over Redis (the second connects to Redis at
 /// `second_redis` when given), or `None` where PostgreSQL or Redis is not available here.
 async fn two_instances(second_redis: Option<String>) -> Option<(TestServer, TestServer)> {
+    two_instances_with(second_redis, |_| {}).await
+}
+
+async fn two_instances_with(
+    second_redis: Option<String>,
+    adjust: impl FnOnce(&mut roost_server::config::Config),
+) -> Option<(TestServer, TestServer)> {
     let redis = redis_url()?;
     let database = TestDatabase::create(crate::BACKEND).await?;
     let mut config = config_for(&database);
     config.redis_url = Some(redis);
+    adjust(&mut config);
     let first = TestServer::start_on(database, config.clone()).await;
     let second = match second_redis {
         Some(url) => first.another_with(|config| config.redis_url = Some(url)).await,
@@ -26,7 +34,13 @@ async fn two_instances(second_redis: Option<String>) -> Option<(TestServer, Test
 /// Three servers on one database cooperating over Redis, or `None` where PostgreSQL or Redis is
 /// not available here.
 async fn three_instances() -> Option<(TestServer, TestServer, TestServer)> {
-    let (a, b) = two_instances(None).await?;
+    three_instances_with(|_| {}).await
+}
+
+async fn three_instances_with(
+    adjust: impl FnOnce(&mut roost_server::config::Config),
+) -> Option<(TestServer, TestServer, TestServer)> {
+    let (a, b) = two_instances_with(None, adjust).await?;
     let c = a.another().await;
     Some((a, b, c))
 }
@@ -220,4 +234,72 @@ async fn a_token_logged_out_or_revoked_on_one_instance_is_refused_on_the_others_
 
 fn revoke(user: &TestUser, device: &roost_proto::DeviceId) -> serde_json::Value {
     json!({"signature": user.sign(&roost_proto::signing::revoke_device_message(&user.id(), device))})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_connections_count_against_its_cap_on_every_instance() {
+    let Some((a, b, c)) = three_instances_with(|config| config.gateway.max_connections_per_user = 2).await else {
+        return;
+    };
+    let mut alice = a.user("alice").await;
+    a.link_device(&mut alice).await;
+    a.link_device(&mut alice).await;
+    let mut first = Socket::connect(&a, &alice.devices[0].token()).await;
+    first.drain().await;
+    let mut second = Socket::connect(&b, &alice.devices[1].token()).await;
+    second.drain().await;
+    // Two connections on two instances: a third on a third instance is one too many.
+    let refused = Socket::try_connect(&c, &alice.devices[2].token()).await.err();
+    assert_eq!(refused, Some(Some(roost_proto::socket::close::TOO_MANY_CONNECTIONS)));
+    // A device connecting again elsewhere replaces its connection rather than adding one.
+    let mut again = Socket::connect(&c, &alice.devices[1].token()).await;
+    again.drain().await;
+    assert_eq!(second.closed().await, Some(roost_proto::socket::close::REPLACED));
+    // Once a connection is gone, its seat is free for another device.
+    drop(first);
+    let mut attempts = 0;
+    let third = loop {
+        match Socket::try_connect(&b, &alice.devices[2].token()).await {
+            Ok(socket) => break socket,
+            Err(code) => assert_eq!(code, Some(roost_proto::socket::close::TOO_MANY_CONNECTIONS)),
+        }
+        attempts += 1;
+        assert!(attempts < 100, "the first connection's seat was never given back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    drop((third, again));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_is_announced_when_a_users_last_connection_anywhere_closes() {
+    let Some((a, b, c)) = three_instances().await else { return };
+    let mut alice = a.user("alice").await;
+    a.link_device(&mut alice).await;
+    let bob = a.user("bob").await;
+    direct(&a, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&c, &bob.token()).await;
+    bobs.drain().await;
+    let mut phone = Socket::connect(&a, &alice.devices[0].token()).await;
+    phone.drain().await;
+    let mut laptop = Socket::connect(&b, &alice.devices[1].token()).await;
+    laptop.drain().await;
+    for socket in [&mut phone, &mut laptop] {
+        socket.send(json!({"type": "presence", "visible": true})).await;
+        let online = bobs.next_frame().await;
+        assert_eq!((online["type"].as_str(), online["online"].as_bool()), (Some("presence"), Some(true)), "{online}");
+    }
+    // The phone goes; the laptop is still connected on another instance: alice stays online.
+    // A queue wake-up for bob, sent after, shows nothing came before it.
+    drop(phone);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let payload = json!({"payload": roost_proto::bytes::encode(b"probe")});
+    let (status, _) =
+        c.post(&format!("/v1/devices/{}/messages", bob.devices[0].id()), Some(&bob.token()), payload).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let next = bobs.next_frame().await;
+    assert_eq!(next["type"], "queue", "alice's phone going offline was announced: {next}");
+    // The laptop goes too: now she is offline.
+    drop(laptop);
+    let offline = bobs.next_frame().await;
+    assert_eq!((offline["type"].as_str(), offline["online"].as_bool()), (Some("presence"), Some(false)), "{offline}");
 }
