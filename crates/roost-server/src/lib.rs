@@ -127,6 +127,7 @@ impl Server {
         if let Some(url) = self.services.ctx.config.redis_url.clone() {
             let bus = bus::RedisBus::connect(&url, &self.services.hub, &self.services.ctx).await?;
             self.services.hub.set_bus(bus.clone());
+            self.services.ctx.limits.share(bus.clone());
             self.bus = Some(bus);
         }
         Ok(())

@@ -144,6 +144,10 @@ impl Store for PostgresStore {
         }
         Ok(taken)
     }
+
+    async fn deployment_id(&self) -> StoreResult<String> {
+        Ok(sqlx::query_scalar("SELECT id FROM deployment").fetch_one(&self.pool).await?)
+    }
 }
 
 /// Refuses a server that does not flush its log (every acknowledged write could be lost) and

@@ -148,4 +148,9 @@ impl Store for SqliteStore {
     async fn lead_background_work(&self) -> StoreResult<bool> {
         Ok(true)
     }
+
+    /// Shared with no other process, for the same reason.
+    async fn deployment_id(&self) -> StoreResult<String> {
+        Ok("local".to_owned())
+    }
 }

@@ -43,4 +43,9 @@ pub trait Store: AccountStore + ConversationStore {
     /// lives; when it is gone (or its database connection is), the next process to ask gets it.
     /// A store only one process uses always answers `true`.
     async fn lead_background_work(&self) -> StoreResult<bool>;
+
+    /// A random name the database got when it was created, the same for every process that uses
+    /// it (it names their shared state elsewhere, such as in Redis). A store only one process
+    /// uses shares nothing and answers `"local"`.
+    async fn deployment_id(&self) -> StoreResult<String>;
 }

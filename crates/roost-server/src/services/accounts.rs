@@ -34,7 +34,7 @@ impl Accounts {
 
     /// Registers a user with its first device, after verifying the device certificate.
     pub async fn register(&self, request: RegisterRequest, source: IpAddr) -> Result<RegisterResponse> {
-        self.ctx.limits.registrations.check(&source)?;
+        self.ctx.limits.registrations.check(&source).await?;
         let invite_hash = match (self.ctx.config.registration, request.invite_code.as_deref()) {
             (RegistrationPolicy::Open, _) => None,
             (RegistrationPolicy::InviteOnly, None) => {
@@ -132,7 +132,7 @@ impl Accounts {
 
     /// A new device asks to be linked; it gets the short code to show its user.
     pub async fn start_link(&self, device_id: DeviceId, source: IpAddr) -> Result<LinkRequest> {
-        self.ctx.limits.links.check(&source)?;
+        self.ctx.limits.links.check(&source).await?;
         signatures::check_key(device_id.as_bytes(), "device key")?;
         let code = signing::link_code(&device_id);
         let now = self.ctx.now();
@@ -156,7 +156,7 @@ impl Accounts {
     /// Looks a link request up by its code (the approving device and the waiting device both
     /// do this).
     pub async fn link(&self, code: &str, source: IpAddr) -> Result<LinkRequest> {
-        self.ctx.limits.links.check(&source)?;
+        self.ctx.limits.links.check(&source).await?;
         let code = normalize_link_code(code)?;
         let link = self
             .ctx

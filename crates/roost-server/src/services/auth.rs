@@ -49,7 +49,7 @@ impl Auth {
 
     /// Issues a challenge to an active device.
     pub async fn challenge(&self, device_id: DeviceId, source: IpAddr) -> Result<ChallengeResponse> {
-        self.ctx.limits.challenges.check(&source)?;
+        self.ctx.limits.challenges.check(&source).await?;
         self.active_device(&device_id).await?;
         let challenge: [u8; 32] = rand::random();
         let expires_at = self.ctx.now() + CHALLENGE_TTL_MS;

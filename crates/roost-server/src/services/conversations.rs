@@ -222,7 +222,7 @@ impl Conversations {
     /// Sends an application message (stored and sequenced) or an ephemeral one (pushed to
     /// online member devices only).
     pub async fn send(&self, caller: &Caller, id: &ConversationId, request: SendRequest) -> Result<SendAccepted> {
-        self.ctx.limits.sends.check(&caller.device_id)?;
+        self.ctx.limits.sends.check(&caller.device_id).await?;
         let chars = request.client_message_id.chars().count();
         if chars == 0 || chars > MAX_CLIENT_MESSAGE_ID_CHARS || request.client_message_id.chars().any(char::is_control)
         {

@@ -94,7 +94,7 @@ impl Delivery {
     /// Queues an opaque payload for one device of the caller's own user or of a user it shares a
     /// conversation with.
     pub async fn send_to_device(&self, caller: &Caller, target: &DeviceId, payload: Vec<u8>) -> Result<u64> {
-        self.ctx.limits.sends.check(&caller.device_id)?;
+        self.ctx.limits.sends.check(&caller.device_id).await?;
         if payload.is_empty() {
             return Err(Error::invalid("payload must not be empty"));
         }

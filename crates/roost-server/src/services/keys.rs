@@ -80,10 +80,10 @@ impl Keys {
         let devices = self.resolve_targets(caller, &request.user_ids, &request.device_ids).await?;
 
         let limits = &self.ctx.limits;
-        limits.claims_by_requester.check(&caller.user_id)?;
+        limits.claims_by_requester.check(&caller.user_id).await?;
         let target_users: BTreeSet<UserId> = devices.iter().map(|d| d.user_id).collect();
         for target in target_users {
-            limits.claims_by_pair.check(&(caller.user_id, target))?;
+            limits.claims_by_pair.check(&(caller.user_id, target)).await?;
         }
 
         let mut response = KeyClaimResponse { packages: Vec::new(), missing: Vec::new() };

@@ -303,3 +303,40 @@ async fn offline_is_announced_when_a_users_last_connection_anywhere_closes() {
     let offline = bobs.next_frame().await;
     assert_eq!((offline["type"].as_str(), offline["online"].as_bool()), (Some("presence"), Some(false)), "{offline}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_instances() {
+    let Some((a, b, c)) = three_instances_with(|config| {
+        config.rate_limits.sends_per_device = 3;
+        config.rate_limits.challenges_per_address = 4;
+    })
+    .await
+    else {
+        return;
+    };
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let id = direct(&a, &alice, &[&bob]).await;
+    // One device's sends spread over three instances share one quota.
+    for (i, instance) in [&a, &b, &c].into_iter().enumerate() {
+        let body = json!({"client_message_id": format!("m{i}"), "epoch": 1, "ciphertext": crate::api::conversations::b64("hi")});
+        let (status, sent) =
+            instance.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{sent}");
+    }
+    let body = json!({"client_message_id": "over", "epoch": 1, "ciphertext": crate::api::conversations::b64("hi")});
+    let over = a.post(&format!("/v1/conversations/{id}/messages"), Some(&alice.token()), body).await;
+    assert_error(&over, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // Another device's quota is its own.
+    let body = json!({"client_message_id": "bob", "epoch": 1, "ciphertext": crate::api::conversations::b64("hi")});
+    assert_eq!(
+        b.post(&format!("/v1/conversations/{id}/messages"), Some(&bob.token()), body).await.0,
+        StatusCode::CREATED
+    );
+
+    // One address's challenges likewise: the two logins above (through a) took two of its four.
+    let device = alice.devices[0].id();
+    assert_eq!(b.challenge(&device).await.0, StatusCode::OK);
+    assert_eq!(c.challenge(&device).await.0, StatusCode::OK);
+    assert_error(&a.challenge(&device).await, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+}

@@ -1,6 +1,9 @@
 //! Live events between the instances sharing one PostgreSQL database, over Redis pub/sub.
 //!
-//! Routing, not broadcast: each device has a channel (`roost:dev:<device id>`), and an instance
+//! Every name in Redis belongs to the deployment (`roost:<deployment>:...`, see [`names`]), so
+//! below `dev:<device id>` stands for `roost:<deployment>:dev:<device id>`.
+//!
+//! Routing, not broadcast: each device has a channel (`dev:<device id>`), and an instance
 //! subscribes to it while it holds that device's socket. An event for a device held elsewhere is
 //! published on the device's channel, so the work per event grows with its recipients on other
 //! instances, and an instance hears only about the devices it serves. A 1:1 message costs one
@@ -8,9 +11,10 @@
 //! message to a 1,500-user group with three devices each costs up to 4,500 publishes, of which
 //! each instance receives those of its own devices.
 //!
-//! Cache invalidations are the one broadcast: every instance listens on `roost:caches`, and a
-//! change to sessions or memberships (rare next to messages) is published there before the
-//! request that made it is answered.
+//! Cache invalidations are the one broadcast: every instance listens on `caches`, and a change
+//! to sessions or memberships (rare next to messages) is published there and confirmed by every
+//! instance before the request that made it is answered ([`confirm`]). The per-user connection
+//! cap and the rate limits keep their state in Redis keys ([`shared`]).
 //!
 //! Redis is a wake-up path, never the record: everything an event announces is stored first.
 //! When the subscriber connection comes back after a loss, or falls behind, every local
@@ -20,7 +24,6 @@
 //! invalidations may have been lost with it; and while Redis is silently unreachable, values are
 //! trusted only for the short shared TTL.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -29,77 +32,23 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
 use fred::types::config::UnresponsiveConfig;
-use fred::types::scripts::Script;
 use futures::future::BoxFuture;
-use roost_proto::{ConversationId, DeviceId, UserId};
-use serde::{Deserialize, Serialize};
+use roost_proto::{DeviceId, UserId};
 use tokio::sync::{mpsc, oneshot};
 
+mod confirm;
+mod names;
+mod shared;
+mod wire;
+
+use self::confirm::Confirmations;
+use self::names::{Channel, Names};
+use self::wire::{Change, Envelope, Forget, Kick, Wire, hex, unhex};
 use crate::hub::{Bus, CloseReason, EncodedFrame, Hub, LiveEvent, PushedEntry, Seat, TooManyConnections};
+use crate::ratelimit::SharedLimits;
 use crate::services::Context;
 use crate::services::cache::Stale;
 
-/// How long a connection stays counted against its user's cap unless its instance renews it (so
-/// the connections of an instance that died stop counting)...
-const SEAT_LEASE: Duration = Duration::from_secs(30);
-/// ...and how often each instance renews its connections' seats.
-const SEAT_RENEWAL: Duration = Duration::from_secs(10);
-/// Seats renewed in one script call, at most.
-const RENEWAL_BATCH: usize = 500;
-
-/// Counts the user's devices connected anywhere except `ARGV[1]` (seats are sorted-set members
-/// `<device> <instance> <number>` scored by their lease's end, in Redis's own clock); admits the
-/// seat `ARGV[2]` unless that reaches `ARGV[3]`. 1 if admitted, 0 if not.
-const TAKE_SEAT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local seen, count = {}, 0
-for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local device = string.match(seat, '^(%S+)')
-  if device ~= ARGV[1] and not seen[device] then
-    seen[device] = true
-    count = count + 1
-  end
-end
-if count >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
-return 1
-"#;
-
-/// Gives the seat `ARGV[1]` back; returns how many devices of the user are still connected.
-const LEAVE_SEAT: &str = r#"
-redis.call('ZREM', KEYS[1], ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local seen, count = {}, 0
-for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local device = string.match(seat, '^(%S+)')
-  if not seen[device] then
-    seen[device] = true
-    count = count + 1
-  end
-end
-return count
-"#;
-
-/// Renews the seat `ARGV[i + 1]` of each key `KEYS[i]` for `ARGV[1]` ms (adding it again if
-/// Redis lost it).
-const RENEW_SEATS: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + lease, ARGV[i + 1])
-  redis.call('PEXPIRE', key, lease)
-end
-return #KEYS
-"#;
-
-/// The channel every instance listens on for cache invalidations.
-const CACHES: &str = "roost:caches";
 /// How long an instance waits for the others to confirm a cache invalidation (one that is
 /// frozen rather than gone holds changes up this long).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -124,86 +73,6 @@ const UNRESPONSIVE: Duration = Duration::from_secs(3);
 #[error("connecting to Redis: {0}")]
 pub struct BusError(String);
 
-/// A message on the bus: what it says, and the instance that said it (an instance ignores its
-/// own messages, such as the kick it sends when it takes a device's socket over).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Envelope<W> {
-    o: u64,
-    #[serde(flatten)]
-    w: W,
-}
-
-/// What travels on the caches channel: an invalidation, numbered by its instance so that each
-/// instance that applied it can confirm it (on `roost:ack:<instance>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Change {
-    i: u64,
-    #[serde(flatten)]
-    f: Forget,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-enum Forget {
-    /// A session ended (hex of its token's hash).
-    Session { h: String },
-    /// A conversation's members changed.
-    Members { c: ConversationId },
-    /// A device was revoked.
-    Revoked { d: DeviceId },
-}
-
-impl Forget {
-    fn of(stale: Stale) -> Self {
-        match stale {
-            Stale::Session(hash) => Self::Session { h: hex(&hash) },
-            Stale::Members(c) => Self::Members { c },
-            Stale::Revoked(d) => Self::Revoked { d },
-        }
-    }
-
-    fn stale(self) -> Option<Stale> {
-        Some(match self {
-            Self::Session { h } => Stale::Session(unhex(&h)?),
-            Self::Members { c } => Stale::Members(c),
-            Self::Revoked { d } => Stale::Revoked(d),
-        })
-    }
-}
-
-/// What travels on a device's channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-enum Wire {
-    /// An entry was committed; `f` is its frame when small enough to travel, `e` the devices
-    /// whose membership ends with it.
-    Entry {
-        c: ConversationId,
-        s: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        f: Option<String>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        e: Vec<DeviceId>,
-    },
-    /// Any other frame.
-    Frame { f: String },
-    /// Something was queued for the device.
-    Queued,
-    /// A session ended (hex of its token's hash).
-    SessionEnded { h: String },
-    /// The device's socket is to close.
-    Kick { r: Kick },
-}
-
-/// The reasons a socket is closed from another instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Kick {
-    Replaced,
-    SlowConsumer,
-    Revoked,
-}
-
 /// A change to the channels this instance listens on, applied in order by one task.
 enum Listen {
     Watch(DeviceId, oneshot::Sender<()>),
@@ -225,66 +94,18 @@ pub struct RedisBus {
     /// Invalidations this instance published, waiting for the others to confirm them.
     confirmations: Arc<Confirmations>,
     /// The seats of the connections held here, renewed while they last.
-    seats: Arc<std::sync::Mutex<HashMap<String, UserId>>>,
+    seats: Arc<shared::HeldSeats>,
     next_seat: AtomicU64,
-}
-
-/// Invalidations waiting for confirmations, by number.
-#[derive(Default)]
-struct Confirmations {
-    next: AtomicU64,
-    pending: std::sync::Mutex<HashMap<u64, Pending>>,
-}
-
-struct Pending {
-    /// Confirmations received.
-    received: i64,
-    /// How many instances received the invalidation, once Redis has said.
-    expected: Option<i64>,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Confirmations {
-    fn open(&self) -> (u64, oneshot::Receiver<()>) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (done, confirmed) = oneshot::channel();
-        self.lock().insert(id, Pending { received: 0, expected: None, done: Some(done) });
-        (id, confirmed)
-    }
-
-    fn expect(&self, id: u64, receivers: i64) {
-        self.update(id, |pending| pending.expected = Some(receivers));
-    }
-
-    fn confirm(&self, id: u64) {
-        self.update(id, |pending| pending.received += 1);
-    }
-
-    fn close(&self, id: u64) {
-        self.lock().remove(&id);
-    }
-
-    fn update(&self, id: u64, change: impl FnOnce(&mut Pending)) {
-        let mut pending = self.lock();
-        let Some(entry) = pending.get_mut(&id) else { return };
-        change(entry);
-        if entry.expected.is_some_and(|expected| entry.received >= expected)
-            && let Some(entry) = pending.remove(&id)
-            && let Some(done) = entry.done
-        {
-            let _ = done.send(());
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        lock(&self.pending)
-    }
+    /// This deployment's channels and keys.
+    names: Names,
 }
 
 impl RedisBus {
     /// Connects to Redis at `url` and starts carrying `hub`'s events and invalidations of
     /// `ctx`'s caches to and from the other instances.
     pub async fn connect(url: &str, hub: &Arc<Hub>, ctx: &Arc<Context>) -> Result<Arc<Self>, BusError> {
+        let deployment = ctx.store.deployment_id().await.map_err(|err| BusError(err.to_string()))?;
+        let names = Names::new(&deployment);
         let config = RedisConfig::from_url(url).map_err(|err| BusError(err.to_string()))?;
         let mut builder = Builder::from_config(config);
         builder
@@ -300,7 +121,7 @@ impl RedisBus {
         subscriber.init().await.map_err(|err| BusError(err.to_string()))?;
         let origin = rand::random();
         subscriber
-            .subscribe(vec![CACHES.to_owned(), confirmations(origin)])
+            .subscribe(vec![names.caches(), names.confirmations(origin)])
             .await
             .map_err(|err| BusError(err.to_string()))?;
 
@@ -317,10 +138,12 @@ impl RedisBus {
             confirmations: Arc::default(),
             seats: Arc::default(),
             next_seat: AtomicU64::new(0),
+            names,
         });
         tokio::spawn(heartbeat(Arc::downgrade(&bus)));
-        tokio::spawn(renew_seats(Arc::downgrade(&bus)));
+        tokio::spawn(shared::renew_seats(Arc::downgrade(&bus)));
         let local = Local {
+            names: bus.names.clone(),
             hub: Arc::downgrade(hub),
             ctx: Arc::downgrade(ctx),
             outbox: bus.outbox.clone(),
@@ -342,7 +165,7 @@ impl RedisBus {
         let Ok(payload) = serde_json::to_string(&Envelope { o: self.origin, w: wire.clone() }) else { return };
         let payload: Arc<str> = payload.into();
         for device in devices {
-            if self.outbox.try_send((channel(device), payload.clone())).is_err() {
+            if self.outbox.try_send((self.names.device(device), payload.clone())).is_err() {
                 // A wake-up lost while Redis is slow or away: the device's connection catches up
                 // at its instance's next resync or its own next reconnect.
                 metrics::counter!("roost_bus_dropped_total").increment(1);
@@ -392,6 +215,7 @@ impl Bus for RedisBus {
 
     fn forget(&self, stale: Stale) -> BoxFuture<'static, ()> {
         let publisher = self.publisher.clone();
+        let channel = self.names.caches();
         let confirmations = self.confirmations.clone();
         let (id, confirmed) = confirmations.open();
         let payload = serde_json::to_string(&Envelope { o: self.origin, w: Change { i: id, f: Forget::of(stale) } });
@@ -401,7 +225,7 @@ impl Bus for RedisBus {
             // change; the change is answered only then, so no instance serves from a stale value
             // after that. An instance that does not listen now distrusts its caches until it
             // listens again.
-            match publisher.publish::<i64, _, _>(CACHES, payload).await {
+            match publisher.publish::<i64, _, _>(channel, payload).await {
                 Ok(receivers) => {
                     metrics::counter!("roost_bus_published_total").increment(1);
                     confirmations.expect(id, receivers);
@@ -429,73 +253,30 @@ impl Bus for RedisBus {
     ) -> BoxFuture<'static, Result<Seat, TooManyConnections>> {
         let name = format!("{device} {} {}", self.origin, self.next_seat.fetch_add(1, Ordering::Relaxed));
         let seat = Seat { user, name };
-        let args = vec![device.to_string(), seat.name.clone(), max.to_string(), lease_ms()];
-        let script = Script::from_lua(TAKE_SEAT);
-        let publisher = self.publisher.clone();
-        let seats = self.seats.clone();
-        Box::pin(async move {
-            match script.evalsha_with_reload::<i64, _, _>(&publisher, seats_key(&user), args).await {
-                Ok(0) => return Err(TooManyConnections),
-                Ok(_) => {}
-                // Redis is away: admitted, counted by the renewal once it is back (until then,
-                // the cap holds per instance).
-                Err(err) => tracing::warn!(error = %err, "counting a connection across instances failed"),
-            }
-            lock(&seats).insert(seat.name.clone(), user);
-            Ok(seat)
-        })
+        Box::pin(shared::take_seat(self.publisher.clone(), self.names.clone(), self.seats.clone(), seat, device, max))
     }
 
     fn leave_seat(&self, seat: Seat) -> BoxFuture<'static, Option<u32>> {
         lock(&self.seats).remove(&seat.name);
-        let script = Script::from_lua(LEAVE_SEAT);
-        let publisher = self.publisher.clone();
-        Box::pin(async move {
-            match script.evalsha_with_reload::<i64, _, _>(&publisher, seats_key(&seat.user), vec![seat.name]).await {
-                Ok(count) => u32::try_from(count).ok(),
-                Err(err) => {
-                    // Its lease ends it.
-                    tracing::warn!(error = %err, "giving a connection's seat back failed");
-                    None
-                }
-            }
-        })
+        Box::pin(shared::leave_seat(self.publisher.clone(), self.names.clone(), seat))
     }
 }
 
-/// The channel on which instance `origin` receives confirmations of its invalidations.
-fn confirmations(origin: u64) -> String {
-    format!("roost:ack:{origin}")
+impl SharedLimits for RedisBus {
+    fn take(&self, bucket: String, per_minute: u32) -> BoxFuture<'static, Result<Option<Duration>, ()>> {
+        Box::pin(shared::take_token(self.publisher.clone(), self.names.bucket(&bucket), per_minute))
+    }
 }
 
 /// What the bus delivers to on this instance.
 #[derive(Clone)]
 struct Local {
+    names: Names,
     hub: Weak<Hub>,
     ctx: Weak<Context>,
     /// For confirmations to other instances.
     outbox: mpsc::Sender<(String, Arc<str>)>,
     confirmations: Arc<Confirmations>,
-}
-
-/// A device's channel.
-fn channel(device: &DeviceId) -> String {
-    format!("roost:dev:{device}")
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Pings both connections while the bus is open, so that one lost silently is noticed (see
@@ -510,39 +291,6 @@ async fn heartbeat(bus: Weak<RedisBus>) {
         }
         let (_, _): (Result<(), _>, Result<(), _>) = tokio::join!(bus.publisher.ping(None), bus.subscriber.ping(None));
     }
-}
-
-/// Renews the seats of the connections held here while the bus is open (and adds them again
-/// after Redis lost them, in a restart).
-async fn renew_seats(bus: Weak<RedisBus>) {
-    let script = Script::from_lua(RENEW_SEATS);
-    let mut ticks = tokio::time::interval(SEAT_RENEWAL);
-    loop {
-        ticks.tick().await;
-        let Some(bus) = bus.upgrade() else { return };
-        if bus.closed.load(Ordering::Relaxed) {
-            return;
-        }
-        let held: Vec<(String, UserId)> = lock(&bus.seats).iter().map(|(name, user)| (name.clone(), *user)).collect();
-        for batch in held.chunks(RENEWAL_BATCH) {
-            let keys: Vec<String> = batch.iter().map(|(_, user)| seats_key(user)).collect();
-            let args: Vec<String> =
-                std::iter::once(lease_ms()).chain(batch.iter().map(|(name, _)| name.clone())).collect();
-            if let Err(err) = script.evalsha_with_reload::<i64, _, _>(&bus.publisher, keys, args).await {
-                tracing::warn!(error = %err, "renewing connections' seats failed");
-                break;
-            }
-        }
-    }
-}
-
-/// The sorted set of a user's seats.
-fn seats_key(user: &UserId) -> String {
-    format!("roost:seats:{user}")
-}
-
-fn lease_ms() -> String {
-    SEAT_LEASE.as_millis().to_string()
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -587,7 +335,7 @@ async fn manage(
     while let Some(change) = changes.recv().await {
         match change {
             Listen::Watch(device, done) => {
-                if let Err(err) = subscriber.subscribe(channel(&device)).await {
+                if let Err(err) = subscriber.subscribe(local.names.device(&device)).await {
                     // Redis is away: the reconnect listens again for every device held here.
                     tracing::warn!(error = %err, "subscribing to a device's channel failed");
                 }
@@ -597,14 +345,14 @@ async fn manage(
                 let _ = done.send(());
             }
             Listen::Unwatch(device) => {
-                let _ = subscriber.unsubscribe(channel(&device)).await;
+                let _ = subscriber.unsubscribe(local.names.device(&device)).await;
             }
             Listen::Again => {
                 let (Some(hub), Some(ctx)) = (local.hub.upgrade(), local.ctx.upgrade()) else { return };
                 let devices = hub.local_devices();
                 let Some(origin) = bus.upgrade().map(|bus| bus.origin) else { return };
-                let mut channels = vec![CACHES.to_owned(), confirmations(origin)];
-                channels.extend(devices.iter().map(channel));
+                let mut channels = vec![local.names.caches(), local.names.confirmations(origin)];
+                channels.extend(devices.iter().map(|device| local.names.device(device)));
                 if let Err(err) = subscriber.subscribe(channels).await {
                     tracing::warn!(error = %err, "subscribing again after a reconnect failed; retrying");
                     let Some(bus) = bus.upgrade() else { return };
@@ -645,28 +393,32 @@ async fn receive(subscriber: SubscriberClient, local: Local, listen: mpsc::Unbou
                 Ok(message) => {
                     let text = message.value.as_str();
                     let text = text.as_deref().unwrap_or_default();
-                    if message.channel == CACHES {
-                        let Some(ctx) = local.ctx.upgrade() else { return };
-                        if let Ok(Envelope { o, w: Change { i, f } }) = serde_json::from_str::<Envelope<Change>>(text) {
-                            metrics::counter!("roost_bus_received_total").increment(1);
-                            if o != origin && let Some(stale) = f.stale() {
-                                ctx.forget(stale);
+                    match local.names.channel(&message.channel) {
+                        Some(Channel::Caches) => {
+                            let Some(ctx) = local.ctx.upgrade() else { return };
+                            if let Ok(Envelope { o, w: Change { i, f } }) = serde_json::from_str::<Envelope<Change>>(text) {
+                                metrics::counter!("roost_bus_received_total").increment(1);
+                                if o != origin && let Some(stale) = f.stale() {
+                                    ctx.forget(stale);
+                                }
+                                let _ = local.outbox.try_send((local.names.confirmations(o), i.to_string().into()));
                             }
-                            let _ = local.outbox.try_send((confirmations(o), i.to_string().into()));
                         }
-                    } else if message.channel.starts_with("roost:ack:") {
-                        if let Ok(id) = text.parse() {
-                            local.confirmations.confirm(id);
+                        Some(Channel::Confirmations) => {
+                            if let Ok(id) = text.parse() {
+                                local.confirmations.confirm(id);
+                            }
                         }
-                    } else {
-                        let Some(hub) = local.hub.upgrade() else { return };
-                        let device = message.channel.strip_prefix("roost:dev:").and_then(|id| id.parse::<DeviceId>().ok());
-                        if let (Some(device), Ok(envelope)) = (device, serde_json::from_str::<Envelope<Wire>>(text))
-                            && envelope.o != origin
-                        {
-                            metrics::counter!("roost_bus_received_total").increment(1);
-                            deliver(&hub, device, envelope.w);
+                        Some(Channel::Device(device)) => {
+                            let Some(hub) = local.hub.upgrade() else { return };
+                            if let Ok(envelope) = serde_json::from_str::<Envelope<Wire>>(text)
+                                && envelope.o != origin
+                            {
+                                metrics::counter!("roost_bus_received_total").increment(1);
+                                deliver(&hub, device, envelope.w);
+                            }
                         }
+                        None => {}
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
@@ -720,43 +472,4 @@ fn deliver(hub: &Hub, device: DeviceId, wire: Wire) {
         }
     };
     hub.publish_local([device], event);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_wire_format_is_stable() {
-        let id = ConversationId::from_bytes([7; 16]);
-        let entry = Wire::Entry { c: id, s: 5, f: Some("{\"type\":\"entry\"}".into()), e: vec![] };
-        assert_eq!(
-            serde_json::to_string(&entry).unwrap_or_default(),
-            r#"{"t":"entry","c":"BwcHBwcHBwcHBwcHBwcHBw","s":5,"f":"{\"type\":\"entry\"}"}"#
-        );
-        let wake_up = Wire::Entry { c: id, s: 6, f: None, e: vec![DeviceId::from_bytes([1; 32])] };
-        assert_eq!(
-            serde_json::to_string(&wake_up).unwrap_or_default(),
-            r#"{"t":"entry","c":"BwcHBwcHBwcHBwcHBwcHBw","s":6,"e":["AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE"]}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Wire::Kick { r: Kick::Revoked }).unwrap_or_default(),
-            r#"{"t":"kick","r":"revoked"}"#
-        );
-        let envelope = Envelope { o: 42, w: Wire::Queued };
-        assert_eq!(serde_json::to_string(&envelope).unwrap_or_default(), r#"{"o":42,"t":"queued"}"#);
-        for w in [entry, wake_up, Wire::Queued, Wire::SessionEnded { h: hex(&[9; 32]) }] {
-            let text = serde_json::to_string(&Envelope { o: 7, w: w.clone() }).unwrap_or_default();
-            assert_eq!(serde_json::from_str::<Envelope<Wire>>(&text).ok(), Some(Envelope { o: 7, w }));
-        }
-        let change = Envelope { o: 7, w: Change { i: 3, f: Forget::Members { c: id } } };
-        let text = serde_json::to_string(&change).unwrap_or_default();
-        assert_eq!(text, r#"{"o":7,"i":3,"t":"members","c":"BwcHBwcHBwcHBwcHBwcHBw"}"#);
-        assert_eq!(serde_json::from_str::<Envelope<Change>>(&text).ok(), Some(change));
-        for stale in [Stale::Session([5; 32]), Stale::Members(id), Stale::Revoked(DeviceId::from_bytes([1; 32]))] {
-            assert_eq!(Forget::of(stale).stale(), Some(stale));
-        }
-        assert_eq!(unhex(&hex(&[0xab; 32])), Some([0xab; 32]));
-        assert_eq!(unhex("zz"), None);
-    }
 }

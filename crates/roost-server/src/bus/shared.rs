@@ -1,0 +1,183 @@
+//! State the instances share in Redis keys rather than pub/sub: the seats that count each
+//! user's connections, and the rate limits' buckets. Each is changed by a Lua script: one round
+//! trip, atomic, timed by Redis's clock rather than the instances'.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{LazyLock, Mutex, Weak};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::types::scripts::Script;
+use roost_proto::{DeviceId, UserId};
+
+use super::names::Names;
+use super::{RedisBus, lock};
+use crate::hub::{Seat, TooManyConnections};
+
+/// How long a connection stays counted against its user's cap unless its instance renews it (so
+/// the connections of an instance that died stop counting)...
+const SEAT_LEASE: Duration = Duration::from_secs(30);
+/// ...and how often each instance renews its connections' seats.
+const SEAT_RENEWAL: Duration = Duration::from_secs(10);
+/// Seats renewed in one script call, at most.
+const RENEWAL_BATCH: usize = 500;
+
+/// Counts the user's devices connected anywhere except `ARGV[1]` (seats are sorted-set members
+/// `<device> <instance> <number>` scored by their lease's end, in Redis's own clock); admits the
+/// seat `ARGV[2]` unless that reaches `ARGV[3]`. 1 if admitted, 0 if not.
+const TAKE_SEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local seen, count = {}, 0
+for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local device = string.match(seat, '^(%S+)')
+  if device ~= ARGV[1] and not seen[device] then
+    seen[device] = true
+    count = count + 1
+  end
+end
+if count >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"#;
+
+/// Gives the seat `ARGV[1]` back; returns how many devices of the user are still connected.
+const LEAVE_SEAT: &str = r#"
+redis.call('ZREM', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local seen, count = {}, 0
+for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local device = string.match(seat, '^(%S+)')
+  if not seen[device] then
+    seen[device] = true
+    count = count + 1
+  end
+end
+return count
+"#;
+
+/// Renews the seat `ARGV[i + 1]` of each key `KEYS[i]` for `ARGV[1]` ms (adding it again if
+/// Redis lost it).
+const RENEW_SEATS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', key, lease)
+end
+return #KEYS
+"#;
+
+/// Takes a token from the bucket `KEYS[1]` (generic cell rate: the key holds the time its bucket
+/// is full again, in Redis's clock) refilled one token every `ARGV[1]` ms and holding `ARGV[2]`;
+/// returns 0 if taken, else how many ms until one is there.
+const TAKE_TOKEN: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local full_at = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local allowed_at = full_at - (burst - 1) * interval
+if now < allowed_at then return math.ceil(allowed_at - now) end
+full_at = full_at + interval
+redis.call('SET', KEYS[1], tostring(full_at), 'PX', math.ceil(full_at - now))
+return 0
+"#;
+
+/// The scripts, hashed once (Redis runs them by hash and is sent the text when it lacks it).
+struct Scripts {
+    take_seat: Script,
+    leave_seat: Script,
+    renew_seats: Script,
+    take_token: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    take_seat: Script::from_lua(TAKE_SEAT),
+    leave_seat: Script::from_lua(LEAVE_SEAT),
+    renew_seats: Script::from_lua(RENEW_SEATS),
+    take_token: Script::from_lua(TAKE_TOKEN),
+});
+
+/// The seats of the connections held by this instance (by name), renewed while they last.
+pub(super) type HeldSeats = Mutex<HashMap<String, UserId>>;
+
+/// Counts `seat` against its user's cap of `max` devices, unless that is reached.
+pub(super) async fn take_seat(
+    redis: Client,
+    names: Names,
+    held: std::sync::Arc<HeldSeats>,
+    seat: Seat,
+    device: DeviceId,
+    max: u32,
+) -> Result<Seat, TooManyConnections> {
+    let args = vec![device.to_string(), seat.name.clone(), max.to_string(), lease_ms()];
+    match SCRIPTS.take_seat.evalsha_with_reload::<i64, _, _>(&redis, names.seats(&seat.user), args).await {
+        Ok(0) => return Err(TooManyConnections),
+        Ok(_) => {}
+        // Redis is away: admitted, and counted by the renewal once it is back (until then the
+        // cap holds per instance).
+        Err(err) => tracing::warn!(error = %err, "counting a connection across instances failed"),
+    }
+    lock(&held).insert(seat.name.clone(), seat.user);
+    Ok(seat)
+}
+
+/// Gives a seat back; returns how many devices of its user are still connected anywhere.
+pub(super) async fn leave_seat(redis: Client, names: Names, seat: Seat) -> Option<u32> {
+    match SCRIPTS.leave_seat.evalsha_with_reload::<i64, _, _>(&redis, names.seats(&seat.user), vec![seat.name]).await {
+        Ok(count) => u32::try_from(count).ok(),
+        Err(err) => {
+            // Its lease ends it.
+            tracing::warn!(error = %err, "giving a connection's seat back failed");
+            None
+        }
+    }
+}
+
+/// Renews the seats of the connections held here while the bus is open (and adds them again
+/// after Redis lost them, in a restart).
+pub(super) async fn renew_seats(bus: Weak<RedisBus>) {
+    let mut ticks = tokio::time::interval(SEAT_RENEWAL);
+    loop {
+        ticks.tick().await;
+        let Some(bus) = bus.upgrade() else { return };
+        if bus.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let held: Vec<(String, UserId)> = lock(&bus.seats).iter().map(|(name, user)| (name.clone(), *user)).collect();
+        for batch in held.chunks(RENEWAL_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|(_, user)| bus.names.seats(user)).collect();
+            let args: Vec<String> =
+                std::iter::once(lease_ms()).chain(batch.iter().map(|(name, _)| name.clone())).collect();
+            if let Err(err) = SCRIPTS.renew_seats.evalsha_with_reload::<i64, _, _>(&bus.publisher, keys, args).await {
+                tracing::warn!(error = %err, "renewing connections' seats failed");
+                break;
+            }
+        }
+    }
+}
+
+fn lease_ms() -> String {
+    SEAT_LEASE.as_millis().to_string()
+}
+
+/// Takes a token from the shared bucket `key` of a limit of `per_minute`: `Ok(None)` if taken,
+/// `Ok(Some(wait))` if empty, `Err(())` if Redis cannot answer.
+pub(super) async fn take_token(redis: Client, key: String, per_minute: u32) -> Result<Option<Duration>, ()> {
+    let interval = 60_000.0 / f64::from(per_minute.max(1));
+    let args = vec![interval.to_string(), per_minute.to_string()];
+    match SCRIPTS.take_token.evalsha_with_reload::<i64, _, _>(&redis, key, args).await {
+        Ok(0) => Ok(None),
+        Ok(wait_ms) => Ok(Some(Duration::from_millis(wait_ms.unsigned_abs()))),
+        Err(err) => {
+            tracing::warn!(error = %err, "a shared rate limit could not be checked; this instance's applies");
+            Err(())
+        }
+    }
+}
