@@ -9,6 +9,8 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::http::forwarded::ProxyRange;
+
 /// Who may register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,6 +48,9 @@ pub struct Config {
     /// Redis (`redis://...`), with a PostgreSQL `database_url`: the instances sharing that
     /// database carry live events to each other through it.
     pub redis_url: Option<String>,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed, so that
+    /// per-address limits see the client's address rather than the proxy's.
+    pub trusted_proxies: Vec<ProxyRange>,
     /// Who may register.
     pub registration: RegistrationPolicy,
     /// Log format.
@@ -207,6 +212,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./roost-data"),
             database_url: None,
             redis_url: None,
+            trusted_proxies: Vec::new(),
             registration: RegistrationPolicy::Open,
             log_format: LogFormat::Text,
             limits: Limits::default(),
@@ -431,6 +437,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &shown.data_dir)
             .field("database_url", &shown.database_url)
             .field("redis_url", &shown.redis_url)
+            .field("trusted_proxies", &shown.trusted_proxies)
             .field("registration", &shown.registration)
             .field("limits", &shown.limits)
             .field("rate_limits", &shown.rate_limits)
@@ -492,6 +499,14 @@ fn insert_env_value(table: &mut toml::Table, defaults: &toml::Table, path: &[Str
     let value = match default.and_then(|d| d.get(last)) {
         Some(toml::Value::Integer(_)) => raw.parse().map(toml::Value::Integer).unwrap_or_else(|_| text()),
         Some(toml::Value::Boolean(_)) => raw.parse().map(toml::Value::Boolean).unwrap_or_else(|_| text()),
+        // Lists are comma-separated.
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
         _ => text(),
     };
     current.insert(last.clone(), value);
@@ -569,6 +584,21 @@ mod tests {
         assert!(
             Config::load_with_env(Some(&dir.path().join("missing.toml")), &FlagOverrides::default(), env(&[])).is_err()
         );
+    }
+
+    #[test]
+    fn trusted_proxies_come_as_a_list_from_the_file_or_comma_separated_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roost.toml");
+        std::fs::write(&file, "trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.5\"]\n").unwrap();
+        let from_file = Config::load_with_env(Some(&file), &FlagOverrides::default(), env(&[])).unwrap();
+        let vars = env(&[("ROOST_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.5")]);
+        let from_env = Config::load_with_env(None, &FlagOverrides::default(), vars).unwrap();
+        assert_eq!(from_file.trusted_proxies.len(), 2);
+        assert_eq!(from_file.trusted_proxies, from_env.trusted_proxies);
+        let vars = env(&[("ROOST_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal")]);
+        let err = Config::load_with_env(None, &FlagOverrides::default(), vars).unwrap_err().to_string();
+        assert!(err.contains("trusted_proxies") && err.contains("proxy.internal"), "{err}");
     }
 
     #[test]

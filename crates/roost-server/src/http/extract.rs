@@ -12,7 +12,7 @@ use roost_proto::ErrorCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
+use super::{AppState, forwarded};
 use crate::error::Error;
 use crate::services::Caller;
 
@@ -95,16 +95,18 @@ where
     }
 }
 
-/// The address the request came from (the TCP peer).
+/// The address the request came from: the TCP peer, or the client a trusted proxy names.
 pub struct ClientIp(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
         // Without connection info (a router driven in-process) every caller shares one bucket.
-        Ok(Self(peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+        let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let trusted = &state.services.ctx.config.trusted_proxies;
+        Ok(Self(forwarded::client_address(peer, &parts.headers, trusted)))
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod forwarded;
 pub mod routes;
 
 use std::any::Any;

@@ -393,6 +393,46 @@ async fn registrations_are_rate_limited_per_address() {
     assert_eq!(body["error"]["code"], "rate_limited");
 }
 
+/// Registers `name` as sent by a proxy that says the request came from `forwarded_for`.
+async fn register_forwarded(server: &TestServer, name: &str, forwarded_for: &str) -> StatusCode {
+    let response = server
+        .http
+        .request(Method::POST, server.url("/v1/users"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&registration(&random_key(), &TestDevice::new(), name))
+        .send()
+        .await
+        .unwrap();
+    response.status()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_per_address_limits_key_on_the_forwarded_client() {
+    let server = server!(|config| {
+        config.rate_limits.registrations_per_address = 2;
+        config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    });
+    // The test talks from 127.0.0.1, a listed proxy: each forwarded client has its own quota.
+    assert_eq!(register_forwarded(&server, "a1", "198.51.100.1").await, StatusCode::CREATED);
+    assert_eq!(register_forwarded(&server, "a2", "203.0.113.9, 198.51.100.1").await, StatusCode::CREATED);
+    assert_eq!(register_forwarded(&server, "a3", "198.51.100.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(register_forwarded(&server, "b1", "198.51.100.2").await, StatusCode::CREATED);
+    // A forged entry left of the client's does not give the client a fresh quota.
+    assert_eq!(register_forwarded(&server, "a4", "192.0.2.77, 198.51.100.1").await, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn from_a_peer_not_listed_the_forwarded_header_is_ignored() {
+    let server = server!(|config| {
+        config.rate_limits.registrations_per_address = 2;
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    });
+    // Every request claims another client; all of them are 127.0.0.1's.
+    assert_eq!(register_forwarded(&server, "a1", "198.51.100.1").await, StatusCode::CREATED);
+    assert_eq!(register_forwarded(&server, "a2", "198.51.100.2").await, StatusCode::CREATED);
+    assert_eq!(register_forwarded(&server, "a3", "198.51.100.3").await, StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn accounts_survive_a_restart() {
     let server = server!();
