@@ -60,6 +60,14 @@ impl TestServer {
         Self { server, http: reqwest::Client::new() }
     }
 
+    /// A server on an existing database on the system clock (as a `roostd` process beside it
+    /// runs).
+    #[allow(dead_code)] // Only the PostgreSQL suite runs servers as processes.
+    pub async fn start_on_system_clock(database: TestDatabase, config: Config) -> Self {
+        let server = roost_testkit::TestServer::start_on(database, config, None).await;
+        Self { server, http: reqwest::Client::new() }
+    }
+
     /// Another server on this one's database (a second instance behind a load balancer).
     #[allow(dead_code)] // Only the PostgreSQL suite shares a database between servers.
     pub async fn another(&self) -> Self {

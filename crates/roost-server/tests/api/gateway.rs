@@ -23,14 +23,24 @@ pub struct Socket {
 impl Socket {
     /// Opens a socket without authenticating.
     pub async fn open(server: &TestServer) -> Self {
-        let url = format!("{}/v1/ws", server.base.replace("http://", "ws://"));
+        Self::open_at(&server.base).await
+    }
+
+    /// Opens a socket to the server at `base` (`http://host:port`) without authenticating.
+    pub async fn open_at(base: &str) -> Self {
+        let url = format!("{}/v1/ws", base.replace("http://", "ws://"));
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket handshake");
         Self { ws }
     }
 
     /// Opens a socket and authenticates it; returns it after the `ready` frame.
     pub async fn connect(server: &TestServer, token: &str) -> Self {
-        let mut socket = Self::open(server).await;
+        Self::connect_at(&server.base, token).await
+    }
+
+    /// [`Socket::connect`] to the server at `base`.
+    pub async fn connect_at(base: &str, token: &str) -> Self {
+        let mut socket = Self::open_at(base).await;
         socket.send(json!({"type": "auth", "token": token})).await;
         let ready = socket.next_frame().await;
         assert_eq!(ready["type"], "ready", "{ready}");
@@ -58,6 +68,19 @@ impl Socket {
 
     pub async fn send(&mut self, frame: Value) {
         self.ws.send(Message::Text(frame.to_string().into())).await.expect("send frame");
+    }
+
+    /// The next JSON frame, or `None` once the connection is closed or broken; fails after
+    /// `PATIENCE`.
+    #[allow(dead_code)] // Only the PostgreSQL suite kills servers under their sockets.
+    pub async fn next_frame_or_end(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a frame or the end in time") {
+                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("JSON frame")),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(_) | Err(_)) | None => return None,
+            }
+        }
     }
 
     /// The next JSON frame; fails on a close or after `PATIENCE`.

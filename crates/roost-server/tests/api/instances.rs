@@ -340,3 +340,148 @@ async fn rate_limits_hold_across_instances() {
     assert_eq!(c.challenge(&device).await.0, StatusCode::OK);
     assert_error(&a.challenge(&device).await, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }
+
+/// A `roostd` process on 127.0.0.1:0 with `config`, killed (SIGKILL) when dropped.
+struct Process {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn start(mut config: roost_server::config::Config) -> Self {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().expect("a directory for the process's configuration");
+        config.listen = "127.0.0.1:0".parse().expect("an address");
+        config.log_format = roost_server::config::LogFormat::Json;
+        let file = dir.path().join("roostd.toml");
+        std::fs::write(&file, toml::to_string(&config).expect("the configuration as TOML")).expect("write it");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roostd"))
+            .arg("--config")
+            .arg(&file)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("ROOST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start roostd");
+        // Its log says where it listens; the rest of its output is read and dropped so it never
+        // blocks on a full pipe.
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("its output")).lines();
+        let base = loop {
+            let line = lines.next().expect("roostd said where it listens before exiting").expect("a log line");
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if event["fields"]["message"] == "roostd listening" {
+                break format!("http://{}", event["fields"]["address"].as_str().expect("an address"));
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, base, _dir: dir }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_under_load_loses_nothing_acknowledged_and_its_sockets_move_on() {
+    const MESSAGES_PER_SENDER: usize = 150;
+    const KILL_AFTER: usize = 100;
+    let Some(redis) = redis_url() else { return };
+    let Some(database) = TestDatabase::create(crate::BACKEND).await else { return };
+    let mut config = config_for(&database);
+    config.redis_url = Some(redis);
+    let mut doomed = Process::start(config.clone());
+    let survivor = TestServer::start_on_system_clock(database, config).await;
+    let alice = survivor.user("alice").await;
+    let bob = survivor.user("bob").await;
+    let id = direct(&survivor, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect_at(&doomed.base, &bob.token()).await;
+    bobs.drain().await;
+    // Bob's socket on the doomed instance takes what comes until the instance is killed.
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(frame) = bobs.next_frame_or_end().await {
+            if frame["type"] == "entry" {
+                seen.push(frame["seq"].as_u64().expect("a seq"));
+            }
+        }
+        seen
+    });
+
+    // Two senders, one through each instance; a send that fails because its instance died is
+    // sent again, with the same client_message_id, through the survivor. The instance is killed
+    // once a third of the sends are acknowledged, so the first sender has some left whatever
+    // the two senders' pace.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let failed_over = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let kill_now = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut senders = Vec::new();
+    for (sender, first) in [doomed.base.clone(), survivor.base.clone()].into_iter().enumerate() {
+        let (acknowledged, failed_over, kill_now) = (acknowledged.clone(), failed_over.clone(), kill_now.clone());
+        let (token, survivor) = (alice.token(), survivor.base.clone());
+        let http = reqwest::Client::new();
+        let url = move |base: &str| format!("{base}/v1/conversations/{id}/messages");
+        senders.push(tokio::spawn(async move {
+            let mut base = first;
+            for i in 0..MESSAGES_PER_SENDER {
+                let client_id = format!("s{sender}-{i}");
+                let body = json!({"client_message_id": client_id, "epoch": 1, "ciphertext": crate::api::conversations::b64(&client_id)});
+                let seq = loop {
+                    match http.post(url(&base)).bearer_auth(&token).json(&body).send().await {
+                        Ok(response) => {
+                            assert_eq!(response.status(), StatusCode::CREATED, "{client_id}");
+                            let sent: serde_json::Value = response.json().await.expect("the send's answer");
+                            break sent["seq"].as_u64().expect("a seq");
+                        }
+                        Err(_) => {
+                            failed_over.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            base = survivor.clone();
+                        }
+                    }
+                };
+                let mut acknowledged = acknowledged.lock().expect("not poisoned");
+                acknowledged.push((client_id, seq));
+                if acknowledged.len() == KILL_AFTER {
+                    kill_now.notify_one();
+                }
+            }
+        }));
+    }
+    kill_now.notified().await;
+    doomed.kill();
+    for sender in senders {
+        sender.await.expect("the sender finished");
+    }
+    assert!(failed_over.load(std::sync::atomic::Ordering::Relaxed) > 0, "a send met the dead instance");
+    let seen_before = watcher.await.expect("the socket's watcher");
+    assert!(seen_before.windows(2).all(|pair| pair[0] < pair[1]), "in order, once: {seen_before:?}");
+
+    // Every acknowledged send is stored once: 300 client ids, 300 distinct seqs, 1..=300.
+    let acknowledged = acknowledged.lock().expect("not poisoned").clone();
+    let total = (2 * MESSAGES_PER_SENDER) as u64;
+    let mut seqs: Vec<u64> = acknowledged.iter().map(|(_, seq)| *seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "each acknowledged send has its own seq, none lost");
+
+    // Bob reconnects, to the survivor, and gets every entry he has not acknowledged (he acked
+    // none), in order and once.
+    let mut bobs = Socket::connect_at(&survivor.base, &bob.token()).await;
+    let mut seen_after = Vec::new();
+    while seen_after.last() != Some(&total) {
+        let frame = bobs.next_frame().await;
+        if frame["type"] == "entry" {
+            seen_after.push(frame["seq"].as_u64().expect("a seq"));
+        }
+    }
+    assert_eq!(seen_after, (1..=total).collect::<Vec<_>>());
+}
