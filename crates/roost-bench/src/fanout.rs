@@ -26,6 +26,10 @@ pub struct Args {
     /// Devices per user, all online.
     #[arg(long, default_value_t = 3)]
     pub devices: usize,
+    /// Base URLs of instances (sharing the server's database) to hold the devices' sockets,
+    /// spread over them in turn; by default the server holds them all.
+    #[arg(long = "devices-at", value_name = "URL")]
+    pub devices_at: Vec<String>,
     /// Messages to send, one after another, each measured on its own.
     #[arg(long, default_value_t = 3)]
     pub messages: usize,
@@ -44,6 +48,8 @@ pub struct Report {
     pub users: usize,
     /// Devices per user.
     pub devices: usize,
+    /// Instances holding the devices' sockets.
+    pub instances: usize,
     /// Messages sent.
     pub messages: usize,
     /// Whether every online device got every message.
@@ -71,11 +77,12 @@ impl crate::Summary for Report {
             None => String::new(),
         };
         format!(
-            "fanout: {} users x {} devices = {} online devices, {} messages of {} B: every device got each message: {}; \
+            "fanout: {} users x {} devices = {} online devices on {} instance(s), {} messages of {} B: every device got each message: {}; \
              delivery p50 {:.1} ms, p99 {:.1} ms, max (last device) {:.1} ms{memory}",
             self.users,
             self.devices,
             self.users * self.devices,
+            self.instances,
             self.messages,
             self.size,
             self.complete,
@@ -86,7 +93,7 @@ impl crate::Summary for Report {
     }
 
     fn json(&self) -> Value {
-        json!({"mode": "fanout", "devices": self.users * self.devices, "messages": self.messages,
+        json!({"mode": "fanout", "devices": self.users * self.devices, "instances": self.instances, "messages": self.messages,
                "size": self.size, "complete": self.complete, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
                "max_ms": self.max_ms, "rss_before_bytes": self.rss.map(|r| r.0), "rss_after_bytes": self.rss.map(|r| r.1)})
     }
@@ -131,10 +138,11 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     eprintln!("prepared {} devices in {:.1} s; connecting…", members.len(), prepared.elapsed().as_secs_f64());
 
     // Every device online and drained before the first message.
-    let ws = client::ws_url(&args.server);
+    let instances = if args.devices_at.is_empty() { std::slice::from_ref(&args.server) } else { &args.devices_at[..] };
+    let ws: Vec<String> = instances.iter().map(|base| client::ws_url(base)).collect();
     let bar = client::progress(members.len(), "devices online");
-    let sockets: Vec<_> = stream::iter(members.iter())
-        .map(|device| client::open_socket(&ws, &device.token))
+    let sockets: Vec<_> = stream::iter(members.iter().zip(ws.iter().cycle()))
+        .map(|(device, ws)| client::open_socket(ws, &device.token))
         .buffer_unordered(64)
         .inspect(|_| bar.inc(1))
         .collect::<Vec<_>>()
@@ -205,6 +213,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let worst = all_ms.iter().map(|(_, last)| *last).fold(0.0_f64, f64::max);
     Ok(Report {
         users: args.users,
+        instances: args.devices_at.len().max(1),
         devices: args.devices,
         messages: args.messages,
         complete,

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::client;
 use crate::throughput::{PairsArgs, lock, prepare_pairs, spawn_receivers};
 
 /// Arguments of the receivers mode.
@@ -73,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let span = Arc::new(Mutex::new(None::<(u64, u64)>));
     let receivers = {
         let (delivered, span) = (delivered.clone(), span.clone());
-        spawn_receivers(&client::ws_url(&args.target.server), &pairs, started, move |text, now| {
+        spawn_receivers(&args.target.receiver_sockets(), &pairs, started, move |text, now| {
             if !text.starts_with(r#"{"type":"entry""#) {
                 return;
             }

@@ -152,6 +152,7 @@ async fn sqlite_targets(args: &Args, launch: &Launch) -> anyhow::Result<Vec<Outc
             server: base,
             users: GROUP_USERS - 1,
             devices: 3,
+            devices_at: Vec::new(),
             messages: 3,
             size: 7,
             server_pid: None,
@@ -324,7 +325,7 @@ where
 }
 
 fn throughput_args(server: String, pid: u32, rate: u64, duration: u64) -> throughput::Args {
-    let target = throughput::PairsArgs { server, pairs: 50 };
+    let target = throughput::PairsArgs { server, pairs: 50, receivers_at: Vec::new() };
     throughput::Args { target, rate, duration, size: 256, max_in_flight: 512, over: Over::Http, server_pid: Some(pid) }
 }
 

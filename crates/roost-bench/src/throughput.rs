@@ -28,6 +28,21 @@ pub struct PairsArgs {
     /// Sender/receiver pairs (one direct conversation each).
     #[arg(long, default_value_t = 50)]
     pub pairs: usize,
+    /// Base URLs of other instances (sharing the server's database) to hold the receivers'
+    /// sockets on instead, spread over them in turn: sends then cross instances to reach them.
+    #[arg(long = "receivers-at", value_name = "URL")]
+    pub receivers_at: Vec<String>,
+}
+
+impl PairsArgs {
+    /// The WebSocket endpoints that hold the receivers' sockets.
+    pub(crate) fn receiver_sockets(&self) -> Vec<String> {
+        if self.receivers_at.is_empty() {
+            vec![client::ws_url(&self.server)]
+        } else {
+            self.receivers_at.iter().map(|base| client::ws_url(base)).collect()
+        }
+    }
 }
 
 /// Arguments of the throughput mode.
@@ -86,6 +101,8 @@ pub struct Report {
     pub load_secs: f64,
     /// Sender/receiver pairs.
     pub pairs: usize,
+    /// Other instances holding the receivers' sockets (0: the senders' server).
+    pub receiver_instances: usize,
     /// How the senders sent.
     pub over: Over,
     /// Ciphertext size in bytes.
@@ -122,12 +139,16 @@ impl Report {
 impl crate::Summary for Report {
     fn summary(&self) -> String {
         format!(
-            "throughput: target {} msg/s for {} s (sent in {:.1} s) over {} pairs ({}), {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            "throughput: target {} msg/s for {} s (sent in {:.1} s) over {} pairs ({}{}), {} B each: accepted {:.0} msg/s, delivered {:.0} msg/s, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
             self.target_rate,
             self.duration,
             self.load_secs,
             self.pairs,
             self.over.name(),
+            match self.receiver_instances {
+                0 => String::new(),
+                n => format!(", receivers on {n} other instance{}", if n == 1 { "" } else { "s" }),
+            },
             self.size,
             self.accepted_per_s,
             self.delivered_per_s,
@@ -146,6 +167,7 @@ impl crate::Summary for Report {
     fn json(&self) -> serde_json::Value {
         json!({"mode": "throughput", "target_rate": self.target_rate, "duration_s": self.duration,
                "load_s": (self.load_secs * 10.0).round() / 10.0, "pairs": self.pairs, "over": self.over.name(),
+               "receiver_instances": self.receiver_instances,
                "size": self.size, "accepted_per_s": self.accepted_per_s.round(),
                "delivered_per_s": self.delivered_per_s.round(), "errors": self.errors,
                "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms,
@@ -189,7 +211,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let ws_base = client::ws_url(server);
     let receivers = {
         let (histogram, delivered) = (histogram.clone(), delivered.clone());
-        spawn_receivers(&ws_base, &pairs, started, move |text, now_ns| {
+        spawn_receivers(&args.target.receiver_sockets(), &pairs, started, move |text, now_ns| {
             let Some(sent_ns) = sent_at(text) else { return };
             delivered.fetch_add(1, Ordering::Relaxed);
             let _ = lock(&histogram).record(now_ns.saturating_sub(sent_ns).max(1_000));
@@ -276,6 +298,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         duration: args.duration,
         load_secs,
         pairs: args.target.pairs,
+        receiver_instances: args.target.receivers_at.len(),
         over: args.over,
         size: args.size,
         accepted_per_s: accepted.load(Ordering::Relaxed) as f64 / load_secs,
@@ -337,16 +360,17 @@ async fn open_senders(
 }
 
 /// Registers `count` sender/receiver pairs, each with a direct conversation.
-/// Connects every pair's receiver and hands each text frame it gets to `on_text`, with the
-/// nanoseconds since `started` at which it arrived. Returns the receivers' tasks.
+/// Connects every pair's receiver, to the endpoints of `ws_bases` in turn, and hands each text
+/// frame it gets to `on_text`, with the nanoseconds since `started` at which it arrived.
+/// Returns the receivers' tasks.
 pub(crate) async fn spawn_receivers(
-    ws_base: &str,
+    ws_bases: &[String],
     pairs: &[Pair],
     started: Instant,
     on_text: impl Fn(&str, u64) + Clone + Send + 'static,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut receivers = Vec::with_capacity(pairs.len());
-    for pair in pairs {
+    for (pair, ws_base) in pairs.iter().zip(ws_bases.iter().cycle()) {
         let mut socket = client::open_socket(ws_base, &pair.receiver_token).await?;
         let on_text = on_text.clone();
         receivers.push(tokio::spawn(async move {

@@ -169,6 +169,10 @@ struct Inbox {
     capacity: usize,
     /// Set once the hub ends the subscription; queued events are still delivered first.
     closed: Option<CloseReason>,
+    /// A `Resync` waits in `events`: it will read the store when taken, which covers any
+    /// further resync asked for until then, so those are not queued (a burst of them would
+    /// otherwise fill the queue and cut the connection off as slow).
+    resync_queued: bool,
 }
 
 /// Queues kept after a burst are given back once drained, beyond this many slots.
@@ -178,6 +182,9 @@ impl Inbox {
     /// Takes the oldest event, giving back the room of a burst once the queue is empty.
     fn take(&mut self) -> Option<LiveEvent> {
         let event = self.events.pop_front()?;
+        if matches!(event, LiveEvent::Resync) {
+            self.resync_queued = false;
+        }
         if self.events.is_empty() && self.events.capacity() > KEPT_SLOTS {
             self.events = VecDeque::new();
         }
@@ -194,7 +201,10 @@ enum Offer {
 
 impl Mailbox {
     fn new(capacity: usize) -> Self {
-        Self { inbox: Mutex::new(Inbox { events: VecDeque::new(), capacity, closed: None }), arrived: Notify::new() }
+        Self {
+            inbox: Mutex::new(Inbox { events: VecDeque::new(), capacity, closed: None, resync_queued: false }),
+            arrived: Notify::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inbox> {
@@ -206,9 +216,12 @@ impl Mailbox {
             let mut inbox = self.lock();
             if inbox.closed.is_some() {
                 Offer::Closed
+            } else if matches!(event, LiveEvent::Resync) && inbox.resync_queued {
+                return Offer::Taken;
             } else if inbox.events.len() >= inbox.capacity {
                 Offer::Full
             } else {
+                inbox.resync_queued |= matches!(event, LiveEvent::Resync);
                 inbox.events.push_back(event.clone());
                 Offer::Taken
             }
@@ -536,6 +549,24 @@ mod tests {
         assert_eq!(replacement.next().await, Some(LiveEvent::Queued));
         drop(replacement);
         assert_eq!(hub.connections_of(&user(1)), 1);
+    }
+
+    #[tokio::test]
+    async fn resyncs_waiting_in_a_buffer_count_once() {
+        let hub = Arc::new(Hub::default());
+        let mut subscription = hub.subscribe(user(1), device(1), 2, 5).unwrap();
+        assert_eq!(hub.publish_local([device(1)], LiveEvent::Queued), 1);
+        // However many are asked for while one waits, one resync is queued: it reads the store
+        // when taken, which covers them all, and the buffer does not fill.
+        for _ in 0..10 {
+            assert_eq!(hub.publish_local([device(1)], LiveEvent::Resync), 1);
+        }
+        assert!(hub.is_online(&device(1)));
+        assert_eq!(subscription.next().await, Some(LiveEvent::Queued));
+        assert_eq!(subscription.next().await, Some(LiveEvent::Resync));
+        // Once taken, the next one is queued again.
+        assert_eq!(hub.publish_local([device(1)], LiveEvent::Resync), 1);
+        assert_eq!(subscription.next().await, Some(LiveEvent::Resync));
     }
 
     #[tokio::test]

@@ -55,6 +55,10 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Events waiting to be published before new ones are dropped (and counted).
 const OUTBOX: usize = 65_536;
+/// Messages received from Redis waiting for the receiving task. Beyond this the task has
+/// fallen behind and every connection here reads the store instead; Redis's client library
+/// holds only 32 by default, which a burst of sends overflows at once.
+const RECEIVED: usize = 16_384;
 /// Publishes sent to Redis in one pipeline, at most.
 const PIPELINE: usize = 512;
 /// Entry frames up to this size travel on the bus; larger ones travel as a wake-up.
@@ -109,7 +113,10 @@ impl RedisBus {
         let config = RedisConfig::from_url(url).map_err(|err| BusError(err.to_string()))?;
         let mut builder = Builder::from_config(config);
         builder
-            .with_performance_config(|performance| performance.default_command_timeout = COMMAND_TIMEOUT)
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = COMMAND_TIMEOUT;
+                performance.broadcast_channel_capacity = RECEIVED;
+            })
             .with_connection_config(|connection| {
                 connection.connection_timeout = COMMAND_TIMEOUT;
                 connection.unresponsive = UnresponsiveConfig { max_timeout: Some(UNRESPONSIVE), interval: HEARTBEAT };
