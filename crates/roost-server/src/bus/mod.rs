@@ -45,7 +45,7 @@ use self::confirm::Confirmations;
 use self::names::{Channel, Names};
 use self::wire::{Change, Envelope, Forget, Kick, Wire, hex, unhex};
 use crate::hub::{Bus, CloseReason, EncodedFrame, Hub, LiveEvent, PushedEntry, Seat, TooManyConnections};
-use crate::ratelimit::SharedLimits;
+use crate::ratelimit::{SharedLimits, Taken};
 use crate::services::Context;
 use crate::services::cache::Stale;
 
@@ -270,8 +270,8 @@ impl Bus for RedisBus {
 }
 
 impl SharedLimits for RedisBus {
-    fn take(&self, bucket: String, per_minute: u32) -> BoxFuture<'static, Result<Option<Duration>, ()>> {
-        Box::pin(shared::take_token(self.publisher.clone(), self.names.bucket(&bucket), per_minute))
+    fn take(&self, bucket: String, per_minute: u32, want: u32) -> BoxFuture<'static, Result<Taken, ()>> {
+        Box::pin(shared::take_tokens(self.publisher.clone(), self.names.bucket(&bucket), per_minute, want))
     }
 }
 

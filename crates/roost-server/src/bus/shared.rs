@@ -14,6 +14,7 @@ use roost_proto::{DeviceId, UserId};
 use super::names::Names;
 use super::{RedisBus, lock};
 use crate::hub::{Seat, TooManyConnections};
+use crate::ratelimit::Taken;
 
 /// How long a connection stays counted against its user's cap unless its instance renews it (so
 /// the connections of an instance that died stop counting)...
@@ -77,16 +78,17 @@ return #KEYS
 /// Takes a token from the bucket `KEYS[1]` (generic cell rate: the key holds the time its bucket
 /// is full again, in Redis's clock) refilled one token every `ARGV[1]` ms and holding `ARGV[2]`;
 /// returns 0 if taken, else how many ms until one is there.
-const TAKE_TOKEN: &str = r#"
+const TAKE_TOKENS: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local full_at = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
-local allowed_at = full_at - (burst - 1) * interval
-if now < allowed_at then return math.ceil(allowed_at - now) end
-full_at = full_at + interval
+local available = math.floor((burst * interval - (full_at - now)) / interval)
+if available < 1 then return -math.max(1, math.ceil(full_at - (burst - 1) * interval - now)) end
+local taken = math.min(want, available)
+full_at = full_at + taken * interval
 redis.call('SET', KEYS[1], tostring(full_at), 'PX', math.ceil(full_at - now))
-return 0
+return taken
 "#;
 
 /// The scripts, hashed once (Redis runs them by hash and is sent the text when it lacks it).
@@ -94,14 +96,14 @@ struct Scripts {
     take_seat: Script,
     leave_seat: Script,
     renew_seats: Script,
-    take_token: Script,
+    take_tokens: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     take_seat: Script::from_lua(TAKE_SEAT),
     leave_seat: Script::from_lua(LEAVE_SEAT),
     renew_seats: Script::from_lua(RENEW_SEATS),
-    take_token: Script::from_lua(TAKE_TOKEN),
+    take_tokens: Script::from_lua(TAKE_TOKENS),
 });
 
 /// The seats of the connections held by this instance (by name), renewed while they last.
@@ -167,17 +169,40 @@ fn lease_ms() -> String {
     SEAT_LEASE.as_millis().to_string()
 }
 
-/// Takes a token from the shared bucket `key` of a limit of `per_minute`: `Ok(None)` if taken,
-/// `Ok(Some(wait))` if empty, `Err(())` if Redis cannot answer.
-pub(super) async fn take_token(redis: Client, key: String, per_minute: u32) -> Result<Option<Duration>, ()> {
+/// Takes up to `want` tokens (at least one) from the shared bucket `key` of a limit of
+/// `per_minute`; `Err(())` if Redis cannot answer.
+pub(super) async fn take_tokens(redis: Client, key: String, per_minute: u32, want: u32) -> Result<Taken, ()> {
     let interval = 60_000.0 / f64::from(per_minute.max(1));
-    let args = vec![interval.to_string(), per_minute.to_string()];
-    match SCRIPTS.take_token.evalsha_with_reload::<i64, _, _>(&redis, key, args).await {
-        Ok(0) => Ok(None),
-        Ok(wait_ms) => Ok(Some(Duration::from_millis(wait_ms.unsigned_abs()))),
+    let args = vec![interval.to_string(), per_minute.to_string(), want.max(1).to_string()];
+    match SCRIPTS.take_tokens.evalsha_with_reload::<i64, _, _>(&redis, key, args).await {
+        Ok(taken) if taken > 0 => Ok(Taken::Tokens(u32::try_from(taken).unwrap_or(1))),
+        Ok(wait_ms) => Ok(Taken::Wait(Duration::from_millis(wait_ms.unsigned_abs()))),
         Err(err) => {
             tracing::warn!(error = %err, "a shared rate limit could not be checked; this instance's applies");
             Err(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::prelude::ClientLike as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bucket_gives_what_it_holds_up_to_what_is_asked_then_says_how_long_to_wait() {
+        let Some(url) = roost_testkit::redis_url() else { return };
+        let redis = Client::new(fred::types::config::Config::from_url(&url).expect("a Redis URL"), None, None, None);
+        redis.init().await.expect("connect to Redis");
+        // A fresh key, gone by itself within a minute.
+        let key = format!("roost:test:{}:limit", rand::random::<u64>());
+        // Three a minute (one every 20 s): two of two asked, then the one left, then none.
+        assert_eq!(take_tokens(redis.clone(), key.clone(), 3, 2).await, Ok(Taken::Tokens(2)));
+        assert_eq!(take_tokens(redis.clone(), key.clone(), 3, 2).await, Ok(Taken::Tokens(1)));
+        let Ok(Taken::Wait(wait)) = take_tokens(redis.clone(), key.clone(), 3, 2).await else {
+            unreachable!("an empty bucket gives nothing")
+        };
+        assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20), "{wait:?}");
     }
 }
