@@ -17,8 +17,11 @@ use crate::hub::PushedEntry;
 
 /// Entries that arrived ahead of an earlier one kept waiting for it, at most.
 const MAX_HELD: usize = 64;
-/// How long an entry waits for an earlier one before the gap is read from the store.
-pub(super) const HOLD: Duration = Duration::from_millis(50);
+/// How long an entry waits for an earlier one before the gap is read from the store. Long
+/// enough for a push overtaken across instances: the instance that stored the earlier entry may
+/// not be scheduled for tens of milliseconds while another pushes the next one, and a store read
+/// at that moment would only add to the load that delayed it.
+pub(super) const HOLD: Duration = Duration::from_millis(200);
 
 /// Where each conversation stands on one connection.
 #[derive(Default)]

@@ -56,9 +56,16 @@ struct Entries<K, V> {
     /// Cleared while invalidations may be missed (the bus to other instances is down): the cache
     /// then holds nothing and every read goes to the store.
     trusted: bool,
-    values: HashMap<K, (V, Instant)>,
+    values: HashMap<K, Cached<V>>,
     /// Sum of the weights of `values`.
     weight: usize,
+}
+
+struct Cached<V> {
+    value: V,
+    read_at: Instant,
+    /// A reader was handed a ticket to read this value again before it lapses.
+    refreshing: bool,
 }
 
 /// Which invalidations a reader had seen when it missed; see [`ReadThrough`].
@@ -87,8 +94,24 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     pub fn get(&self, key: &K) -> Result<V, Ticket> {
         let inner = self.lock();
         match inner.values.get(key) {
-            Some((value, read_at)) if read_at.elapsed() < self.ttl => Ok(value.clone()),
+            Some(cached) if cached.read_at.elapsed() < self.ttl => Ok(cached.value.clone()),
             _ => Err(Ticket(inner.generation)),
+        }
+    }
+
+    /// [`get`](Self::get), and once the value is past half its trust, a ticket to read it again
+    /// (to one reader at a time), so a key in use is refreshed before it lapses and its readers
+    /// never wait for the store. The value given is as valid as [`get`](Self::get)'s.
+    pub fn get_refreshing(&self, key: &K) -> Result<(V, Option<Ticket>), Ticket> {
+        let mut inner = self.lock();
+        let generation = inner.generation;
+        match inner.values.get_mut(key) {
+            Some(cached) if cached.read_at.elapsed() < self.ttl => {
+                let refresh = !cached.refreshing && cached.read_at.elapsed() >= self.ttl / 2;
+                cached.refreshing |= refresh;
+                Ok((cached.value.clone(), refresh.then_some(Ticket(generation))))
+            }
+            _ => Err(Ticket(generation)),
         }
     }
 
@@ -99,18 +122,18 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
         if inner.generation != ticket.0 || !inner.trusted || weight > self.capacity {
             return;
         }
-        if let Some((old, _)) = inner.values.remove(&key) {
-            inner.weight -= (self.weigh)(&old).max(1);
+        if let Some(old) = inner.values.remove(&key) {
+            inner.weight -= (self.weigh)(&old.value).max(1);
         }
         if inner.weight + weight > self.capacity {
-            inner.values.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
+            inner.values.retain(|_, cached| cached.read_at.elapsed() < self.ttl);
             self.reweigh(&mut inner);
             if inner.weight + weight > self.capacity {
                 inner.values.clear();
                 inner.weight = 0;
             }
         }
-        inner.values.insert(key, (value, Instant::now()));
+        inner.values.insert(key, Cached { value, read_at: Instant::now(), refreshing: false });
         inner.weight += weight;
     }
 
@@ -120,8 +143,8 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     pub fn forget(&self, key: &K) {
         let mut inner = self.lock();
         inner.generation += 1;
-        if let Some((value, _)) = inner.values.remove(key) {
-            inner.weight -= (self.weigh)(&value).max(1);
+        if let Some(cached) = inner.values.remove(key) {
+            inner.weight -= (self.weigh)(&cached.value).max(1);
         }
     }
 
@@ -130,7 +153,7 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     pub fn invalidate(&self, mut stale: impl FnMut(&K, &V) -> bool) {
         let mut inner = self.lock();
         inner.generation += 1;
-        inner.values.retain(|key, (value, _)| !stale(key, value));
+        inner.values.retain(|key, cached| !stale(key, &cached.value));
         self.reweigh(&mut inner);
     }
 
@@ -152,7 +175,7 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     }
 
     fn reweigh(&self, inner: &mut Entries<K, V>) {
-        inner.weight = inner.values.values().map(|(value, _)| (self.weigh)(value).max(1)).sum();
+        inner.weight = inner.values.values().map(|cached| (self.weigh)(&cached.value).max(1)).sum();
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries<K, V>> {
@@ -176,6 +199,26 @@ pub const MAX_MEMBER_DEVICES: usize = 1_000_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_past_half_its_trust_is_given_with_one_ticket_to_refresh_it() {
+        let cache: ReadThrough<u8, u8> = ReadThrough::new(10).trusting_for(Duration::from_secs(2));
+        cache.fill(1, cache.get(&1).unwrap_err(), 10);
+        assert_eq!(cache.get_refreshing(&1), Ok((10, None)), "fresh: nothing to refresh");
+        std::thread::sleep(Duration::from_millis(1_050));
+        let Ok((10, Some(ticket))) = cache.get_refreshing(&1) else { unreachable!("a ticket to refresh") };
+        assert_eq!(cache.get_refreshing(&1), Ok((10, None)), "one refresh at a time");
+        cache.fill(1, ticket, 11);
+        assert_eq!(cache.get_refreshing(&1), Ok((11, None)), "refreshed");
+
+        // A refresh read before an invalidation is not stored after it.
+        cache.fill(2, cache.get(&2).unwrap_err(), 20);
+        std::thread::sleep(Duration::from_millis(1_050));
+        let Ok((20, Some(ticket))) = cache.get_refreshing(&2) else { unreachable!("a ticket to refresh") };
+        cache.forget(&2);
+        cache.fill(2, ticket, 21);
+        assert!(cache.get(&2).is_err());
+    }
 
     #[test]
     fn invalidation_forgets_what_it_picks() {

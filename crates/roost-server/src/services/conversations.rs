@@ -14,7 +14,7 @@ use roost_proto::socket::ServerFrame;
 use roost_proto::{Base64Bytes, ConversationId, DeviceId};
 use roost_store::{CommitWrite, ConversationView, MemberDevice, MemberRef, MessageWrite, NewConversation, QueueWrite};
 
-use super::cache::Stale;
+use super::cache::{Stale, Ticket};
 use super::delivery::entry_view;
 use super::{Caller, Context};
 use crate::error::{Error, Result};
@@ -482,15 +482,23 @@ impl Conversations {
 
     /// The conversation's current member devices, through the member cache (read on every send
     /// to find whom to push to).
+    ///
+    /// A busy conversation's list is read again in the background before it lapses. Were a
+    /// send to read it itself, that send would publish its entry after the sends behind it
+    /// that found the list cached, and the receivers would wait for the gap.
     async fn members(&self, id: &ConversationId) -> Result<Arc<[MemberRef]>> {
-        match self.ctx.members.get(id) {
-            Ok(members) => Ok(members),
-            Err(ticket) => {
-                let devices = self.ctx.store.active_member_devices(id).await?;
-                let members: Arc<[MemberRef]> = devices.into_iter().map(|m| m.member).collect();
-                self.ctx.members.fill(*id, ticket, members.clone());
+        match self.ctx.members.get_refreshing(id) {
+            Ok((members, refresh)) => {
+                if let Some(ticket) = refresh {
+                    let (ctx, id) = (self.ctx.clone(), *id);
+                    tokio::spawn(async move {
+                        // A failed refresh leaves the list to lapse: the next send reads it.
+                        let _ = read_members(&ctx, &id, ticket).await;
+                    });
+                }
                 Ok(members)
             }
+            Err(ticket) => read_members(&self.ctx, id, ticket).await,
         }
     }
 
@@ -580,4 +588,12 @@ fn require_welcome(adds_devices: bool, has_welcome: bool) -> Result<()> {
         (false, true) => Err(Error::invalid("a welcome is only sent when devices are added")),
         _ => Ok(()),
     }
+}
+
+/// Reads a conversation's member devices from the store into the member cache under `ticket`.
+async fn read_members(ctx: &Context, id: &ConversationId, ticket: Ticket) -> Result<Arc<[MemberRef]>> {
+    let devices = ctx.store.active_member_devices(id).await?;
+    let members: Arc<[MemberRef]> = devices.into_iter().map(|m| m.member).collect();
+    ctx.members.fill(*id, ticket, members.clone());
+    Ok(members)
 }
