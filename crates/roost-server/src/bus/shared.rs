@@ -24,22 +24,30 @@ const SEAT_RENEWAL: Duration = Duration::from_secs(10);
 /// Seats renewed in one script call, at most.
 const RENEWAL_BATCH: usize = 500;
 
-/// Counts the user's devices connected anywhere except `ARGV[1]` (seats are sorted-set members
-/// `<device> <instance> <number>` scored by their lease's end, in Redis's own clock); admits the
-/// seat `ARGV[2]` unless that reaches `ARGV[3]`. 1 if admitted, 0 if not.
-const TAKE_SEAT: &str = r#"
+/// What the seat scripts share: `now` in Redis's clock, and `connected(key, except)`, which drops
+/// the expired seats of `key` and counts the distinct devices of the rest other than `except`
+/// (seats are sorted-set members `<device> <instance> <number>` scored by their lease's end).
+const SEATS_PRELUDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local seen, count = {}, 0
-for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local device = string.match(seat, '^(%S+)')
-  if device ~= ARGV[1] and not seen[device] then
-    seen[device] = true
-    count = count + 1
+local function connected(key, except)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local seen, count = {}, 0
+  for _, seat in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local device = string.match(seat, '^(%S+)')
+    if device ~= except and not seen[device] then
+      seen[device] = true
+      count = count + 1
+    end
   end
+  return count
 end
-if count >= tonumber(ARGV[3]) then return 0 end
+"#;
+
+/// Counts the user's devices connected anywhere except `ARGV[1]`; admits the seat `ARGV[2]`
+/// unless that reaches `ARGV[3]`. 1 if admitted, 0 if not.
+const TAKE_SEAT: &str = r#"
+if connected(KEYS[1], ARGV[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
@@ -48,18 +56,7 @@ return 1
 /// Gives the seat `ARGV[1]` back; returns how many devices of the user are still connected.
 const LEAVE_SEAT: &str = r#"
 redis.call('ZREM', KEYS[1], ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local seen, count = {}, 0
-for _, seat in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local device = string.match(seat, '^(%S+)')
-  if not seen[device] then
-    seen[device] = true
-    count = count + 1
-  end
-end
-return count
+return connected(KEYS[1], nil)
 "#;
 
 /// Renews the seat `ARGV[i + 1]` of each key `KEYS[i]` for `ARGV[1]` ms (adding it again if
@@ -100,8 +97,8 @@ struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    take_seat: Script::from_lua(TAKE_SEAT),
-    leave_seat: Script::from_lua(LEAVE_SEAT),
+    take_seat: Script::from_lua(format!("{SEATS_PRELUDE}{TAKE_SEAT}")),
+    leave_seat: Script::from_lua(format!("{SEATS_PRELUDE}{LEAVE_SEAT}")),
     renew_seats: Script::from_lua(RENEW_SEATS),
     take_tokens: Script::from_lua(TAKE_TOKENS),
 });
