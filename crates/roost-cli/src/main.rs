@@ -23,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Ids are base64url and one in 32 begins with '-', as may a message's text: every positional
+// that takes one accepts values that begin with a hyphen.
 #[derive(Subcommand)]
 enum Command {
     /// Create a new user with this device as its first device.
@@ -42,6 +44,7 @@ enum Command {
     /// Show the safety number shared with another user, to compare out of band.
     Fingerprint {
         /// @handle or user id.
+        #[arg(allow_hyphen_values = true)]
         user: String,
     },
     /// Link this (new) device to an existing user: shows a code to approve on the first device.
@@ -61,8 +64,10 @@ enum Command {
     /// Send a direct message, creating the direct chat on first use.
     Dm {
         /// @handle or user id.
+        #[arg(allow_hyphen_values = true)]
         user: String,
         /// The text.
+        #[arg(allow_hyphen_values = true)]
         text: String,
     },
     /// Group conversations.
@@ -73,8 +78,10 @@ enum Command {
     /// Send a message to a conversation (its id, or @user for the direct chat).
     Send {
         /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
         conversation: String,
         /// The text.
+        #[arg(allow_hyphen_values = true)]
         text: String,
     },
     /// Fetch, decrypt, store and acknowledge new messages, and print them.
@@ -86,6 +93,7 @@ enum Command {
     /// Print a conversation's stored messages.
     History {
         /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
         conversation: String,
     },
     /// List this device's conversations.
@@ -93,11 +101,13 @@ enum Command {
     /// Join a conversation of your user from this device by MLS external commit.
     Join {
         /// The conversation id.
+        #[arg(allow_hyphen_values = true)]
         conversation: String,
     },
     /// Set a conversation's retention: burn-on-read, ttl SECONDS, or permanent.
     Retention {
         /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
         conversation: String,
         /// burn-on-read | ttl | permanent.
         policy: String,
@@ -118,6 +128,7 @@ enum DevicesCommand {
     /// Revoke a device of this user (needs the identity key, on the first device).
     Revoke {
         /// The device id.
+        #[arg(allow_hyphen_values = true)]
         device: String,
     },
 }
@@ -127,25 +138,31 @@ enum GroupCommand {
     /// Create a group with these users; prints its id.
     Create {
         /// @handles or user ids.
+        #[arg(allow_hyphen_values = true)]
         users: Vec<String>,
     },
     /// Add users to a group.
     Add {
         /// The group.
+        #[arg(allow_hyphen_values = true)]
         conversation: String,
         /// @handles or user ids.
+        #[arg(allow_hyphen_values = true)]
         users: Vec<String>,
     },
     /// Remove users from a group.
     Remove {
         /// The group.
+        #[arg(allow_hyphen_values = true)]
         conversation: String,
         /// @handles or user ids.
+        #[arg(allow_hyphen_values = true)]
         users: Vec<String>,
     },
     /// Leave a group.
     Leave {
         /// The group.
+        #[arg(allow_hyphen_values = true)]
         conversation: String,
     },
 }
@@ -455,4 +472,25 @@ fn who(me: &UserId, user: &UserId) -> String {
 
 fn short(id: &str) -> String {
     id.chars().take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn ids_and_texts_that_begin_with_a_hyphen_are_values_and_help_still_works() {
+        let cli = Cli::try_parse_from(["roost", "send", "-QsLVJcBxH7gJc1SpevkfQ", "-hi"]);
+        let Ok(Cli { command: Command::Send { conversation, text }, .. }) = cli else { unreachable!("a send") };
+        assert_eq!((conversation.as_str(), text.as_str()), ("-QsLVJcBxH7gJc1SpevkfQ", "-hi"));
+        let cli = Cli::try_parse_from(["roost", "group", "add", "-Abc", "-Def", "@bob"]);
+        let Ok(Cli { command: Command::Group { command: GroupCommand::Add { conversation, users } }, .. }) = cli else {
+            unreachable!("a group add")
+        };
+        assert_eq!((conversation.as_str(), users.len()), ("-Abc", 2));
+        let help = Cli::try_parse_from(["roost", "send", "--help"]).map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(help, Err(clap::error::ErrorKind::DisplayHelp));
+    }
 }
