@@ -26,6 +26,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// A client frame was larger than the server accepts (`gateway.max_client_frame_bytes`).
+    pub const TOO_LARGE: u16 = 1009;
 }
 
 /// What a client sends.

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::order::{Next, Order};
 use super::writer::{self, WebSocket};
@@ -120,7 +120,8 @@ async fn authenticate(
     let refused = Exit::Close(close::UNAUTHENTICATED, "the first frame must be auth with a valid session token");
     let first = match timeout(limit, socket.next()).await {
         Err(_) => return Err(Exit::Close(close::UNAUTHENTICATED, "no auth frame in time")),
-        Ok(None | Some(Err(_))) => return Err(Exit::Gone),
+        Ok(None) => return Err(Exit::Gone),
+        Ok(Some(Err(err))) => return Err(read_failed(&err)),
         Ok(Some(Ok(message))) => message,
     };
     let Message::Text(text) = first else {
@@ -138,6 +139,15 @@ async fn hold_expired(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => Box::pin(tokio::time::sleep_until(deadline)).await,
         None => std::future::pending().await,
+    }
+}
+
+/// How a connection whose read failed ends: a frame over the size limit is answered with close
+/// code 1009 (the socket can still be written); anything else has lost the connection.
+fn read_failed(err: &WsError) -> Exit {
+    match err {
+        WsError::Capacity(_) => Exit::Close(close::TOO_LARGE, "the frame is larger than this server accepts"),
+        _ => Exit::Gone,
     }
 }
 
@@ -195,7 +205,8 @@ impl Connection<'_> {
                     last_heard = Instant::now();
                     match message {
                         Some(Ok(message)) => Box::pin(self.receive(message)).await,
-                        _ => Err(Exit::Gone),
+                        Some(Err(err)) => Err(read_failed(&err)),
+                        None => Err(Exit::Gone),
                     }
                 }
                 _ = heartbeat.tick() => {

@@ -480,8 +480,11 @@ async fn oversized_frames_are_refused() {
     let mut socket = Socket::connect(&server, &alice.token()).await;
     socket.drain().await;
     socket.ws.send(Message::Text("x".repeat(4096).into())).await.unwrap();
-    let code = socket.closed().await;
-    assert!(code.is_none() || code == Some(u16::from(CloseCode::Size)), "{code:?}");
+    assert_eq!(socket.closed().await, Some(u16::from(CloseCode::Size)), "closed with 1009");
+    // Before authenticating too.
+    let mut unauthenticated = Socket::open(&server).await;
+    unauthenticated.ws.send(Message::Text("x".repeat(4096).into())).await.unwrap();
+    assert_eq!(unauthenticated.closed().await, Some(u16::from(CloseCode::Size)));
     let hub = server.services.hub.clone();
     let device = alice.devices[0].id();
     assert!(eventually(|| !hub.is_online(&device)).await);
