@@ -23,7 +23,7 @@ struct Cli {
     command: Command,
 }
 
-// Ids are base64url and one in 32 begins with '-', as may a message's text: every positional
+// Ids are base64url and one in 64 begins with '-', as may a message's text: every positional
 // that takes one accepts values that begin with a hyphen.
 #[derive(Subcommand)]
 enum Command {
