@@ -3,10 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use roost_proto::ErrorCode;
 use serde::Serialize;
@@ -17,6 +18,10 @@ use crate::error::Error;
 use crate::services::Caller;
 
 /// A JSON body (request) or JSON response.
+///
+/// A request body must be a JSON object, as the OpenAPI document says: serde would also read a
+/// struct from an array of its fields' values in order (`["<device id>"]`), a second spelling
+/// of every request that no client is told of.
 pub struct Json<T>(pub T);
 
 impl<S, T> FromRequest<S> for Json<T>
@@ -27,11 +32,37 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(Error::new(
+                ErrorCode::MalformedRequest,
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::new(ErrorCode::PayloadTooLarge, "the request body is larger than this server accepts")
+            } else {
+                Error::new(ErrorCode::MalformedRequest, rejection.body_text())
+            }
+        })?;
+        // Other values than objects and arrays fail to read as a struct anyway.
+        if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(Error::invalid("the request body must be a JSON object"));
+        }
+        match axum::Json::<T>::from_bytes(&body) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {

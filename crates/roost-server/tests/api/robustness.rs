@@ -3,7 +3,7 @@
 //! operational endpoints.
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::common::{TestServer, assert_error};
 
@@ -107,6 +107,9 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
             assert_error(&response, StatusCode::BAD_REQUEST, "malformed_request");
             let response = raw(&server, route, &path, Some(&token), json, b"[1, 2, 3]".to_vec()).await;
             assert_json_error(&response, &format!("{what} with an array body"));
+            // Not even the array of the fields' values in order (serde's other form of a struct).
+            let response = raw(&server, route, &path, Some(&token), json, b" []".to_vec()).await;
+            assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
             let response =
                 raw(&server, route, &path, Some(&token), json, b"{\"unexpected\": {\"deep\": [null]}}".to_vec()).await;
             assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
@@ -215,4 +218,15 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("roost_http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("roost_store_operation_duration_seconds_bucket{op=\"register_user\""), "{text}");
     assert!(!text.contains(&alice.token()), "no secrets in metrics");
+}
+
+#[tokio::test]
+async fn a_body_is_an_object_never_the_array_of_its_fields() {
+    let server = server!();
+    let alice = server.user("alice").await;
+    let device = alice.devices[0].id();
+    let array = server.post("/v1/auth/challenge", None, json!([device])).await;
+    assert_error(&array, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
+    let (status, _) = server.post("/v1/auth/challenge", None, json!({"device_id": device})).await;
+    assert_eq!(status, StatusCode::OK);
 }
