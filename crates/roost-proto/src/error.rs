@@ -15,6 +15,8 @@ pub enum ErrorCode {
     MalformedRequest,
     /// 422: the request is well formed but a field breaks a rule (a bad handle, an empty list).
     InvalidArgument,
+    /// 408: the request body did not arrive within the configured time; the connection closes.
+    RequestTimeout,
     /// 413: the body, or one item in it, is larger than the configured limit.
     PayloadTooLarge,
     /// 401: no bearer token, or a token the server does not know.
@@ -79,6 +81,8 @@ pub enum ErrorCode {
     RateLimited,
     /// 503: the server cannot reach its storage right now; retry later.
     Unavailable,
+    /// 503: the server holds as many connections as it may; the connection closes. Retry later.
+    TooManyConnections,
     /// 500: a fault inside the server. Never caused by client input; always logged.
     Internal,
 }
@@ -94,6 +98,7 @@ impl ErrorCode {
             Forbidden | InviteRequired | InviteInvalid | NotAMember => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
+            RequestTimeout => 408,
             UserExists
             | DeviceExists
             | DeviceLimitReached
@@ -108,7 +113,7 @@ impl ErrorCode {
             InvalidArgument | SignatureInvalid | TimestampOutOfRange => 422,
             RateLimited => 429,
             Internal => 500,
-            Unavailable => 503,
+            Unavailable | TooManyConnections => 503,
         }
     }
 }

@@ -65,6 +65,46 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The connection pool on PostgreSQL (unused on SQLite).
     pub postgres: PostgresConfig,
+    /// Connection timeouts and the connection cap of the listener.
+    pub http: HttpConfig,
+    /// TLS on the listener, from certificate and key files.
+    pub tls: TlsConfig,
+}
+
+/// How long a connection may take over each part of a request, and how many may be open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a connection has to deliver a complete request head (and, with TLS, to finish
+    /// its handshake): counted from when it opens, or on a kept-alive connection from the first
+    /// byte of its next request.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request body may take to arrive in full; a slower one is answered
+    /// `408 request_timeout` and its connection closes.
+    pub body_read_timeout_secs: u64,
+    /// Seconds a kept-alive connection may wait, silent, for its next request.
+    pub idle_timeout_secs: u64,
+    /// Connections (HTTP and WebSocket) open at once; the next one is answered
+    /// `503 too_many_connections` and closed. 0: the process's file-descriptor limit less a
+    /// reserve for the database, Redis and files.
+    pub max_connections: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { header_read_timeout_secs: 10, body_read_timeout_secs: 30, idle_timeout_secs: 60, max_connections: 0 }
+    }
+}
+
+/// TLS from PEM files; both paths or neither. The files are read again, without a restart,
+/// when they change or on SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_path: Option<PathBuf>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
 }
 
 /// How roostd uses PostgreSQL's connections.
@@ -220,6 +260,8 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             gateway: GatewayConfig::default(),
             postgres: PostgresConfig::default(),
+            http: HttpConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -380,6 +422,13 @@ impl Config {
                 "postgres.max_connections must be at least 2 and postgres.acquire_timeout_secs at least 1".into(),
             ));
         }
+        let http = &self.http;
+        if http.header_read_timeout_secs == 0 || http.body_read_timeout_secs == 0 || http.idle_timeout_secs == 0 {
+            return Err(ConfigError("http timeouts must be at least 1 second".into()));
+        }
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err(ConfigError("tls.cert_path and tls.key_path go together: set both or neither".into()));
+        }
         if let Some(redis) = &self.redis_url {
             let on_postgres =
                 self.database_url.as_deref().and_then(DatabaseBackend::of) == Some(DatabaseBackend::Postgres);
@@ -444,6 +493,8 @@ impl fmt::Debug for Config {
             .field("retention", &shown.retention)
             .field("gateway", &shown.gateway)
             .field("postgres", &shown.postgres)
+            .field("http", &shown.http)
+            .field("tls", &shown.tls)
             .finish_non_exhaustive()
     }
 }

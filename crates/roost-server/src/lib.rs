@@ -11,16 +11,16 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
 pub mod services;
+pub mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use roost_store::{Store, StoreError};
 use roost_store_postgres::{ImportReport, PostgresStore};
 use roost_store_sqlite::SqliteStore;
@@ -52,6 +52,9 @@ pub enum ServeError {
     /// `migrate-store` was given URLs it cannot copy between.
     #[error("migrate-store: {0}")]
     MigrateStore(String),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Accepting connections failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
@@ -148,6 +151,16 @@ impl Server {
         let hub = services.hub.clone();
         let on_postgres = services.ctx.config.database_url.as_deref().and_then(DatabaseBackend::of)
             == Some(DatabaseBackend::Postgres);
+        let config = &services.ctx.config;
+        let bounds = listener::Bounds::of(&config.http);
+        let tls = match (&config.tls.cert_path, &config.tls.key_path) {
+            (Some(cert), Some(key)) => {
+                let certificates = tls::Certificates::load(cert, key)?;
+                certificates.watch();
+                Some(certificates.acceptor()?)
+            }
+            _ => None,
+        };
         let state = AppState::new(services.clone(), crate::metrics::prometheus());
         let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
         let app = http::router(state);
@@ -168,17 +181,7 @@ impl Server {
             shutdown.await;
             signal_sockets.shut_down();
         };
-        // Pushes are small writes that must leave at once: with Nagle's algorithm a frame
-        // written while an earlier one is unacknowledged waits for the peer's delayed ACK (up to
-        // 40 ms on Linux).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "could not set TCP_NODELAY on an accepted connection");
-            }
-        });
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = listener::serve(listener, app, bounds, tls, shutdown).await;
         let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_GRACE;
         while !hub.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -8,3 +8,7 @@ const BACKEND: roost_testkit::Backend = roost_testkit::Backend::Sqlite;
 mod api;
 #[path = "api/sqlite_file.rs"]
 mod sqlite_file;
+#[path = "api/tls.rs"]
+mod tls;
+#[path = "api/transport.rs"]
+mod transport;

@@ -147,6 +147,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(config = ?config, "starting");
+    #[cfg(unix)]
+    if config.tls.cert_path.is_none() {
+        // With TLS, SIGHUP reloads the certificate; without, it must not stop the server
+        // (its default action), since `systemctl reload` sends it.
+        tokio::spawn(log_hangups());
+    }
     roost_server::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -159,6 +165,16 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Answers SIGHUP with a log line: there is nothing to reload without TLS.
+#[cfg(unix)]
+async fn log_hangups() {
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: nothing to reload (no [tls] configured)");
+        }
     }
 }
 

@@ -7,12 +7,15 @@ pub mod routes;
 
 use std::any::Any;
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::body::{Body, HttpBody as _};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use roost_proto::ErrorCode;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -163,14 +166,56 @@ pub fn openapi_json() -> &'static str {
 
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
-    let limits = BodyLimits::from(&state.services.ctx.config.limits);
+    let config = &state.services.ctx.config;
+    let limits = BodyLimits::from(&config.limits);
+    let bodies = BodyBounds {
+        max_bytes: limits.default.max(limits.messages).max(limits.handshakes),
+        timeout: Duration::from_secs(config.http.body_read_timeout_secs),
+    };
     let (router, _api) = api_router(&limits).split_for_parts();
     router
         .route_layer(middleware::from_fn(track_request))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(bodies, read_body))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// How much of a request body is read before routing, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct BodyBounds {
+    /// The largest body any route takes (each route then applies its own limit).
+    max_bytes: usize,
+    timeout: Duration,
+}
+
+/// Reads every request body in full before the route sees it, within the body timeout and the
+/// largest body limit. Every body is then consumed, whatever the route does with it: one left
+/// unread (a GET carrying a body, a request refused before its body was looked at) would make
+/// the connection close with bytes unread, and the reset that follows can destroy the response
+/// on its way to the client. A body too slow or too large is answered and its connection
+/// closed, since the rest of it cannot be told from the next request.
+async fn read_body(State(bounds): State<BodyBounds>, request: Request, next: Next) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(bounds.timeout, Limited::new(body, bounds.max_bytes).collect()).await;
+    let refusal = match read {
+        Ok(Ok(collected)) => return next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
+        Err(_) => {
+            metrics::counter!("roost_http_connections_timed_out_total", "phase" => "body").increment(1);
+            Error::new(ErrorCode::RequestTimeout, "the request body did not arrive in time")
+        }
+        Ok(Err(err)) if err.is::<LengthLimitError>() => {
+            Error::new(ErrorCode::PayloadTooLarge, "the request body is larger than any route takes")
+        }
+        Ok(Err(_)) => Error::new(ErrorCode::MalformedRequest, "the request body could not be read"),
+    };
+    let mut response = refusal.into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Records `roost_http_requests_total{method, route, status}` and
