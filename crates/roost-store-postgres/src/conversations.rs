@@ -179,11 +179,10 @@ impl ConversationStore for PostgresStore {
                 .bind(id.as_bytes().as_slice())
                 .execute(&mut *tx)
                 .await?;
-            let notices: Vec<QueueWrite> = leaving
-                .into_iter()
-                .filter(|d| *d != sender.device_id)
-                .map(|device| removal_notice(device, *id, seq, sender.device_id))
-                .collect();
+            // Every leaving device gets the notice, the caller's too: it learns of the leave
+            // from its queue even if the answer to its request was lost.
+            let notices: Vec<QueueWrite> =
+                leaving.into_iter().map(|device| removal_notice(device, *id, seq, sender.device_id)).collect();
             insert_queue(tx, &notices, None, now).await?;
             Ok(seq)
         })

@@ -228,7 +228,9 @@ impl ConversationStore for SqliteStore {
                 .bind(id.as_bytes().as_slice())
                 .execute(&mut *tx)
                 .await?;
-            for device in leaving.into_iter().filter(|d| *d != sender.device_id) {
+            // Every leaving device gets the notice, the caller's too: it learns of the leave
+            // from its queue even if the answer to its request was lost.
+            for device in leaving {
                 let notice = QueueWrite {
                     device_id: device,
                     kind: QueueKind::Removed,

@@ -325,7 +325,9 @@ impl Conversations {
             payload: payload.into(),
             created_at: now,
         };
-        self.publish_entry(entry, recipients, leaving);
+        self.publish_entry(entry, recipients, leaving.clone());
+        // Their `removed` notices.
+        self.hub.publish(leaving, LiveEvent::Queued);
         Ok(seq)
     }
 

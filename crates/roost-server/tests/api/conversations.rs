@@ -578,8 +578,17 @@ async fn leaving_stops_delivery_to_every_device_of_the_user() {
     let leave = alices.entries.iter().find(|e| e.seq == 1).unwrap();
     assert_eq!((leave.kind, leave.sender_user), (roost_proto::conversation::EntryKind::Leave, bob.id()));
     for device in &bob.devices {
-        let seqs: Vec<u64> = log_of(&sync_all(&server, &device.token()).await, &id).iter().map(|e| e.0).collect();
+        let sync = sync_all(&server, &device.token()).await;
+        let seqs: Vec<u64> = log_of(&sync, &id).iter().map(|e| e.0).collect();
         assert_eq!(seqs, vec![1]);
+        // The caller's device too: every device that left gets the removed notice.
+        let removed: Vec<_> = sync
+            .queue
+            .iter()
+            .filter(|item| item.kind == roost_proto::conversation::QueueKind::Removed)
+            .map(|item| (item.conversation_id, item.seq))
+            .collect();
+        assert_eq!(removed, vec![(Some(id), Some(1))], "device {}", device.id());
         assert_error(&send(&server, &device.token(), &id, "back?", 1).await, StatusCode::FORBIDDEN, "not_a_member");
     }
 }

@@ -268,6 +268,32 @@ async fn a_removed_members_socket_gets_its_removal_and_nothing_after_it() {
 }
 
 #[tokio::test]
+async fn a_leaving_devices_socket_gets_the_leave_and_its_removed_notice_live() {
+    let server = server!();
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let group = direct(&server, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&server, &bob.token()).await;
+    bobs.drain().await;
+    let (status, left) = server.post(&format!("/v1/conversations/{group}/leave"), Some(&bob.token()), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{left}");
+    let seq = left["seq"].as_u64().unwrap();
+    let (mut entry, mut removed) = (None, None);
+    while entry.is_none() || removed.is_none() {
+        let frame = bobs.next_frame().await;
+        match (frame["type"].as_str(), frame["kind"].as_str()) {
+            (Some("entry"), _) => entry = frame["seq"].as_u64(),
+            (Some("queue"), Some("removed")) => {
+                removed = Some((frame["conversation_id"].clone(), frame["seq"].clone()))
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(entry, Some(seq));
+    assert_eq!(removed, Some((json!(group.to_string()), json!(seq))));
+}
+
+#[tokio::test]
 async fn concurrent_sends_arrive_once_each_and_in_order() {
     let Some((server, alice, id, mut bobs)) = alice_and_bob_online().await else { return };
 

@@ -530,7 +530,10 @@ pub async fn leaving_removes_all_devices_of_the_user<S: Store>(store: &S) {
         (page.entries[0].kind, page.entries[0].payload.as_slice()),
         (EntryKind::Leave, b"self-remove".as_slice())
     );
-    assert!(everything(store, 21).await.queue.iter().any(|q| q.kind == QueueKind::Removed));
+    for leaving in [20, 21] {
+        let removed = everything(store, leaving).await.queue.into_iter().filter(|q| q.kind == QueueKind::Removed);
+        assert_eq!(removed.map(|q| q.seq).collect::<Vec<_>>(), vec![Some(seq)], "device {leaving}");
+    }
     let record = store.conversation(&conversation(1)).await.unwrap().unwrap();
     assert_eq!(record.epoch, 1, "leaving is not a commit");
 }
