@@ -107,8 +107,11 @@ pub trait Bus: Send + Sync + 'static {
         device: DeviceId,
         max: u32,
     ) -> BoxFuture<'static, Result<Seat, TooManyConnections>>;
-    /// Gives a seat back; completes with how many devices of its user are still connected on
-    /// any instance, when the bus could tell.
+    /// Marks a seat's connection visible for presence or not; completes with how many of its
+    /// user's connections are visible on any instance after, when the bus could tell.
+    fn set_visible(&self, seat: Seat, visible: bool) -> BoxFuture<'static, Option<u32>>;
+    /// Gives a seat back; completes with how many of its user's connections are still visible
+    /// on any instance, when the bus could tell.
     fn leave_seat(&self, seat: Seat) -> BoxFuture<'static, Option<u32>>;
 }
 
@@ -155,6 +158,8 @@ struct Subscriber {
     id: u64,
     user: UserId,
     mailbox: Arc<Mailbox>,
+    /// Opted in to presence.
+    visible: bool,
 }
 
 /// One subscriber's bounded queue of events.
@@ -242,6 +247,18 @@ impl Mailbox {
 struct State {
     devices: HashMap<DeviceId, Subscriber>,
     per_user: HashMap<UserId, u32>,
+    /// Subscribers here opted in to presence, per user.
+    visible_per_user: HashMap<UserId, u32>,
+}
+
+impl State {
+    fn count_visible(&mut self, user: UserId, visible: bool) {
+        let count = self.visible_per_user.entry(user).or_insert(0);
+        *count = if visible { *count + 1 } else { count.saturating_sub(1) };
+        if *count == 0 {
+            self.visible_per_user.remove(&user);
+        }
+    }
 }
 
 /// Subscribers by device. A std mutex is enough: it is held only to look up or swap senders,
@@ -323,7 +340,12 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         match state.devices.remove(&device) {
-            Some(previous) => previous.mailbox.close(CloseReason::Replaced),
+            Some(previous) => {
+                previous.mailbox.close(CloseReason::Replaced);
+                if previous.visible {
+                    state.count_visible(previous.user, false);
+                }
+            }
             None => {
                 let count = state.per_user.entry(user).or_insert(0);
                 if *count >= max_per_user {
@@ -332,7 +354,7 @@ impl Hub {
                 *count += 1;
             }
         }
-        state.devices.insert(device, Subscriber { id, user, mailbox: mailbox.clone() });
+        state.devices.insert(device, Subscriber { id, user, mailbox: mailbox.clone(), visible: false });
         metrics::gauge!("roost_gateway_subscriptions").set(state.devices.len() as f64);
         Ok(Subscription { hub: self.clone(), device, id, mailbox })
     }
@@ -382,14 +404,44 @@ impl Hub {
         }
     }
 
-    /// Gives a seat back; returns how many devices of the user are still connected, on any
-    /// instance when the bus could tell, else here.
+    /// Gives a seat back (after its subscription ended); returns how many of the user's
+    /// connections are still visible for presence, on any instance when the bus could tell,
+    /// else here.
     pub async fn leave_seat(&self, user: &UserId, seat: Option<Seat>) -> u32 {
         let anywhere = match (seat, self.bus.get()) {
             (Some(seat), Some(bus)) => bus.leave_seat(seat).await,
             _ => None,
         };
-        anywhere.unwrap_or_else(|| self.connections_of(user))
+        anywhere.unwrap_or_else(|| self.visible_connections_of(user))
+    }
+
+    /// Marks a subscription's connection visible for presence or not; returns how many of its
+    /// user's connections are visible after, on any instance when the bus could tell, else here.
+    pub async fn set_visible(&self, subscription: &Subscription, seat: Option<&Seat>, visible: bool) -> u32 {
+        let user = {
+            let mut state = self.lock();
+            let Some(subscriber) = state.devices.get_mut(&subscription.device).filter(|s| s.id == subscription.id)
+            else {
+                // Replaced or cut off: the connection is closing.
+                return 0;
+            };
+            let (user, was) = (subscriber.user, subscriber.visible);
+            subscriber.visible = visible;
+            if was != visible {
+                state.count_visible(user, visible);
+            }
+            user
+        };
+        let anywhere = match (seat, self.bus.get()) {
+            (Some(seat), Some(bus)) => bus.set_visible(seat.clone(), visible).await,
+            _ => None,
+        };
+        anywhere.unwrap_or_else(|| self.visible_connections_of(&user))
+    }
+
+    /// How many of the user's connections here are visible for presence.
+    pub fn visible_connections_of(&self, user: &UserId) -> u32 {
+        self.lock().visible_per_user.get(user).copied().unwrap_or(0)
     }
 
     /// Ends a device's subscription (for example because it was revoked), here or on the
@@ -508,6 +560,9 @@ impl Hub {
                 if *count == 0 {
                     state.per_user.remove(&subscriber.user);
                 }
+            }
+            if subscriber.visible {
+                state.count_visible(subscriber.user, false);
             }
         }
         metrics::gauge!("roost_gateway_subscriptions").set(state.devices.len() as f64);

@@ -263,6 +263,10 @@ impl Bus for RedisBus {
         Box::pin(shared::take_seat(self.publisher.clone(), self.names.clone(), self.seats.clone(), seat, device, max))
     }
 
+    fn set_visible(&self, seat: Seat, visible: bool) -> BoxFuture<'static, Option<u32>> {
+        Box::pin(shared::set_visible(self.publisher.clone(), self.names.clone(), self.seats.clone(), seat, visible))
+    }
+
     fn leave_seat(&self, seat: Seat) -> BoxFuture<'static, Option<u32>> {
         lock(&self.seats).remove(&seat.name);
         Box::pin(shared::leave_seat(self.publisher.clone(), self.names.clone(), seat))

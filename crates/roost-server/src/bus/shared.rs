@@ -1,5 +1,6 @@
 //! State the instances share in Redis keys rather than pub/sub: the seats that count each
-//! user's connections, and the rate limits' buckets. Each is changed by a Lua script: one round
+//! user's connections (and which of them are visible for presence), and the rate limits'
+//! buckets. Each is changed by a Lua script: one round
 //! trip, atomic, timed by Redis's clock rather than the instances'.
 
 use std::collections::HashMap;
@@ -24,9 +25,11 @@ const SEAT_RENEWAL: Duration = Duration::from_secs(10);
 /// Seats renewed in one script call, at most.
 const RENEWAL_BATCH: usize = 500;
 
-/// What the seat scripts share: `now` in Redis's clock, and `connected(key, except)`, which drops
+/// What the seat scripts share: `now` in Redis's clock; `connected(key, except)`, which drops
 /// the expired seats of `key` and counts the distinct devices of the rest other than `except`
-/// (seats are sorted-set members `<device> <instance> <number>` scored by their lease's end).
+/// (seats are sorted-set members `<device> <instance> <number>`, with ` v` appended while the
+/// connection is visible for presence, scored by their lease's end); and `visible(key)`, which
+/// counts the visible seats that have not expired.
 const SEATS_PRELUDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,6 +45,14 @@ local function connected(key, except)
   end
   return count
 end
+local function visible(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local count = 0
+  for _, seat in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    if string.sub(seat, -2) == ' v' then count = count + 1 end
+  end
+  return count
+end
 "#;
 
 /// Counts the user's devices connected anywhere except `ARGV[1]`; admits the seat `ARGV[2]`
@@ -53,10 +64,21 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
 "#;
 
-/// Gives the seat `ARGV[1]` back; returns how many devices of the user are still connected.
+/// Gives the seat `ARGV[1]` back; returns how many of the user's connections are still visible.
 const LEAVE_SEAT: &str = r#"
-redis.call('ZREM', KEYS[1], ARGV[1])
-return connected(KEYS[1], nil)
+redis.call('ZREM', KEYS[1], ARGV[1], ARGV[1] .. ' v')
+return visible(KEYS[1])
+"#;
+
+/// Marks the seat `ARGV[1]` visible (`ARGV[2]` = 1) or not, with a lease of `ARGV[3]` ms;
+/// returns how many of the user's connections are visible after.
+const SET_VISIBLE: &str = r#"
+local from, to = ARGV[1], ARGV[1] .. ' v'
+if ARGV[2] ~= '1' then from, to = to, from end
+redis.call('ZREM', KEYS[1], from)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), to)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return visible(KEYS[1])
 "#;
 
 /// Renews the seat `ARGV[i + 1]` of each key `KEYS[i]` for `ARGV[1]` ms (adding it again if
@@ -92,6 +114,7 @@ return taken
 struct Scripts {
     take_seat: Script,
     leave_seat: Script,
+    set_visible: Script,
     renew_seats: Script,
     take_tokens: Script,
 }
@@ -99,12 +122,19 @@ struct Scripts {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     take_seat: Script::from_lua(format!("{SEATS_PRELUDE}{TAKE_SEAT}")),
     leave_seat: Script::from_lua(format!("{SEATS_PRELUDE}{LEAVE_SEAT}")),
+    set_visible: Script::from_lua(format!("{SEATS_PRELUDE}{SET_VISIBLE}")),
     renew_seats: Script::from_lua(RENEW_SEATS),
     take_tokens: Script::from_lua(TAKE_TOKENS),
 });
 
-/// The seats of the connections held by this instance (by name), renewed while they last.
-pub(super) type HeldSeats = Mutex<HashMap<String, UserId>>;
+/// The seats of the connections held by this instance (by name, with their user and whether
+/// they are visible), renewed while they last.
+pub(super) type HeldSeats = Mutex<HashMap<String, (UserId, bool)>>;
+
+/// The sorted-set member of a seat.
+fn member(name: &str, visible: bool) -> String {
+    if visible { format!("{name} v") } else { name.to_owned() }
+}
 
 /// Counts `seat` against its user's cap of `max` devices, unless that is reached.
 pub(super) async fn take_seat(
@@ -123,11 +153,33 @@ pub(super) async fn take_seat(
         // cap holds per instance).
         Err(err) => tracing::warn!(error = %err, "counting a connection across instances failed"),
     }
-    lock(&held).insert(seat.name.clone(), seat.user);
+    lock(&held).insert(seat.name.clone(), (seat.user, false));
     Ok(seat)
 }
 
-/// Gives a seat back; returns how many devices of its user are still connected anywhere.
+/// Marks a seat visible for presence or not; returns how many of its user's connections are
+/// visible anywhere after.
+pub(super) async fn set_visible(
+    redis: Client,
+    names: Names,
+    held: std::sync::Arc<HeldSeats>,
+    seat: Seat,
+    visible: bool,
+) -> Option<u32> {
+    if let Some(entry) = lock(&held).get_mut(&seat.name) {
+        entry.1 = visible;
+    }
+    let args = vec![seat.name, u8::from(visible).to_string(), lease_ms()];
+    match SCRIPTS.set_visible.evalsha_with_reload::<i64, _, _>(&redis, names.seats(&seat.user), args).await {
+        Ok(count) => u32::try_from(count).ok(),
+        Err(err) => {
+            tracing::warn!(error = %err, "recording a connection's presence across instances failed");
+            None
+        }
+    }
+}
+
+/// Gives a seat back; returns how many of its user's connections are still visible anywhere.
 pub(super) async fn leave_seat(redis: Client, names: Names, seat: Seat) -> Option<u32> {
     match SCRIPTS.leave_seat.evalsha_with_reload::<i64, _, _>(&redis, names.seats(&seat.user), vec![seat.name]).await {
         Ok(count) => u32::try_from(count).ok(),
@@ -149,7 +201,8 @@ pub(super) async fn renew_seats(bus: Weak<RedisBus>) {
         if bus.closed.load(Ordering::Relaxed) {
             return;
         }
-        let held: Vec<(String, UserId)> = lock(&bus.seats).iter().map(|(name, user)| (name.clone(), *user)).collect();
+        let held: Vec<(String, UserId)> =
+            lock(&bus.seats).iter().map(|(name, (user, visible))| (member(name, *visible), *user)).collect();
         for batch in held.chunks(RENEWAL_BATCH) {
             let keys: Vec<String> = batch.iter().map(|(_, user)| bus.names.seats(user)).collect();
             let args: Vec<String> =

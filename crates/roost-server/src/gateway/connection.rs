@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use super::order::{Next, Order};
 use super::writer::{self, WebSocket};
 use crate::error::Error;
-use crate::hub::{CloseReason, EncodedFrame, LiveEvent, Subscription};
+use crate::hub::{CloseReason, EncodedFrame, LiveEvent, Seat, Subscription};
 use crate::services::delivery::{entry_view, queue_view};
 use crate::services::{Caller, Services, token_hash};
 
@@ -84,24 +84,23 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, services: A
         order: Order::default(),
         queue_pushed: 0,
         visible: false,
+        presence_changed: false,
         sends: None,
     };
-    let exit = connection.serve(subscription, gateway).await;
-    // The subscription is gone by now, so every counted connection is another one.
-    let others = Box::pin(services.hub.leave_seat(&user, seat)).await;
-    if connection.visible {
-        Box::pin(announce_presence(&services, user, false, others)).await;
+    let exit = connection.serve(subscription, seat.as_ref(), gateway).await;
+    // The subscription is gone by now: the count is of the user's other connections.
+    let visible_left = Box::pin(services.hub.leave_seat(&user, seat)).await;
+    if connection.visible && visible_left == 0 {
+        Box::pin(announce_presence(&services, user, false)).await;
     }
     Box::pin(finish(connection.socket, exit)).await;
 }
 
 /// Tells the connected devices of users sharing a conversation with `user` that it came online
-/// or went offline. Going offline is only announced once the user's last connection is gone.
-/// `others_online` counts the user's connections other than the announcing one.
-async fn announce_presence(services: &Services, user: roost_proto::UserId, online: bool, others_online: u32) {
-    if !online && others_online > 0 {
-        return;
-    }
+/// or went offline: a user is online while at least one of their connections, on any instance,
+/// is visible (opted in), so this is called when the first one becomes visible and when the
+/// last one stops being visible or closes.
+async fn announce_presence(services: &Services, user: roost_proto::UserId, online: bool) {
     match services.accounts.presence_audience(&user).await {
         Ok(others) => {
             let frame = ServerFrame::Presence { user_id: user, online, last_seen: services.ctx.clock.now_ms() };
@@ -172,13 +171,20 @@ struct Connection<'s> {
     queue_pushed: u64,
     /// Whether the device opted in to presence on this connection.
     visible: bool,
+    /// `visible` changed and the hub has not been told yet.
+    presence_changed: bool,
     /// Sends over this connection still waiting for their answer (created by the first send,
     /// so an idle connection does not carry it).
     sends: Option<Arc<Semaphore>>,
 }
 
 impl Connection<'_> {
-    async fn serve(&mut self, mut subscription: Subscription, gateway: &crate::config::GatewayConfig) -> Exit {
+    async fn serve(
+        &mut self,
+        mut subscription: Subscription,
+        seat: Option<&Seat>,
+        gateway: &crate::config::GatewayConfig,
+    ) -> Exit {
         // The futures of the rarely taken paths (store reads, frame handling) are boxed so the
         // long-lived state of an idle connection stays small (docs/benchmark-log.md, memory per connection).
         if let Err(exit) = Box::pin(self.drain()).await {
@@ -224,10 +230,23 @@ impl Connection<'_> {
             if let Err(exit) = step {
                 return exit;
             }
+            if std::mem::take(&mut self.presence_changed) {
+                Box::pin(self.record_visibility(&subscription, seat)).await;
+            }
             // Whatever the step wrote goes out now, in as few writes as it fits in.
             if let Err(exit) = self.flush().await {
                 return exit;
             }
+        }
+    }
+
+    /// Records this connection's visibility and announces the user's presence when it changed:
+    /// online for the user's first visible connection, offline when none is left.
+    async fn record_visibility(&mut self, subscription: &Subscription, seat: Option<&Seat>) {
+        let visible = self.visible;
+        let count = self.services.hub.set_visible(subscription, seat, visible).await;
+        if (visible && count == 1) || (!visible && count == 0) {
+            announce_presence(&self.services, self.caller.user_id, visible).await;
         }
     }
 
@@ -428,11 +447,9 @@ impl Connection<'_> {
                 self.services.conversations.typing(&caller, &conversation_id, active).await
             }
             ClientFrame::Presence { visible } => {
-                if visible != self.visible {
-                    self.visible = visible;
-                    let others = self.services.hub.connections_of(&caller.user_id).saturating_sub(1);
-                    announce_presence(&self.services, caller.user_id, visible, others).await;
-                }
+                // Recorded by `serve`, which holds the subscription and the seat.
+                self.presence_changed |= visible != self.visible;
+                self.visible = visible;
                 Ok(())
             }
             ClientFrame::Send { conversation_id, client_message_id, epoch, ciphertext, ephemeral } => {

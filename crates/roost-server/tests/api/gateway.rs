@@ -293,6 +293,68 @@ async fn a_leaving_devices_socket_gets_the_leave_and_its_removed_notice_live() {
     assert_eq!(removed, Some((json!(group.to_string()), json!(seq))));
 }
 
+/// Presence is per user over their visible connections: online when the first becomes visible,
+/// offline when the last stops being visible or closes, whatever other (invisible) connections
+/// the user holds. Alice's two devices connect to `a` and `b`, bob listens on `c`.
+pub async fn presence_follows_the_users_visible_connections(a: &TestServer, b: &TestServer, c: &TestServer) {
+    let mut alice = a.user("alice").await;
+    a.link_device(&mut alice).await;
+    let bob = a.user("bob").await;
+    let chat = direct(a, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(c, &bob.token()).await;
+    bobs.drain().await;
+    let (phone_token, laptop_token) = (alice.devices[0].token(), alice.devices[1].token());
+    let mut phone = Socket::connect(a, &phone_token).await;
+    let mut laptop = Socket::connect(b, &laptop_token).await;
+    let visible = |on: bool| json!({"type": "presence", "visible": on});
+    // The next presence frame bob gets: each step below expects exactly one, and a frame that
+    // should not have been sent shows up as the wrong one.
+    async fn next_presence(socket: &mut Socket) -> bool {
+        loop {
+            let frame = socket.next_frame().await;
+            if frame["type"] == "presence" {
+                return frame["online"].as_bool().expect("online");
+            }
+        }
+    }
+
+    // The laptop never opts in: the phone opting out makes alice offline.
+    phone.send(visible(true)).await;
+    assert!(next_presence(&mut bobs).await, "online");
+    phone.send(visible(false)).await;
+    assert!(!next_presence(&mut bobs).await, "opting out of the only visible connection is going offline");
+
+    // Both visible: one announcement; the phone closing leaves her online until the laptop
+    // opts out.
+    phone.send(visible(true)).await;
+    assert!(next_presence(&mut bobs).await);
+    laptop.send(visible(true)).await;
+    // Frames of one connection are handled in order: once bob has the laptop's typing, its
+    // opt-in was handled (and announced nothing).
+    laptop.send(json!({"type": "typing", "conversation_id": chat, "active": true})).await;
+    while bobs.next_frame().await["type"] != "typing" {}
+    drop(phone);
+    laptop.send(visible(false)).await;
+    assert!(!next_presence(&mut bobs).await, "the second visible connection was announced, or its end was missed");
+
+    // The last visible connection closing while an invisible one stays is going offline.
+    let mut phone = Socket::connect(a, &phone_token).await;
+    phone.send(visible(true)).await;
+    assert!(next_presence(&mut bobs).await);
+    drop(phone);
+    assert!(!next_presence(&mut bobs).await, "the last visible connection closed");
+    laptop.send(visible(true)).await;
+    assert!(next_presence(&mut bobs).await);
+    drop(laptop);
+    assert!(!next_presence(&mut bobs).await);
+}
+
+#[tokio::test]
+async fn presence_follows_the_users_visible_connections_on_one_instance() {
+    let server = server!();
+    presence_follows_the_users_visible_connections(&server, &server, &server).await;
+}
+
 #[tokio::test]
 async fn concurrent_sends_arrive_once_each_and_in_order() {
     let Some((server, alice, id, mut bobs)) = alice_and_bob_online().await else { return };

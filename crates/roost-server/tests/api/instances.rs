@@ -271,37 +271,9 @@ async fn a_users_connections_count_against_its_cap_on_every_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_is_announced_when_a_users_last_connection_anywhere_closes() {
+async fn presence_follows_the_users_visible_connections_on_every_instance() {
     let Some((a, b, c)) = three_instances().await else { return };
-    let mut alice = a.user("alice").await;
-    a.link_device(&mut alice).await;
-    let bob = a.user("bob").await;
-    direct(&a, &alice, &[&bob]).await;
-    let mut bobs = Socket::connect(&c, &bob.token()).await;
-    bobs.drain().await;
-    let mut phone = Socket::connect(&a, &alice.devices[0].token()).await;
-    phone.drain().await;
-    let mut laptop = Socket::connect(&b, &alice.devices[1].token()).await;
-    laptop.drain().await;
-    for socket in [&mut phone, &mut laptop] {
-        socket.send(json!({"type": "presence", "visible": true})).await;
-        let online = bobs.next_frame().await;
-        assert_eq!((online["type"].as_str(), online["online"].as_bool()), (Some("presence"), Some(true)), "{online}");
-    }
-    // The phone goes; the laptop is still connected on another instance: alice stays online.
-    // A queue wake-up for bob, sent after, shows nothing came before it.
-    drop(phone);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let payload = json!({"payload": roost_proto::bytes::encode(b"probe")});
-    let (status, _) =
-        c.post(&format!("/v1/devices/{}/messages", bob.devices[0].id()), Some(&bob.token()), payload).await;
-    assert_eq!(status, StatusCode::CREATED);
-    let next = bobs.next_frame().await;
-    assert_eq!(next["type"], "queue", "alice's phone going offline was announced: {next}");
-    // The laptop goes too: now she is offline.
-    drop(laptop);
-    let offline = bobs.next_frame().await;
-    assert_eq!((offline["type"].as_str(), offline["online"].as_bool()), (Some("presence"), Some(false)), "{offline}");
+    crate::api::gateway::presence_follows_the_users_visible_connections(&a, &b, &c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
