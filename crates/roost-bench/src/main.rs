@@ -72,6 +72,8 @@ pub fn print(report: &impl Summary) {
 }
 
 fn main() -> std::process::ExitCode {
+    // The HTTP client's TLS (for https:// servers) uses ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -36,8 +36,7 @@ pub async fn run(client: &mut Client) -> anyhow::Result<()> {
     client.sync().await?;
     client.add_missing_own_devices().await?;
     client.remove_departed().await?;
-    let url = format!("{}/v1/ws", client.api().base().replacen("http", "ws", 1));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let mut socket = client.api().websocket().await?;
     let token = client.api().token().unwrap_or_default().to_owned();
     socket.send(Frame::Text(serde_json::json!({"type": "auth", "token": token}).to_string().into())).await?;
 
@@ -47,7 +46,7 @@ pub async fn run(client: &mut Client) -> anyhow::Result<()> {
     outcome
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = roost_client::api::WebSocket;
 
 async fn chat_loop(
     client: &mut Client,

@@ -29,7 +29,8 @@ struct Cli {
 enum Command {
     /// Create a new user with this device as its first device.
     Init {
-        /// The server, such as http://127.0.0.1:8080.
+        /// The server, such as http://127.0.0.1:8080 or https://chat.example.com (a certificate
+        /// no public authority signed: name it in ROOST_CA_FILE).
         #[arg(long)]
         server: String,
         /// A handle to claim, such as alice.

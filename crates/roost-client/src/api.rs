@@ -9,6 +9,7 @@ use roost_proto::{ConversationId, DeviceId, ErrorBody, ErrorCode, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 use crate::error::{ClientError, Result};
 
@@ -16,14 +17,62 @@ use crate::error::{ClientError, Result};
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// The TLS settings of `https://` and `wss://` connections.
+    tls: Arc<rustls::ClientConfig>,
     base: String,
     token: Option<String>,
 }
 
+/// A WebSocket to the server, over TLS or not.
+pub type WebSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 impl Api {
-    /// A client for the server at `base` (such as `http://127.0.0.1:8080`).
-    pub fn new(base: &str) -> Self {
-        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: None }
+    /// A client for the server at `base` (such as `http://127.0.0.1:8080` or
+    /// `https://chat.example.com`); fails only if the extra trusted certificates
+    /// ([`crate::tls`]) cannot be read.
+    pub fn new(base: &str) -> Result<Self> {
+        let tls = crate::tls::client_config()?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
+            .build()
+            .map_err(|err| ClientError::Invalid(format!("cannot set up HTTP: {err}")))?;
+        Ok(Self { http, tls: Arc::new(tls), base: base.trim_end_matches('/').to_owned(), token: None })
+    }
+
+    /// Opens the WebSocket (`/v1/ws`), without Nagle's algorithm: frames are small and should
+    /// leave at once. Not yet authenticated.
+    pub async fn websocket(&self) -> Result<WebSocket> {
+        let url = format!("{}/v1/ws", self.base.replacen("http", "ws", 1));
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, true, Some(connector))
+            .await
+            .map_err(|err| match err {
+                tokio_tungstenite::tungstenite::Error::Io(ref io) => self.transport_error(io),
+                tokio_tungstenite::tungstenite::Error::Tls(ref tls) => self.transport_error(tls),
+                other => ClientError::Protocol(format!("opening the WebSocket: {other}")),
+            })?;
+        Ok(socket)
+    }
+
+    /// What a failed connection means: a certificate that is not trusted (said so, since
+    /// "unreachable" would send the user looking in the wrong place), or an unreachable server.
+    fn transport_error(&self, err: &(dyn std::error::Error + 'static)) -> ClientError {
+        let mut cause = Some(err);
+        while let Some(current) = cause {
+            if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+                return ClientError::Invalid(format!(
+                    "TLS with {} failed: {tls} (for a certificate no public authority signed, name it in {})",
+                    self.base,
+                    crate::tls::CA_FILE_VARIABLE
+                ));
+            }
+            // An I/O error's source is its inner error's source: look at the inner error itself.
+            cause = match current.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => current.source(),
+            };
+        }
+        ClientError::Unreachable(self.base.clone())
     }
 
     /// The server's base URL.
@@ -49,7 +98,7 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|_| ClientError::Unreachable(self.base.clone()))?;
+        let response = request.send().await.map_err(|err| self.transport_error(&err))?;
         let status = response.status();
         let text = response.text().await.map_err(|err| ClientError::Protocol(err.to_string()))?;
         if !status.is_success() {

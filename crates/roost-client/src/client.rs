@@ -95,7 +95,7 @@ impl Client {
         let identity = KeyPair::generate();
         let device = KeyPair::generate();
         let certificate = identity.certify(&device.device_id());
-        let api = Api::new(server);
+        let api = Api::new(server)?;
         let body = json!({
             "identity_key": identity.user_id(),
             "device_id": device.device_id(),
@@ -130,7 +130,7 @@ impl Client {
         let leaf =
             LeafIdentity { user_id: account.user_id, device_id: account.device_id, certificate: account.certificate };
         let provider = Provider::open(&home.join("mls.db"))?;
-        let mut api = Api::new(&account.server);
+        let mut api = Api::new(&account.server)?;
         if let Some(token) = account.token {
             api.set_token(token);
         }
@@ -778,7 +778,7 @@ impl Client {
             Some((_, secret)) => KeyPair::from_secret(secret),
             None => KeyPair::generate(),
         };
-        let api = Api::new(server);
+        let api = Api::new(server)?;
         let link = api.start_link(&device.device_id()).await?;
         store.save_pending_link(api.base(), device.secret_bytes())?;
         Ok(link.link_code)
@@ -792,7 +792,7 @@ impl Client {
             .pending_link()?
             .ok_or_else(|| ClientError::Invalid("no link in progress; run `roost link` first".into()))?;
         let device = KeyPair::from_secret(secret);
-        let api = Api::new(&server);
+        let api = Api::new(&server)?;
         let link = api.link(&roost_proto::signing::link_code(&device.device_id())).await?;
         let (Some(user_id), Some(certificate)) = (link.user_id, link.certificate) else { return Ok(None) };
         let certificate: [u8; 64] = certificate
@@ -839,11 +839,7 @@ impl Client {
         use roost_proto::socket::ServerFrame;
         use tokio_tungstenite::tungstenite::Message as Frame;
 
-        let url = format!("{}/v1/ws", self.api.base().replacen("http", "ws", 1));
-        // Without Nagle's algorithm: frames are small and should leave at once.
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-            .await
-            .map_err(|_| ClientError::Unreachable(self.api.base().to_owned()))?;
+        let mut socket = self.api.websocket().await?;
         let token = self.api.token().ok_or_else(|| ClientError::Invalid("not logged in".into()))?.to_owned();
         let auth = json!({"type": "auth", "token": token}).to_string();
         socket.send(Frame::Text(auth.into())).await.map_err(|err| ClientError::Protocol(err.to_string()))?;

@@ -17,6 +17,7 @@ pub mod error;
 pub mod keys;
 pub mod mls;
 pub mod store;
+pub mod tls;
 
 pub use client::{Client, Event, Message};
 pub use content::Content;

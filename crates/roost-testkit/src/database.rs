@@ -39,6 +39,7 @@ impl TestDatabase {
     /// A fresh database on `backend`, or `None` (after printing why) when the backend is not
     /// available on this machine.
     pub async fn create(backend: Backend) -> Option<Self> {
+        crate::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temporary directory");
         let postgres = match backend {
             Backend::Sqlite => None,

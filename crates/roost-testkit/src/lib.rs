@@ -8,9 +8,18 @@
 //! Test code: failing loudly is the point, so this crate panics instead of returning errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod certificate;
 mod database;
 pub mod proxy;
 pub mod server;
 
+pub use certificate::{TestCertificate, https_base};
 pub use database::{Backend, RawConnection, TestDatabase, files_contain, postgres_url, redis_url};
 pub use server::{TestServer, capture_logs, config_for};
+
+/// Makes ring the process's TLS provider, which HTTP clients built without TLS settings of
+/// their own (`reqwest::Client::new()`) need; called by every way a test gets a database.
+pub fn install_crypto_provider() {
+    // Already installed (by an earlier test in this process) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
