@@ -99,8 +99,44 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
+    use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        /// Whatever a client writes in the header, the address found is the peer's or one the
+        /// header names, and only a listed proxy's header is read at all.
+        #[test]
+        fn the_client_is_the_peer_or_an_address_the_header_names(
+            lines in prop::collection::vec(
+                prop_oneof![any::<String>(), "[0-9a-f:.\\[\\], ]{0,40}", "(10\\.0\\.0\\.[0-9]{1,3}, ?){0,3}[0-9.]{7,15}"],
+                0..3,
+            ),
+            peer in prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), Just(ip("10.0.0.1"))],
+        ) {
+            let mut headers = HeaderMap::new();
+            for line in &lines {
+                if let Ok(value) = HeaderValue::from_str(line) {
+                    headers.append("x-forwarded-for", value);
+                }
+            }
+            let named: Vec<IpAddr> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .filter_map(parse_hop)
+                .collect();
+            prop_assert_eq!(client_address(peer, &headers, &[]), peer);
+            let trusted = ranges(&["10.0.0.0/8"]);
+            let client = client_address(peer, &headers, &trusted);
+            if trusted[0].contains(peer) {
+                prop_assert!(client == peer || named.contains(&client), "{client} from {lines:?}");
+            } else {
+                prop_assert_eq!(client, peer);
+            }
+        }
+    }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap_or_else(|_| unreachable!("test address"))

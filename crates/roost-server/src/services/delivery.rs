@@ -177,12 +177,41 @@ fn decode_cursor(text: &str) -> Result<SyncCursor> {
         "-" => None,
         id => Some((id.parse().map_err(|_| invalid())?, seq.parse().map_err(|_| invalid())?)),
     };
-    Ok(SyncCursor { queue_after, entries_after })
+    let cursor = SyncCursor { queue_after, entries_after };
+    // Only the text this server issues: numbers spelled another way (`+5`, `05`) or a sequence
+    // number beside `-` would otherwise make several texts one cursor.
+    if encode_cursor(&cursor) != text {
+        return Err(invalid());
+    }
+    Ok(cursor)
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn a_cursor_is_accepted_only_as_issued(
+            text in prop_oneof![
+                any::<String>(),
+                "v1\\.[+0-9]{1,4}\\.(-|[A-Za-z0-9_-]{22})\\.[+0-9]{1,4}".prop_map(|raw| bytes::encode(raw.as_bytes())),
+            ],
+        ) {
+            if let Ok(cursor) = decode_cursor(&text) {
+                prop_assert_eq!(encode_cursor(&cursor), text);
+            }
+        }
+
+        #[test]
+        fn every_cursor_survives_its_text(queue_after in any::<u64>(), conversation in any::<Option<([u8; 16], u64)>>()) {
+            let entries_after = conversation.map(|(id, seq)| (ConversationId::from_bytes(id), seq));
+            let cursor = SyncCursor { queue_after, entries_after };
+            prop_assert_eq!(decode_cursor(&encode_cursor(&cursor)), Ok(cursor));
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

@@ -136,6 +136,97 @@ async fn every_route_refuses_bad_input_with_a_json_error() {
     assert_eq!(count["one_time"], 0);
 }
 
+/// Generated bodies: JSON of every shape (with strings that are near-misses of ids, handles and
+/// base64url) and raw bytes, to every route that takes a body, with a token and without. None
+/// may cause a server error or an answer that is not a JSON error; `PROPTEST_CASES` bodies per
+/// route (32 by default), from a fixed seed so a failure repeats.
+#[tokio::test]
+async fn generated_bodies_never_cause_a_server_error() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    let server = server!();
+    let alice = server.user("alice").await;
+    let token = alice.token();
+    let (user, device) = (alice.id().to_string(), alice.devices[0].id().to_string());
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(32u32);
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]);
+    let mut runner = TestRunner::new_with_rng(Config { cases, ..Config::default() }, rng);
+    let text = prop_oneof![
+        any::<String>(),
+        "[A-Za-z0-9_-]{0,44}".boxed(),
+        Just(user.clone()).boxed(),
+        Just(device.clone()).boxed(),
+        "@?[a-z][a-z0-9_.]{0,33}".boxed(),
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        text.prop_map(Value::String),
+    ];
+    let json = leaf.prop_recursive(3, 32, 6, |inner| {
+        let keys = prop_oneof![
+            "[a-z_]{1,16}".boxed(),
+            prop::sample::select(vec![
+                "device_id",
+                "identity_key",
+                "epoch",
+                "ciphertext",
+                "commit",
+                "group_info",
+                "members",
+                "welcome",
+                "kind",
+                "conversation_id",
+                "policy",
+                "ttl_secs",
+                "seq",
+                "signature",
+                "one_time",
+                "last_resort",
+                "user_ids",
+                "payload",
+                "client_message_id",
+                "challenge",
+                "device_certificate",
+                "timestamp",
+            ])
+            .prop_map(str::to_owned)
+            .boxed(),
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(keys, inner, 0..6).prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    });
+    let body = prop_oneof![
+        4 => json.prop_map(|value| value.to_string().into_bytes()),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ];
+
+    let routes = routes(&server).await;
+    let mut sent = 0;
+    for route in routes.iter().filter(|route| route.has_body) {
+        let path = fill(&route.path, true, &user, &device);
+        for _ in 0..cases {
+            let bytes = body.new_tree(&mut runner).expect("a body").current();
+            for token in [Some(token.as_str()), None] {
+                let (status, answer) = raw(&server, route, &path, token, Some("application/json"), bytes.clone()).await;
+                let what = format!("{} {} with {:?}", route.method, route.path, String::from_utf8_lossy(&bytes));
+                assert!(!status.is_server_error(), "{what}: {status} {answer}");
+                if !status.is_success() {
+                    assert!(answer["error"]["code"].is_string(), "{what}: not a JSON error: {status} {answer}");
+                }
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent >= 20 * 2 * cases, "{sent} requests");
+}
+
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
     let server = server!();
