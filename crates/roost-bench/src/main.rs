@@ -11,7 +11,7 @@
 //!   acknowledged message is stored with its sequence number and bytes.
 //! - `fanout`: a large group (default 1,500 users × 3 devices, all online), one message at a
 //!   time; how long until every device has it.
-//! - `targets`: every SPEC section 12 target in one run, each against a fresh server the bench
+//! - `targets`: every performance target (docs/benchmarks.md) in one run, each against a fresh server the bench
 //!   starts itself, reported as ratios of measured to target.
 //! - `receivers`: pairs for another load generator: their endpoints and tokens in a file, the
 //!   receivers' sockets held, and what reached them reported.
@@ -50,7 +50,7 @@ enum Mode {
     Durability(durability::Args),
     /// One message to a large group with every device online: time until every device has it.
     Fanout(fanout::Args),
-    /// Every SPEC section 12 target in one run against fresh servers; ratios of measured to target.
+    /// Every performance target (docs/benchmarks.md) in one run against fresh servers; ratios of measured to target.
     Targets(targets::Args),
     /// Pairs for a load generator of your own: writes the senders' endpoints and tokens to a
     /// file, holds the receivers' WebSockets and reports what reached them.

@@ -1,4 +1,4 @@
-//! `targets`: every SPEC section 12 target in one run, each against a fresh `roostd` the bench
+//! `targets`: every performance target (docs/benchmarks.md) in one run, each against a fresh `roostd` the bench
 //! starts itself, reported as the ratio of what was measured to what the target asks. With
 //! `--database-url` the servers run on PostgreSQL and the PostgreSQL targets are measured.
 
@@ -38,7 +38,7 @@ pub struct Args {
     database_url: Option<String>,
 }
 
-/// The SPEC's figures.
+/// The targets' figures (docs/benchmarks.md lists them).
 const THROUGHPUT_MSGS_PER_S: f64 = 30_000.0;
 /// Offered in the throughput runs: a fifth above the target, so the rate measured is what the
 /// server sustains (offering exactly the target can only measure a little under it, since the
@@ -87,7 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     remove_data_dir(&args.data_dir)?;
 
-    println!("\nSPEC section 12 targets (ratio = measured ÷ target):");
+    println!("\nPerformance targets (ratio = measured ÷ target):");
     for outcome in &outcomes {
         let ratio = outcome.ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
         let verdict = if outcome.met { "met" } else { "NOT MET" };

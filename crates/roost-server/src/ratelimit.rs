@@ -1,4 +1,4 @@
-//! Keyed token-bucket rate limits, one per abuse control in SPEC section 10.
+//! Keyed token-bucket rate limits, one per abuse control (docs/operations.md, limits and abuse controls).
 //!
 //! Alone, an instance keeps its buckets in memory (governor). Instances that cooperate over
 //! Redis share them there ([`SharedLimits`]): a device that spreads its sends, or an address that

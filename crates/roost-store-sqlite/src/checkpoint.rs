@@ -6,9 +6,9 @@
 //! connection of its own runs a passive checkpoint every few milliseconds while the log grows,
 //! beside the writer (in WAL mode a checkpoint and a write transaction proceed at the same time),
 //! so each copy is small and when the writer's own checkpoint comes due almost nothing is left to
-//! copy. (At 100 ms the copies were large enough to slow the commits beside them; at 10 ms the
-//! p99 send latency at 5,000 msg/s fell from 4–6 ms to 3–3.7 ms, see docs/benchmark-log.md.) While
-//! the log stands still the checkpointer looks only a few times a second.
+//! copy. (Copies made a hundred milliseconds apart were large enough to slow the commits beside
+//! them; the comparison is in docs/benchmark-log.md.) While the log stands still the
+//! checkpointer looks only a few times a second.
 //!
 //! The writer's checkpoint still runs: only it finds the moment when everything is copied and the
 //! log can start over. Durability is unchanged: a commit is durable once its log frames are

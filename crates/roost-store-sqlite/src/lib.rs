@@ -11,8 +11,8 @@
 //! Concurrency: all writes go through one connection (SQLite allows one writer at a time anyway),
 //! so read-check-write transactions cannot interleave and never meet `SQLITE_BUSY`; reads use a
 //! separate pool and see the last committed state thanks to WAL. A background connection copies
-//! the log back into the database every 100 ms (see `checkpoint`), so the checkpoint the writer
-//! still runs every 1,000 log pages has little left to do inside a commit.
+//! the log back into the database whenever it has grown (see `checkpoint`), so the checkpoint
+//! the writer still runs every 1,000 log pages has little left to do inside a commit.
 #![deny(missing_docs)]
 
 mod accounts;
@@ -46,9 +46,9 @@ const STATEMENT_CACHE: usize = 512;
 /// right edge of every index it inserts into; keeping those pages in memory saves a read per page.
 /// 8 MiB rather than more: SQLite walks its page cache's hash table at the end of every write
 /// transaction (`pcache1TruncateUnsafe`), and a larger cache spreads the hot pages over more
-/// memory; at saturation 64 MiB gave 28–29k msg/s, 16 MiB 30–31k and 8 MiB 32–33k
-/// (docs/benchmark-log.md). A page that no longer fits is read back from the operating system's
-/// cache.
+/// memory, so at saturation a larger cache gave fewer messages per second, not more (the runs
+/// are in docs/benchmark-log.md). A page that no longer fits is read back from the operating
+/// system's cache.
 const WRITER_CACHE_SIZE: &str = "-8192";
 /// Page cache of each reader connection, in KiB (as `PRAGMA cache_size` takes it: negative).
 /// Small on purpose: in WAL mode a reader drops its whole cache whenever the database changed

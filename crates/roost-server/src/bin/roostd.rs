@@ -10,8 +10,8 @@ use roost_server::config::{Config, FlagOverrides, LogFormat, RegistrationPolicy}
 use roost_server::services::{Context, Services};
 
 /// mimalloc instead of the system allocator: under load the server allocates and frees a few
-/// small buffers per request and per frame, and glibc's malloc spent about 13% of the server's
-/// processor time on them (benchmark-log.md).
+/// small buffers per request and per frame, and glibc's malloc spent a large share of the
+/// server's processor time on them (the profile is in docs/benchmark-log.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

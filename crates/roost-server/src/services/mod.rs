@@ -1,4 +1,4 @@
-//! The services: business rules of Roost, independent of HTTP. The axum handlers and (later) the
+//! The services: business rules of Roost, independent of HTTP. The axum handlers and the
 //! WebSocket gateway call these, so both paths enforce the same rules.
 
 mod accounts;
