@@ -9,7 +9,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::http::forwarded::ProxyRange;
+use crate::http::forwarded::{ForwardedHeader, ProxyRange};
 
 /// Who may register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,9 @@ pub struct Config {
     /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed, so that
     /// per-address limits see the client's address rather than the proxy's.
     pub trusted_proxies: Vec<ProxyRange>,
+    /// The header those proxies write the client's address into: `x_forwarded_for` or
+    /// `forwarded` (RFC 7239).
+    pub forwarded_header: ForwardedHeader,
     /// Who may register.
     pub registration: RegistrationPolicy,
     /// Log format.
@@ -253,6 +256,7 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             registration: RegistrationPolicy::Open,
             log_format: LogFormat::Text,
             limits: Limits::default(),
@@ -487,6 +491,7 @@ impl fmt::Debug for Config {
             .field("database_url", &shown.database_url)
             .field("redis_url", &shown.redis_url)
             .field("trusted_proxies", &shown.trusted_proxies)
+            .field("forwarded_header", &shown.forwarded_header)
             .field("registration", &shown.registration)
             .field("limits", &shown.limits)
             .field("rate_limits", &shown.rate_limits)

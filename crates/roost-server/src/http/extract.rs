@@ -136,8 +136,8 @@ impl FromRequestParts<AppState> for ClientIp {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
         // Without connection info (a router driven in-process) every caller shares one bucket.
         let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let trusted = &state.services.ctx.config.trusted_proxies;
-        Ok(Self(forwarded::client_address(peer, &parts.headers, trusted)))
+        let config = &state.services.ctx.config;
+        Ok(Self(forwarded::client_address(peer, &parts.headers, &config.trusted_proxies, config.forwarded_header)))
     }
 }
 

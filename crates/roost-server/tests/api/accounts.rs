@@ -395,10 +395,15 @@ async fn registrations_are_rate_limited_per_address() {
 
 /// Registers `name` as sent by a proxy that says the request came from `forwarded_for`.
 async fn register_forwarded(server: &TestServer, name: &str, forwarded_for: &str) -> StatusCode {
+    register_with_header(server, name, "x-forwarded-for", forwarded_for).await
+}
+
+/// Registers `name` with the header `header: value`.
+async fn register_with_header(server: &TestServer, name: &str, header: &str, value: &str) -> StatusCode {
     let response = server
         .http
         .request(Method::POST, server.url("/v1/users"))
-        .header("x-forwarded-for", forwarded_for)
+        .header(header, value)
         .json(&registration(&random_key(), &TestDevice::new(), name))
         .send()
         .await
@@ -419,6 +424,24 @@ async fn behind_a_trusted_proxy_per_address_limits_key_on_the_forwarded_client()
     assert_eq!(register_forwarded(&server, "b1", "198.51.100.2").await, StatusCode::CREATED);
     // A forged entry left of the client's does not give the client a fresh quota.
     assert_eq!(register_forwarded(&server, "a4", "192.0.2.77, 198.51.100.1").await, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn proxies_that_write_the_standard_forwarded_header_are_read_when_configured() {
+    let server = server!(|config| {
+        config.rate_limits.registrations_per_address = 2;
+        config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        config.forwarded_header = roost_server::http::forwarded::ForwardedHeader::Forwarded;
+    });
+    let forwarded = |server, name, value| register_with_header(server, name, "forwarded", value);
+    assert_eq!(forwarded(&server, "a1", "for=198.51.100.1;proto=https").await, StatusCode::CREATED);
+    assert_eq!(forwarded(&server, "a2", r#"for="[2001:db8::1]:4711""#).await, StatusCode::CREATED);
+    assert_eq!(forwarded(&server, "a3", "for=198.51.100.1").await, StatusCode::CREATED);
+    assert_eq!(forwarded(&server, "a4", "for=192.0.2.7, for=198.51.100.1").await, StatusCode::TOO_MANY_REQUESTS);
+    // X-Forwarded-For is not read now: these all count against 127.0.0.1.
+    assert_eq!(register_forwarded(&server, "b1", "203.0.113.1").await, StatusCode::CREATED);
+    assert_eq!(register_forwarded(&server, "b2", "203.0.113.2").await, StatusCode::CREATED);
+    assert_eq!(register_forwarded(&server, "b3", "203.0.113.3").await, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
