@@ -22,7 +22,11 @@ pub fn decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
 /// Serialized as unpadded base64url. Its `Debug` prints only the length, so ciphertext and key
 /// material never reach a log by accident.
 #[derive(Clone, PartialEq, Eq, Default, ToSchema)]
-#[schema(value_type = String, format = "base64url")]
+#[schema(
+    value_type = String,
+    format = "base64url",
+    pattern = "^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-][AQgw]|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048])?$"
+)]
 pub struct Base64Bytes(pub Vec<u8>);
 
 impl Base64Bytes {

@@ -12,7 +12,7 @@ use crate::ids::{DeviceId, IdParseError, UserId};
 /// A conversation: 16 random bytes chosen by its creator (the MLS group id), as unpadded
 /// base64url (22 characters).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSchema)]
-#[schema(value_type = String, format = "base64url", min_length = 22, max_length = 22)]
+#[schema(value_type = String, format = "base64url", min_length = 22, max_length = 22, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
 pub struct ConversationId([u8; 16]);
 
 impl ConversationId {

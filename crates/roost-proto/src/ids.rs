@@ -31,7 +31,7 @@ macro_rules! key_id {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSchema)]
-        #[schema(value_type = String, format = "base64url", min_length = 43, max_length = 43)]
+        #[schema(value_type = String, format = "base64url", min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")]
         pub struct $name([u8; 32]);
 
         impl $name {
@@ -91,12 +91,16 @@ macro_rules! key_id {
 }
 
 key_id!(
-    /// A user: the unpadded base64url of the user's Ed25519 identity public key.
+    /// A user: the unpadded base64url of the user's Ed25519 identity public key (a point on the
+    /// curve: other 32-byte strings are refused with `422 invalid_argument` where a key is
+    /// registered).
     UserId
 );
 
 key_id!(
-    /// A device: the unpadded base64url of the device's own Ed25519 public key.
+    /// A device: the unpadded base64url of the device's own Ed25519 public key (a point on the
+    /// curve: other 32-byte strings are refused with `422 invalid_argument` where a key is
+    /// registered).
     DeviceId
 );
 

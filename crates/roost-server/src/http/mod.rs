@@ -3,6 +3,7 @@
 pub mod error;
 pub mod extract;
 pub mod forwarded;
+mod openapi_doc;
 pub mod routes;
 
 use std::any::Any;
@@ -148,9 +149,12 @@ fn api_router(limits: &BodyLimits) -> OpenApiRouter<AppState> {
     everything_else.merge(handshakes).merge(messages)
 }
 
-/// The OpenAPI document of every route, generated from the handlers' annotations.
+/// The OpenAPI document of every route, generated from the handlers' annotations and completed
+/// with what every route shares ([`openapi_doc::complete`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router(&BodyLimits::from(&crate::config::Limits::default())).split_for_parts().1
+    let mut doc = api_router(&BodyLimits::from(&crate::config::Limits::default())).split_for_parts().1;
+    openapi_doc::complete(&mut doc, &crate::config::Limits::default());
+    doc
 }
 
 /// The OpenAPI document as pretty JSON, built once.
