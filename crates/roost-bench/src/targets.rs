@@ -302,9 +302,12 @@ async fn durability_outcome(args: &Args) -> anyhow::Result<Outcome> {
         } else {
             "zero acknowledged messages lost over repeated kill -9"
         },
-        measured: format!("{} lost of {} acknowledged", report.lost, report.acknowledged),
+        measured: format!(
+            "{} lost of {} acknowledged, {} duplicated",
+            report.lost, report.acknowledged, report.duplicated
+        ),
         ratio: None,
-        met: report.lost == 0 && report.acknowledged > 0,
+        met: report.lost == 0 && report.duplicated == 0 && report.acknowledged > 0,
         note: String::new(),
     })
 }

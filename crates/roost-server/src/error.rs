@@ -98,10 +98,14 @@ impl From<StoreError> for Error {
             }
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "storage failure");
-                return Self {
-                    retry_after: Some(STORAGE_RETRY_AFTER),
-                    ..Self::new(ErrorCode::Unavailable, "storage is unavailable; try again later")
+                // SQLite says "database or disk is full", PostgreSQL "No space left on device".
+                let full = detail.contains("disk is full") || detail.contains("No space left");
+                let message = if full {
+                    "the server's storage is full; nothing was stored; try again later"
+                } else {
+                    "storage is unavailable; try again later"
                 };
+                return Self { retry_after: Some(STORAGE_RETRY_AFTER), ..Self::new(ErrorCode::Unavailable, message) };
             }
             other => {
                 tracing::error!(error = %other, "unexpected storage error");

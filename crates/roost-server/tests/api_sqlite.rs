@@ -6,6 +6,8 @@ const BACKEND: roost_testkit::Backend = roost_testkit::Backend::Sqlite;
 
 #[macro_use]
 mod api;
+#[path = "api/disk_full.rs"]
+mod disk_full;
 #[path = "api/schemathesis.rs"]
 mod schemathesis;
 #[path = "api/sqlite_file.rs"]
