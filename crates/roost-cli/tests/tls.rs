@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use roost_testkit::{Backend, TestCertificate, TestServer, https_base};
+use roost_testkit::tls_server;
 
 fn roost(home: &Path, ca_file: Option<&Path>, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_roost"));
@@ -25,19 +25,7 @@ fn succeeds(output: Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roost_talks_to_a_tls_server_whose_certificate_it_is_told_to_trust() {
     let files = tempfile::tempdir().unwrap();
-    let certificate = TestCertificate::write(files.path());
-    let (cert_path, key_path) = (certificate.cert_path.clone(), certificate.key_path.clone());
-    let Some(running) = TestServer::on(Backend::Sqlite)
-        .configure(move |config| {
-            config.tls.cert_path = Some(cert_path);
-            config.tls.key_path = Some(key_path);
-        })
-        .start()
-        .await
-    else {
-        return;
-    };
-    let server = https_base(&running.base);
+    let (_running, certificate, server) = tls_server(files.path()).await;
     let homes = tempfile::tempdir().unwrap();
     let ca = certificate.cert_path.clone();
 

@@ -5,24 +5,12 @@
 
 use roost_client::{Client, ClientError, Event};
 use roost_proto::conversation::ConversationKind;
-use roost_testkit::{Backend, TestCertificate, TestServer, https_base};
+use roost_testkit::tls_server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_talks_https_and_wss_to_a_server_it_trusts() {
     let files = tempfile::tempdir().unwrap();
-    let certificate = TestCertificate::write(files.path());
-    let (cert_path, key_path) = (certificate.cert_path.clone(), certificate.key_path.clone());
-    let Some(server) = TestServer::on(Backend::Sqlite)
-        .configure(move |config| {
-            config.tls.cert_path = Some(cert_path);
-            config.tls.key_path = Some(key_path);
-        })
-        .start()
-        .await
-    else {
-        return;
-    };
-    let base = https_base(&server.base);
+    let (_server, certificate, base) = tls_server(files.path()).await;
     let homes = tempfile::tempdir().unwrap();
 
     // Not trusted yet: refused, and said why.

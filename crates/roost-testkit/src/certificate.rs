@@ -23,8 +23,25 @@ impl TestCertificate {
     }
 }
 
+/// A server on the SQLite store serving TLS with a certificate generated into `dir`: the
+/// server, the certificate (to trust) and the server's `https://localhost:PORT`.
+pub async fn tls_server(dir: &Path) -> (crate::TestServer, TestCertificate, String) {
+    let certificate = TestCertificate::write(dir);
+    let (cert_path, key_path) = (certificate.cert_path.clone(), certificate.key_path.clone());
+    let server = crate::TestServer::on(crate::Backend::Sqlite)
+        .configure(move |config| {
+            config.tls.cert_path = Some(cert_path);
+            config.tls.key_path = Some(key_path);
+        })
+        .start()
+        .await
+        .expect("SQLite is always there");
+    let base = https_base(&server.base);
+    (server, certificate, base)
+}
+
 /// `https://localhost:PORT` for a test server's `http://127.0.0.1:PORT`: the name the test
 /// certificate is for.
-pub fn https_base(base: &str) -> String {
+fn https_base(base: &str) -> String {
     base.replace("http://127.0.0.1", "https://localhost")
 }

@@ -13,7 +13,7 @@ mod database;
 pub mod proxy;
 pub mod server;
 
-pub use certificate::{TestCertificate, https_base};
+pub use certificate::{TestCertificate, tls_server};
 pub use database::{Backend, RawConnection, TestDatabase, files_contain, postgres_url, redis_url};
 pub use server::{TestServer, capture_logs, config_for};
 
