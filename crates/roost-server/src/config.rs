@@ -91,11 +91,21 @@ pub struct HttpConfig {
     /// `503 too_many_connections` and closed. 0: the process's file-descriptor limit less a
     /// reserve for the database, Redis and files.
     pub max_connections: u32,
+    /// Bytes of request bodies held in memory at once, across all connections; a body that
+    /// would go over is answered `503 unavailable` with Retry-After. At least the largest body
+    /// a route takes.
+    pub max_body_memory_bytes: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { header_read_timeout_secs: 10, body_read_timeout_secs: 30, idle_timeout_secs: 60, max_connections: 0 }
+        Self {
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 0,
+            max_body_memory_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -182,7 +192,9 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Largest request body accepted on any route, in bytes.
+    /// Largest request body of a route that carries no MLS message, in bytes; the routes that
+    /// carry messages take what [`Limits::message_body_bytes`] and
+    /// [`Limits::handshake_body_bytes`] say.
     pub max_body_bytes: usize,
     /// Active devices a user may have.
     pub max_devices_per_user: u32,
@@ -268,6 +280,30 @@ impl Default for Config {
             tls: TlsConfig::default(),
         }
     }
+}
+
+impl Limits {
+    /// The largest body of a route that sends an application message (to a conversation or to
+    /// devices): the ciphertext in base64, which grows bytes by 4/3, with room for the JSON
+    /// around it.
+    pub fn message_body_bytes(&self) -> usize {
+        self.max_body_bytes.max(base64_in_json(self.max_message_bytes))
+    }
+
+    /// The largest body of a route that carries handshake messages: a commit with its Welcome
+    /// and GroupInfo.
+    pub fn handshake_body_bytes(&self) -> usize {
+        self.max_body_bytes.max(base64_in_json(self.max_handshake_bytes.saturating_mul(3)))
+    }
+
+    /// The largest body any route takes.
+    pub fn largest_body_bytes(&self) -> usize {
+        self.message_body_bytes().max(self.handshake_body_bytes())
+    }
+}
+
+fn base64_in_json(bytes: usize) -> usize {
+    bytes.saturating_mul(4) / 3 + 64 * 1024
 }
 
 impl Default for Limits {
@@ -429,6 +465,14 @@ impl Config {
         let http = &self.http;
         if http.header_read_timeout_secs == 0 || http.body_read_timeout_secs == 0 || http.idle_timeout_secs == 0 {
             return Err(ConfigError("http timeouts must be at least 1 second".into()));
+        }
+        if http.max_body_memory_bytes < self.limits.largest_body_bytes()
+            || http.max_body_memory_bytes > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return Err(ConfigError(format!(
+                "http.max_body_memory_bytes must hold the largest body a route takes ({} bytes with these limits)",
+                self.limits.largest_body_bytes()
+            )));
         }
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(ConfigError("tls.cert_path and tls.key_path go together: set both or neither".into()));

@@ -7,7 +7,7 @@
 //!   Either runs out and the connection closes. (hyper's own header timer starts when it waits
 //!   for a head, which on a kept-alive connection is the idle wait too, so the two could not be
 //!   set apart with it; a watchdog per connection keeps both.)
-//! - Request bodies are bounded in time by the `read_body` middleware of [`crate::http`].
+//! - Request bodies are bounded in time, size and memory where they are read (`crate::http::body`).
 //! - At most `http.max_connections` connections, WebSockets included, are open at once; the
 //!   next is answered `503 too_many_connections` and closed, so the process never runs out of
 //!   file descriptors and what it has stays served.

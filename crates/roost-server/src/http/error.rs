@@ -29,11 +29,11 @@ impl IntoResponse for Error {
 }
 
 /// JSON 404 for paths no route matches.
-pub async fn not_found() -> Error {
+pub fn not_found() -> Error {
     Error::not_found("no such route")
 }
 
 /// JSON 405 for a known path with the wrong method.
-pub async fn method_not_allowed() -> Error {
+pub fn method_not_allowed() -> Error {
     Error::new(ErrorCode::MethodNotAllowed, "this route does not accept that method")
 }

@@ -1,5 +1,6 @@
 //! The axum adapter: routes, extractors, the error mapping, metrics and the OpenAPI document.
 
+mod body;
 pub mod error;
 pub mod extract;
 pub mod forwarded;
@@ -8,17 +9,13 @@ pub mod routes;
 
 use std::any::Any;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
-use axum::body::{Body, HttpBody as _};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
-use roost_proto::ErrorCode;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -86,37 +83,17 @@ impl Modify for BearerScheme {
     }
 }
 
-/// Body limits per kind of route: MLS handshake messages (commits, Welcomes, GroupInfo) can be
-/// much larger than anything else, and message bodies follow the configured message size.
-struct BodyLimits {
-    default: usize,
-    messages: usize,
-    handshakes: usize,
-}
-
-impl BodyLimits {
-    fn from(limits: &crate::config::Limits) -> Self {
-        // Base64 grows bytes by 4/3; leave room for the JSON around them.
-        let encoded = |bytes: usize| bytes.saturating_mul(4) / 3 + 64 * 1024;
-        Self {
-            default: limits.max_body_bytes,
-            messages: limits.max_body_bytes.max(encoded(limits.max_message_bytes)),
-            handshakes: limits.max_body_bytes.max(encoded(limits.max_handshake_bytes.saturating_mul(3))),
-        }
-    }
-}
-
-fn api_router(limits: &BodyLimits) -> OpenApiRouter<AppState> {
+/// Every route, grouped by how large a body it takes; `bodies` applies a group's limit to it.
+fn api_router(
+    limits: &crate::config::Limits,
+    bodies: impl Fn(OpenApiRouter<AppState>, usize) -> OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
     use routes::{accounts, auth, conversations, delivery, keys, ops};
     let handshakes = OpenApiRouter::new()
         .routes(routes!(conversations::create, conversations::list))
         .routes(routes!(conversations::commit))
-        .routes(routes!(conversations::external_join))
-        .layer(DefaultBodyLimit::max(limits.handshakes));
-    let messages = OpenApiRouter::new()
-        .routes(routes!(conversations::send))
-        .routes(routes!(delivery::send_to_device))
-        .layer(DefaultBodyLimit::max(limits.messages));
+        .routes(routes!(conversations::external_join));
+    let messages = OpenApiRouter::new().routes(routes!(conversations::send)).routes(routes!(delivery::send_to_device));
     let everything_else = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
@@ -144,15 +121,16 @@ fn api_router(limits: &BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::settings, conversations::set_settings))
         .routes(routes!(delivery::sync))
         .routes(routes!(delivery::ack))
-        .routes(routes!(crate::gateway::upgrade))
-        .layer(DefaultBodyLimit::max(limits.default));
-    everything_else.merge(handshakes).merge(messages)
+        .routes(routes!(crate::gateway::upgrade));
+    bodies(everything_else, limits.max_body_bytes)
+        .merge(bodies(handshakes, limits.handshake_body_bytes()))
+        .merge(bodies(messages, limits.message_body_bytes()))
 }
 
 /// The OpenAPI document of every route, generated from the handlers' annotations and completed
 /// with what every route shares ([`openapi_doc::complete`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = api_router(&BodyLimits::from(&crate::config::Limits::default())).split_for_parts().1;
+    let mut doc = api_router(&crate::config::Limits::default(), |routes, _| routes).split_for_parts().1;
     openapi_doc::complete(&mut doc, &crate::config::Limits::default());
     doc
 }
@@ -170,56 +148,26 @@ pub fn openapi_json() -> &'static str {
 
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
-    let config = &state.services.ctx.config;
-    let limits = BodyLimits::from(&config.limits);
-    let bodies = BodyBounds {
-        max_bytes: limits.default.max(limits.messages).max(limits.handshakes),
-        timeout: Duration::from_secs(config.http.body_read_timeout_secs),
-    };
-    let (router, _api) = api_router(&limits).split_for_parts();
+    let bodies = body::Bodies::new(&state);
+    let (router, _api) = api_router(&state.services.ctx.config.limits, |routes, max_bytes| {
+        routes
+            .layer(middleware::from_fn_with_state(bodies.limited_to(max_bytes), body::read_body))
+            .layer(DefaultBodyLimit::max(max_bytes))
+    })
+    .split_for_parts();
+    let unmatched = bodies.clone();
     router
         .route_layer(middleware::from_fn(track_request))
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(middleware::from_fn_with_state(bodies, read_body))
+        .fallback(move |request: Request| {
+            let bodies = unmatched.clone();
+            async move { bodies.discard_then(request, error::not_found()).await }
+        })
+        .method_not_allowed_fallback(move |request: Request| {
+            let bodies = bodies.clone();
+            async move { bodies.discard_then(request, error::method_not_allowed()).await }
+        })
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
-}
-
-/// How much of a request body is read before routing, and for how long.
-#[derive(Debug, Clone, Copy)]
-struct BodyBounds {
-    /// The largest body any route takes (each route then applies its own limit).
-    max_bytes: usize,
-    timeout: Duration,
-}
-
-/// Reads every request body in full before the route sees it, within the body timeout and the
-/// largest body limit. Every body is then consumed, whatever the route does with it: one left
-/// unread (a GET carrying a body, a request refused before its body was looked at) would make
-/// the connection close with bytes unread, and the reset that follows can destroy the response
-/// on its way to the client. A body too slow or too large is answered and its connection
-/// closed, since the rest of it cannot be told from the next request.
-async fn read_body(State(bounds): State<BodyBounds>, request: Request, next: Next) -> Response {
-    if request.body().is_end_stream() {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(bounds.timeout, Limited::new(body, bounds.max_bytes).collect()).await;
-    let refusal = match read {
-        Ok(Ok(collected)) => return next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
-        Err(_) => {
-            metrics::counter!("roost_http_connections_timed_out_total", "phase" => "body").increment(1);
-            Error::new(ErrorCode::RequestTimeout, "the request body did not arrive in time")
-        }
-        Ok(Err(err)) if err.is::<LengthLimitError>() => {
-            Error::new(ErrorCode::PayloadTooLarge, "the request body is larger than any route takes")
-        }
-        Ok(Err(_)) => Error::new(ErrorCode::MalformedRequest, "the request body could not be read"),
-    };
-    let mut response = refusal.into_response();
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 /// Records `roost_http_requests_total{method, route, status}` and
@@ -246,5 +194,5 @@ async fn track_request(request: Request, next: Next) -> Response {
 fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
     // The panic message could contain request data, so it is not echoed or logged verbatim.
     tracing::error!("a request handler panicked");
-    Error::new(ErrorCode::Internal, "internal error").into_response()
+    Error::new(roost_proto::ErrorCode::Internal, "internal error").into_response()
 }

@@ -1,6 +1,8 @@
 //! The listener's bounds, driven over raw TCP: slow and silent connections are closed while
 //! others are served, connections over the cap are refused with a JSON 503, a slow body gets a
-//! 408, and a GET that carries a body still gets its whole response.
+//! 408, a GET that carries a body still gets its whole response, and bodies are held in memory
+//! only within the route's limit, for an authenticated caller beyond the small limit, and
+//! within the server's budget.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -177,6 +179,134 @@ async fn a_get_with_a_body_gets_its_whole_response() {
             assert_eq!(read_response(&mut stream).await.0, 200);
         }
     }
+}
+
+/// The head of a JSON request that announces a body of `length` bytes.
+fn request_head(method: &str, path: &str, token: Option<&str>, length: usize) -> String {
+    let authorization = token.map(|token| format!("authorization: Bearer {token}\r\n")).unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nhost: roost.test\r\ncontent-type: application/json\r\n{authorization}\
+         content-length: {length}\r\n\r\n"
+    )
+}
+
+/// Sends a head announcing a body, then waits for the server's answer, which must come before
+/// the body and close the connection.
+async fn refused_early(at: SocketAddr, head: &str) -> (u16, Vec<(String, String)>, Value) {
+    let mut stream = TcpStream::connect(at).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // Nothing of the body is sent: bytes left unread when the server closes would reset the
+    // connection, and the answer with it.
+    let raw = read_until_closed(&mut stream, CLOSE_WITHIN).await.expect("answered and closed");
+    let (status, headers, body) = parse_response(&raw);
+    (status, headers, serde_json::from_slice(&body).expect("JSON"))
+}
+
+#[tokio::test]
+async fn beyond_the_small_body_limit_only_an_authenticated_caller_is_read() {
+    let server = server!(|config| config.limits.max_body_bytes = 64 * 1024);
+    let at = address(&server);
+    let alice = server.user("alice").await;
+    let token = alice.token();
+    let id = crate::api::conversations::create(&server, &token, "group", &[], None).await;
+    let path = format!("/v1/conversations/{id}/messages");
+
+    // A message route takes far more than 64 KiB, but not from anyone.
+    for token in [None, Some("rst_not-a-session")] {
+        let (status, headers, body) = refused_early(at, &request_head("POST", &path, token, 200_000)).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "unauthenticated");
+        assert_eq!(header(&headers, "connection"), Some("close"));
+    }
+    // Without a declared length, reading stops where the small limit ends.
+    let mut stream = TcpStream::connect(at).await.expect("connect");
+    let chunked = format!(
+        "POST {path} HTTP/1.1\r\nhost: roost.test\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(chunked.as_bytes()).await.expect("head");
+    let chunk = vec![b' '; 16 * 1024];
+    for _ in 0..5 {
+        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.expect("chunk size");
+        stream.write_all(&chunk).await.expect("chunk");
+        stream.write_all(b"\r\n").await.expect("chunk end");
+    }
+    let (status, _, body) = parse_response(&read_until_closed(&mut stream, CLOSE_WITHIN).await.expect("closed"));
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+
+    // A route that takes small bodies refuses a larger one whoever sends it.
+    let (status, _, body) = refused_early(at, &request_head("POST", "/v1/keys/packages", Some(&token), 200_000)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")));
+
+    // The same message from its member is read and stored.
+    let ciphertext = roost_proto::bytes::encode(&vec![7u8; 150 * 1024]);
+    let message = serde_json::json!({"client_message_id": "large", "epoch": 1, "ciphertext": ciphertext});
+    let (status, body) = server.post(&path, Some(&token), message).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_memory_budget_are_refused_until_memory_is_free() {
+    let server = server!(|config| {
+        config.limits.max_body_bytes = 64 * 1024;
+        config.limits.max_message_bytes = 64 * 1024;
+        config.limits.max_handshake_bytes = 16 * 1024;
+        config.http.max_body_memory_bytes = 300_000;
+    });
+    let at = address(&server);
+    let alice = server.user("alice").await;
+    let token = alice.token();
+    let id = crate::api::conversations::create(&server, &token, "group", &[], None).await;
+    let path = format!("/v1/conversations/{id}/messages");
+    let head = request_head("POST", &path, Some(&token), 140_000);
+
+    // Three bodies of 140,000 bytes announced at once: two fit in 300,000 and wait for their
+    // bytes; whichever the server comes to last is refused at once.
+    let mut waiting = tokio::task::JoinSet::new();
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(at).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        connections.push(waiting.spawn(async move { read_until_closed(&mut stream, CLOSE_WITHIN).await }));
+    }
+    let (task, first) = waiting.join_next_with_id().await.expect("three tasks").expect("task");
+    let (status, headers, body) = parse_response(&first.expect("one body refused before the others timed out"));
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    let body: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(body["error"]["code"], "unavailable");
+
+    // A client that goes away gives its share back.
+    connections.iter().find(|connection| connection.id() != task).expect("a waiting body").abort();
+    let ciphertext = roost_proto::bytes::encode(&vec![7u8; 60 * 1024]);
+    let message = serde_json::json!({"client_message_id": "after", "epoch": 1, "ciphertext": ciphertext});
+    let deadline = Instant::now() + CLOSE_WITHIN;
+    loop {
+        let (status, body) = server.post(&path, Some(&token), message.clone()).await;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        assert!(Instant::now() < deadline, "the memory of a closed connection never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_sent_where_no_route_is_does_not_cut_the_answer_off() {
+    let server = server!();
+    let mut stream = TcpStream::connect(address(&server)).await.expect("connect");
+    for (method, path, status) in [("POST", "/v1/nowhere", 404), ("POST", "/healthz", 405), ("PUT", "/metrics", 405)] {
+        stream.write_all(request_head(method, path, None, 9).as_bytes()).await.expect("head");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stream.write_all(b"abcdefghi").await.expect("body");
+        let (answer, body) = read_response(&mut stream).await;
+        assert_eq!(answer, status, "{method} {path}");
+        let body: Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(body["error"]["code"].is_string());
+    }
+    // The bodies were consumed, not taken for requests.
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: roost.test\r\n\r\n").await.expect("again");
+    assert_eq!(read_response(&mut stream).await.0, 200);
 }
 
 /// Reads one response: its head, then exactly the body its content-length announces.
