@@ -39,8 +39,11 @@ pub enum Stale {
 /// A bounded read-through cache whose fills cannot outlive an invalidation.
 ///
 /// A reader that misses gets a [`Ticket`] before it reads the store, and may fill the cache only
-/// if no invalidation happened since: a value read before a change can never be stored after
-/// that change was invalidated, however the two interleave.
+/// if no invalidation of its key happened since: a value read before a change can never be
+/// stored after that change was invalidated, however the two interleave. Invalidations of one
+/// key are remembered per key (up to [`MAX_FORGOTTEN`] of them), so the frequent single-key
+/// changes do not cost every other reader in flight its fill; a wider invalidation refuses every
+/// ticket issued before it.
 pub struct ReadThrough<K, V> {
     inner: Mutex<Entries<K, V>>,
     /// Most total weight kept.
@@ -51,8 +54,16 @@ pub struct ReadThrough<K, V> {
     weigh: fn(&V) -> usize,
 }
 
+/// Most keys whose last invalidation is remembered; past that, every earlier ticket is refused.
+const MAX_FORGOTTEN: usize = 4_096;
+
 struct Entries<K, V> {
+    /// Counts invalidations; a ticket carries the count at its issue.
     generation: u64,
+    /// Tickets issued before this generation are refused (a wide invalidation happened since).
+    floor: u64,
+    /// The generation of the last invalidation of each key invalidated alone since `floor`.
+    forgotten: HashMap<K, u64>,
     /// Cleared while invalidations may be missed (the bus to other instances is down): the cache
     /// then holds nothing and every read goes to the store.
     trusted: bool,
@@ -81,7 +92,14 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     /// An empty cache whose values weigh `weigh(value)` each (at least 1), at most `capacity` in
     /// all. A value heavier than the whole capacity is not kept.
     pub fn weighed(capacity: usize, weigh: fn(&V) -> usize) -> Self {
-        let entries = Entries { generation: 0, trusted: true, values: HashMap::new(), weight: 0 };
+        let entries = Entries {
+            generation: 0,
+            floor: 0,
+            forgotten: HashMap::new(),
+            trusted: true,
+            values: HashMap::new(),
+            weight: 0,
+        };
         Self { inner: Mutex::new(entries), capacity, ttl: TTL, weigh }
     }
 
@@ -119,7 +137,12 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     pub fn fill(&self, key: K, ticket: Ticket, value: V) {
         let weight = (self.weigh)(&value).max(1);
         let mut inner = self.lock();
-        if inner.generation != ticket.0 || !inner.trusted || weight > self.capacity {
+        let stale = ticket.0 < inner.floor || inner.forgotten.get(&key).is_some_and(|forgotten| *forgotten > ticket.0);
+        if stale || !inner.trusted || weight > self.capacity {
+            // A refresh that may not be stored lets the next reader try again.
+            if let Some(cached) = inner.values.get_mut(&key) {
+                cached.refreshing = false;
+            }
             return;
         }
         if let Some(old) = inner.values.remove(&key) {
@@ -143,6 +166,12 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     pub fn forget(&self, key: &K) {
         let mut inner = self.lock();
         inner.generation += 1;
+        let generation = inner.generation;
+        if inner.forgotten.len() >= MAX_FORGOTTEN && !inner.forgotten.contains_key(key) {
+            inner.raise_floor();
+        } else {
+            inner.forgotten.insert(*key, generation);
+        }
         if let Some(cached) = inner.values.remove(key) {
             inner.weight -= (self.weigh)(&cached.value).max(1);
         }
@@ -152,7 +181,7 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     /// in flight may not fill theirs.
     pub fn invalidate(&self, mut stale: impl FnMut(&K, &V) -> bool) {
         let mut inner = self.lock();
-        inner.generation += 1;
+        inner.raise_floor();
         inner.values.retain(|key, cached| !stale(key, &cached.value));
         self.reweigh(&mut inner);
     }
@@ -161,7 +190,7 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
     /// missed meanwhile. Readers in flight may not fill theirs.
     pub fn distrust(&self) {
         let mut inner = self.lock();
-        inner.generation += 1;
+        inner.raise_floor();
         inner.trusted = false;
         inner.values.clear();
         inner.weight = 0;
@@ -180,6 +209,15 @@ impl<K: Eq + Hash + Copy, V: Clone> ReadThrough<K, V> {
 
     fn lock(&self) -> MutexGuard<'_, Entries<K, V>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<K, V> Entries<K, V> {
+    /// Refuses every ticket issued until now.
+    fn raise_floor(&mut self) {
+        self.generation += 1;
+        self.floor = self.generation;
+        self.forgotten.clear();
     }
 }
 
@@ -262,6 +300,51 @@ mod tests {
         let fresh = cache.get(&1).expect_err("the stale fill was kept");
         cache.fill(1, fresh, 11);
         assert_eq!(cache.get(&1), Ok(11));
+    }
+
+    #[test]
+    fn forgetting_one_key_keeps_the_fills_of_others() {
+        let cache: ReadThrough<u32, u32> = ReadThrough::new(10);
+        let (one, two) = (cache.get(&1).unwrap_err(), cache.get(&2).unwrap_err());
+        cache.forget(&1);
+        cache.fill(1, one, 10);
+        cache.fill(2, two, 20);
+        assert!(cache.get(&1).is_err(), "a fill read before its key was forgotten was kept");
+        assert_eq!(cache.get(&2), Ok(20), "another key's fill was dropped");
+        let after = cache.get(&1).unwrap_err();
+        cache.fill(1, after, 11);
+        assert_eq!(cache.get(&1), Ok(11), "a fill read after the forget was dropped");
+    }
+
+    #[test]
+    fn past_the_remembered_keys_every_earlier_ticket_is_refused() {
+        let cache: ReadThrough<u32, u32> = ReadThrough::new(10);
+        let early = cache.get(&u32::MAX).unwrap_err();
+        let other = cache.get(&0).unwrap_err();
+        for key in 1..=MAX_FORGOTTEN as u32 {
+            cache.forget(&key);
+        }
+        cache.fill(0, other, 1);
+        assert_eq!(cache.get(&0), Ok(1), "still remembered per key");
+        cache.forget(&(MAX_FORGOTTEN as u32 + 1));
+        cache.fill(u32::MAX, early, 1);
+        assert!(cache.get(&u32::MAX).is_err(), "a ticket from before a forgotten forget was honoured");
+        let ticket = cache.get(&1).unwrap_err();
+        cache.fill(1, ticket, 1);
+        assert_eq!(cache.get(&1), Ok(1), "a ticket from after it was refused");
+    }
+
+    #[test]
+    fn a_refresh_that_may_not_be_stored_lets_the_next_reader_refresh() {
+        let cache: ReadThrough<u8, u8> = ReadThrough::new(10).trusting_for(Duration::from_secs(2));
+        cache.fill(1, cache.get(&1).unwrap_err(), 10);
+        std::thread::sleep(Duration::from_millis(1_050));
+        let Ok((10, Some(ticket))) = cache.get_refreshing(&1) else { unreachable!("a ticket to refresh") };
+        cache.invalidate(|key, _| *key == 2);
+        cache.fill(1, ticket, 11);
+        let Ok((10, Some(again))) = cache.get_refreshing(&1) else { unreachable!("a second ticket to refresh") };
+        cache.fill(1, again, 12);
+        assert_eq!(cache.get(&1), Ok(12));
     }
 
     #[test]
