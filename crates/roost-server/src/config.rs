@@ -72,6 +72,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// TLS on the listener, from certificate and key files.
     pub tls: TlsConfig,
+    /// Which web pages on other origins may call the API.
+    pub cors: CorsConfig,
 }
 
 /// How long a connection may take over each part of a request, and how many may be open.
@@ -107,6 +109,39 @@ impl Default for HttpConfig {
             max_body_memory_bytes: 256 * 1024 * 1024,
         }
     }
+}
+
+/// Cross-origin access for web apps served from another origin than roostd's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins whose pages may call the API, as a browser sends them (`https://chat.example.com`,
+    /// with a port if not the scheme's default), or `"*"` for any. Empty (the default): none.
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.allowed_origins {
+            if origin != "*" && !is_origin(origin) {
+                return Err(ConfigError(format!(
+                    "cors.allowed_origins: {origin:?} is not an origin such as \"https://chat.example.com\" \
+                     (scheme, host and optional port; no path or trailing slash) or \"*\""
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `text` is an origin a browser would send: `http(s)://host[:port]` and nothing more.
+fn is_origin(text: &str) -> bool {
+    let Ok(uri) = text.parse::<axum::http::Uri>() else { return false };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else { return false };
+    matches!(scheme, "http" | "https")
+        && !authority.as_str().contains('@')
+        && text == format!("{scheme}://{authority}")
+        && text == text.to_ascii_lowercase()
 }
 
 /// TLS from PEM files; both paths or neither. The files are read again, without a restart,
@@ -278,6 +313,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -474,6 +510,7 @@ impl Config {
                 self.limits.largest_body_bytes()
             )));
         }
+        self.cors.validate()?;
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(ConfigError("tls.cert_path and tls.key_path go together: set both or neither".into()));
         }
@@ -544,6 +581,7 @@ impl fmt::Debug for Config {
             .field("postgres", &shown.postgres)
             .field("http", &shown.http)
             .field("tls", &shown.tls)
+            .field("cors", &shown.cors)
             .finish_non_exhaustive()
     }
 }
@@ -699,6 +737,22 @@ mod tests {
         let vars = env(&[("ROOST_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal")]);
         let err = Config::load_with_env(None, &FlagOverrides::default(), vars).unwrap_err().to_string();
         assert!(err.contains("trusted_proxies") && err.contains("proxy.internal"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_origins_a_browser_sends() {
+        let vars = env(&[("ROOST_CORS__ALLOWED_ORIGINS", "https://chat.example.com, http://127.0.0.1:5173")]);
+        let config = Config::load_with_env(None, &FlagOverrides::default(), vars).unwrap();
+        assert_eq!(config.cors.allowed_origins, ["https://chat.example.com", "http://127.0.0.1:5173"]);
+        for wrong in
+            ["https://chat.example.com/", "chat.example.com", "ftp://chat.example.com", "https://Chat.example.com"]
+        {
+            let vars = env(&[("ROOST_CORS__ALLOWED_ORIGINS", wrong)]);
+            let err = Config::load_with_env(None, &FlagOverrides::default(), vars).unwrap_err().to_string();
+            assert!(err.contains("cors.allowed_origins"), "{wrong}: {err}");
+        }
+        let vars = env(&[("ROOST_CORS__ALLOWED_ORIGINS", "*")]);
+        assert!(Config::load_with_env(None, &FlagOverrides::default(), vars).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The axum adapter: routes, extractors, the error mapping, metrics and the OpenAPI document.
 
 mod body;
+mod cors;
 pub mod error;
 pub mod extract;
 pub mod forwarded;
@@ -156,7 +157,7 @@ pub fn router(state: AppState) -> Router {
     })
     .split_for_parts();
     let unmatched = bodies.clone();
-    router
+    let router = router
         .route_layer(middleware::from_fn(track_request))
         .fallback(move |request: Request| {
             let bodies = unmatched.clone();
@@ -166,8 +167,15 @@ pub fn router(state: AppState) -> Router {
             let bodies = bodies.clone();
             async move { bodies.discard_then(request, error::method_not_allowed()).await }
         })
-        .layer(CatchPanicLayer::custom(panic_response))
-        .with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response));
+    // Outermost: preflights are answered before routing, and every answer (errors included)
+    // carries the headers a page needs to read it.
+    let cors = cors::layer(&state.services.ctx.config.cors);
+    let router = router.with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Records `roost_http_requests_total{method, route, status}` and

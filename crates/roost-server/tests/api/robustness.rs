@@ -321,3 +321,60 @@ async fn a_body_is_an_object_never_the_array_of_its_fields() {
     let (status, _) = server.post("/v1/auth/challenge", None, json!({"device_id": device})).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn pages_on_listed_origins_may_call_the_api_and_others_may_not() {
+    const ORIGIN: &str = "https://chat.example.com";
+    let preflight = |server: &TestServer, origin: &str, path: &str| {
+        server
+            .http
+            .request(Method::OPTIONS, server.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+    };
+    let allowed = |response: &reqwest::Response| {
+        response.headers().get("access-control-allow-origin").map(|value| value.to_str().unwrap().to_owned())
+    };
+
+    // By default no origin is allowed: a preflight is just a method this route does not take.
+    let closed = server!();
+    let response = preflight(&closed, ORIGIN, "/v1/auth/challenge").await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(allowed(&response), None);
+
+    let server = server!(|config| config.cors.allowed_origins = vec![ORIGIN.to_owned()]);
+    let alice = server.user("alice").await;
+    let id = crate::api::conversations::create(&server, &alice.token(), "group", &[], None).await;
+    // Every route answers the preflight, with or without path parameters.
+    for path in ["/v1/auth/challenge", &format!("/v1/conversations/{id}/messages"), "/v1/sync", "/v1/nowhere"] {
+        let response = preflight(&server, ORIGIN, path).await.unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert_eq!(allowed(&response).as_deref(), Some(ORIGIN), "{path}");
+        let headers = response.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+        assert!(headers.contains("authorization") && headers.contains("content-type"), "{headers}");
+        let methods = response.headers()["access-control-allow-methods"].to_str().unwrap();
+        assert!(methods.contains("POST") && methods.contains("PUT") && methods.contains("DELETE"), "{methods}");
+    }
+    // Answers, errors included, can be read by the page; Retry-After too.
+    let response = server.http.get(server.url("/v1/sync")).header("origin", ORIGIN).bearer_auth(alice.token());
+    let response = response.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(allowed(&response).as_deref(), Some(ORIGIN));
+    let response = server.http.get(server.url("/v1/sync")).header("origin", ORIGIN).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(allowed(&response).as_deref(), Some(ORIGIN));
+    assert!(response.headers()["access-control-expose-headers"].to_str().unwrap().contains("retry-after"));
+
+    // Another origin gets no grant, for the preflight or the request.
+    let response = preflight(&server, "https://evil.example", "/v1/auth/challenge").await.unwrap();
+    assert_eq!(allowed(&response), None);
+    let response = server.http.get(server.url("/healthz")).header("origin", "https://evil.example").send().await;
+    assert_eq!(allowed(&response.unwrap()), None);
+
+    // "*" allows any page.
+    let open = server!(|config| config.cors.allowed_origins = vec!["*".to_owned()]);
+    let response = preflight(&open, "https://anywhere.example", "/v1/users").await.unwrap();
+    assert_eq!(allowed(&response).as_deref(), Some("*"));
+}
