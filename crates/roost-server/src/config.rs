@@ -89,6 +89,9 @@ pub struct HttpConfig {
     pub body_read_timeout_secs: u64,
     /// Seconds a kept-alive connection may wait, silent, for its next request.
     pub idle_timeout_secs: u64,
+    /// Seconds a response may wait for the client to take any of its bytes; a client that
+    /// stops reading has its connection closed.
+    pub write_timeout_secs: u64,
     /// Connections (HTTP and WebSocket) open at once; the next one is answered
     /// `503 too_many_connections` and closed. 0: the process's file-descriptor limit less a
     /// reserve for the database, Redis and files.
@@ -105,6 +108,7 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             idle_timeout_secs: 60,
+            write_timeout_secs: 30,
             max_connections: 0,
             max_body_memory_bytes: 256 * 1024 * 1024,
         }
@@ -499,7 +503,13 @@ impl Config {
             ));
         }
         let http = &self.http;
-        if http.header_read_timeout_secs == 0 || http.body_read_timeout_secs == 0 || http.idle_timeout_secs == 0 {
+        let timeouts = [
+            http.header_read_timeout_secs,
+            http.body_read_timeout_secs,
+            http.idle_timeout_secs,
+            http.write_timeout_secs,
+        ];
+        if timeouts.contains(&0) {
             return Err(ConfigError("http timeouts must be at least 1 second".into()));
         }
         if http.max_body_memory_bytes < self.limits.largest_body_bytes()

@@ -8,6 +8,8 @@
 //!   for a head, which on a kept-alive connection is the idle wait too, so the two could not be
 //!   set apart with it; a watchdog per connection keeps both.)
 //! - Request bodies are bounded in time, size and memory where they are read (`crate::http::body`).
+//! - A response the client stops reading may stall for `http.write_timeout_secs` at most (no
+//!   byte accepted by the socket that long); then the connection closes.
 //! - At most `http.max_connections` connections, WebSockets included, are open at once; the
 //!   next is answered `503 too_many_connections` and closed, so the process never runs out of
 //!   file descriptors and what it has stays served.
@@ -54,6 +56,8 @@ pub struct Bounds {
     pub header_read: Duration,
     /// Silent time allowed between requests.
     pub idle: Duration,
+    /// Time a response may wait for the client to take any of it.
+    pub write: Duration,
     /// Connections open at once.
     pub max_connections: usize,
 }
@@ -69,6 +73,7 @@ impl Bounds {
         Self {
             header_read: Duration::from_secs(config.header_read_timeout_secs),
             idle: Duration::from_secs(config.idle_timeout_secs),
+            write: Duration::from_secs(config.write_timeout_secs),
             max_connections,
         }
     }
@@ -251,19 +256,24 @@ impl Connection {
     }
 }
 
-/// What a connection is doing, for its watchdog: requests in progress, and when it last went
-/// idle or began receiving its next request head. Times are milliseconds since `epoch`.
+/// What a connection is doing, for its watchdog: requests in progress, when it last went idle
+/// or began receiving its next request head, and since when its writes have been stuck. Times
+/// are milliseconds since `epoch`.
 struct Activity {
     epoch: Instant,
     in_flight: AtomicU32,
     idle_since: AtomicU64,
     /// When the bytes of the next request head began to arrive; `u64::MAX` while none has.
     head_since: AtomicU64,
-    /// Wakes the watchdog when a head begins, so its deadline becomes the header timeout.
+    /// Since when the socket has taken no byte of what is being written; `u64::MAX` while
+    /// writes go through.
+    stuck_since: AtomicU64,
+    /// Wakes the watchdog when a head begins or a write gets stuck, so its deadline follows.
     changed: Notify,
 }
 
 const NO_HEAD: u64 = u64::MAX;
+const NOT_STUCK: u64 = u64::MAX;
 
 impl Activity {
     fn new() -> Self {
@@ -274,6 +284,7 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            stuck_since: AtomicU64::new(NOT_STUCK),
             changed: Notify::new(),
         }
     }
@@ -294,6 +305,25 @@ impl Activity {
         }
     }
 
+    /// A write could not go through: the client is not reading (or the network is slow).
+    fn write_stuck(&self) {
+        if self.stuck_since.load(Ordering::Acquire) == NOT_STUCK {
+            self.stuck_since.store(self.now(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A write went through. Between requests (the end of a response still being written, as
+    /// a body is handed over whole), that is activity too: the connection is not idle.
+    fn wrote(&self) {
+        if self.stuck_since.load(Ordering::Acquire) != NOT_STUCK {
+            self.stuck_since.store(NOT_STUCK, Ordering::Release);
+        }
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            self.idle_since.store(self.now(), Ordering::Release);
+        }
+    }
+
     /// A request head is complete and the request is being answered.
     fn begin_request(self: &Arc<Self>) -> RequestDone {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -303,6 +333,11 @@ impl Activity {
 
     /// When the watchdog should look next.
     fn deadline(&self, bounds: &Bounds) -> Instant {
+        // A response stuck on its way out has the write timeout, whatever else goes on.
+        let stuck = self.stuck_since.load(Ordering::Acquire);
+        if stuck != NOT_STUCK {
+            return self.at(stuck) + bounds.write;
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             // Answering: bodies have their own timeout; look again later.
             return Instant::now() + bounds.idle;
@@ -316,6 +351,10 @@ impl Activity {
     /// Which bound the connection has run out of, if any.
     fn expired(&self, bounds: &Bounds) -> Option<&'static str> {
         let now = Instant::now();
+        let stuck = self.stuck_since.load(Ordering::Acquire);
+        if stuck != NOT_STUCK {
+            return (now >= self.at(stuck) + bounds.write).then_some("write");
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -379,9 +418,21 @@ impl AsyncRead for Tracked {
     }
 }
 
+impl Tracked {
+    /// Reports to the watchdog whether a write went through.
+    fn watched<T>(&self, polled: Poll<T>) -> Poll<T> {
+        match polled {
+            Poll::Pending => self.activity.write_stuck(),
+            Poll::Ready(_) => self.activity.wrote(),
+        }
+        polled
+    }
+}
+
 impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watched(polled)
     }
 
     fn poll_write_vectored(
@@ -389,7 +440,8 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watched(polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -292,6 +292,64 @@ async fn bodies_beyond_the_memory_budget_are_refused_until_memory_is_free() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_closed() {
+    let server = server!(|config| {
+        config.http.write_timeout_secs = 2;
+        config.http.idle_timeout_secs = 1;
+    });
+    let alice = server.user("alice").await;
+    let token = alice.token();
+    let id = crate::api::conversations::create(&server, &token, "group", &[], None).await;
+    // A sync of about 11 MB: more than the two sockets' buffers hold.
+    let ciphertext = roost_proto::bytes::encode(&vec![7u8; 700 * 1024]);
+    for n in 0..12 {
+        let message = serde_json::json!({"client_message_id": format!("m{n}"), "epoch": 1, "ciphertext": ciphertext});
+        let (status, body) = server.post(&format!("/v1/conversations/{id}/messages"), Some(&token), message).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4 * 1024).expect("a small receive buffer");
+    let mut stream = socket.connect(address(&server)).await.expect("connect");
+    let request = format!("GET /v1/sync HTTP/1.1\r\nhost: roost.test\r\nauthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    // Nothing is read until the server has given up on the response.
+    let deadline = Instant::now() + CLOSE_WITHIN;
+    loop {
+        let metrics =
+            server.http.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        if metrics.contains("roost_http_connections_timed_out_total{phase=\"write\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a response nobody read kept its connection open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(read_until_closed(&mut stream, CLOSE_WITHIN).await.is_some(), "closed");
+    assert!(healthy(&server).await);
+
+    // A client that reads slowly but steadily gets it all, for longer than the idle timeout.
+    let mut stream = TcpStream::connect(address(&server)).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let started = Instant::now();
+    loop {
+        let n = tokio::time::timeout(CLOSE_WITHIN, stream.read(&mut buffer)).await.expect("data").expect("read");
+        assert!(n > 0, "closed after {} bytes in {:?}", received.len(), started.elapsed());
+        received.extend_from_slice(&buffer[..n]);
+        if let Some(end) = received.windows(4).position(|window| window == b"\r\n\r\n") {
+            let (_, headers, body) = parse_response(&received);
+            let length: usize = header(&headers, "content-length").expect("length").parse().expect("number");
+            if body.len() == length {
+                assert!(end > 0 && length > 11_000_000);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_body_sent_where_no_route_is_does_not_cut_the_answer_off() {
     let server = server!();
     let mut stream = TcpStream::connect(address(&server)).await.expect("connect");
