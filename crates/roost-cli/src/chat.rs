@@ -16,12 +16,15 @@ use roost_proto::socket::ServerFrame;
 use roost_proto::{ConversationId, UserId};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
+use crate::{Names, members_of_all};
+
 /// How long a typing indicator stays up without a new typing frame.
 const TYPING_SHOWN: Duration = Duration::from_secs(5);
 /// At most one typing frame per conversation this often.
 const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 struct Screen {
+    names: Names,
     conversations: Vec<(ConversationId, String)>,
     selected: usize,
     input: String,
@@ -53,8 +56,10 @@ async fn chat_loop(
     terminal: &mut ratatui::DefaultTerminal,
     socket: &mut Socket,
 ) -> anyhow::Result<()> {
+    let names = Names::of(client, members_of_all(client)).await;
     let mut screen = Screen {
-        conversations: labels(client),
+        conversations: labels(client, &names),
+        names,
         selected: 0,
         input: String::new(),
         notice: "Up/Down: conversation · Enter: send · Esc: quit".into(),
@@ -155,9 +160,16 @@ async fn announce_typing(socket: &mut Socket, screen: &mut Screen) {
 }
 
 async fn absorb(client: &Client, screen: &mut Screen, events: Vec<Event>) {
+    // New members and senders get their names before they are shown.
+    let unknown =
+        events.iter().filter_map(Event::user).chain(members_of_all(client)).any(|user| !screen.names.knows(&user));
+    if unknown || events.iter().any(|event| matches!(event, Event::Joined(_) | Event::MembersChanged(_))) {
+        screen.names = Names::of(client, members_of_all(client)).await;
+        screen.conversations = labels(client, &screen.names);
+    }
     for event in events {
         match event {
-            Event::Joined(_) => screen.conversations = labels(client),
+            Event::Joined(_) => screen.conversations = labels(client, &screen.names),
             Event::Message(message) => {
                 screen.typing.remove(&message.conversation_id);
             }
@@ -179,27 +191,22 @@ async fn refresh_read(client: &Client, screen: &mut Screen) {
             .members
             .iter()
             .filter(|m| m.user_id != client.user_id())
-            .filter_map(|m| m.read_seq.map(|seq| format!("{} read #{seq}", short(&m.user_id.to_string()))))
+            .filter_map(|m| m.read_seq.map(|seq| format!("{} read #{seq}", screen.names.who(&m.user_id))))
             .collect::<Vec<_>>()
             .join(", "),
         Err(_) => String::new(),
     };
 }
 
-fn labels(client: &Client) -> Vec<(ConversationId, String)> {
+fn labels(client: &Client, names: &Names) -> Vec<(ConversationId, String)> {
     let me = client.user_id();
     client
         .conversations()
         .unwrap_or_default()
         .into_iter()
         .map(|(id, kind)| {
-            let others: Vec<String> = client
-                .members(&id)
-                .unwrap_or_default()
-                .iter()
-                .filter(|u| **u != me)
-                .map(|u| short(&u.to_string()))
-                .collect();
+            let others: Vec<String> =
+                client.members(&id).unwrap_or_default().iter().filter(|u| **u != me).map(|u| names.who(u)).collect();
             (id, format!("{kind}: {}", others.join(", ")))
         })
         .collect()
@@ -218,15 +225,11 @@ fn draw(frame: &mut ratatui::Frame<'_>, client: &Client, screen: &Screen) {
         .highlight_style(Style::default().add_modifier(Modifier::REVERSED));
     frame.render_stateful_widget(list, left, &mut list_state);
 
-    let me = client.user_id();
     let lines: Vec<Line<'_>> = selected(screen)
         .and_then(|id| client.history(&id).ok())
         .unwrap_or_default()
         .into_iter()
-        .map(|m| {
-            let who = if m.sender_user == me { "you".to_owned() } else { short(&m.sender_user.to_string()) };
-            Line::from(format!("#{} {who}: {}", m.seq, m.content.display()))
-        })
+        .map(|m| Line::from(format!("#{} {}: {}", m.seq, screen.names.who(&m.sender_user), m.content.display())))
         .collect();
     let scroll = u16::try_from(lines.len().saturating_sub(usize::from(right.height.saturating_sub(2)))).unwrap_or(0);
     let messages = Paragraph::new(lines)
@@ -241,12 +244,8 @@ fn draw(frame: &mut ratatui::Frame<'_>, client: &Client, screen: &Screen) {
     );
     let typing = selected(screen)
         .and_then(|id| screen.typing.get(&id))
-        .map(|(user, _)| format!("{} is typing… · ", short(&user.to_string())))
+        .map(|(user, _)| format!("{} is typing… · ", screen.names.who(user)))
         .unwrap_or_default();
     let read = if screen.read_by.is_empty() { String::new() } else { format!("{} · ", screen.read_by) };
     frame.render_widget(Paragraph::new(format!("{typing}{read}{}", screen.notice)), status);
-}
-
-fn short(id: &str) -> String {
-    id.chars().take(8).collect()
 }

@@ -318,10 +318,10 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         Command::Chat => chat::run(client).await?,
         Command::Listen => {
             sync_and_print(client).await?;
-            let me = client.user_id();
+            let names = Names::of(client, members_of_all(client)).await;
             loop {
                 // Pushed over the WebSocket; reconnect whenever the connection ends.
-                if let Err(err) = client.listen(|event| print_event(&me, event)).await {
+                if let Err(err) = client.listen(|event| print_event(&names, event)).await {
                     eprintln!("roost: {err}; reconnecting");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -330,13 +330,10 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         }
         Command::History { conversation } => {
             let id = conversation_of(client, &conversation).await?;
-            for message in client.history(&id)? {
-                say!(
-                    "#{} {}: {}",
-                    message.seq,
-                    who(&client.user_id(), &message.sender_user),
-                    message.content.display()
-                );
+            let history = client.history(&id)?;
+            learn_names(client, history.iter().map(|message| message.sender_user)).await;
+            for message in history {
+                say!("#{} {}: {}", message.seq, who(client, &message.sender_user), message.content.display());
             }
         }
         Command::Join { conversation } => {
@@ -345,9 +342,14 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
             say!("joined {id}");
         }
         Command::Conversations => {
-            for (id, kind) in client.conversations()? {
-                let members: Vec<String> =
-                    client.members(&id).unwrap_or_default().iter().map(|u| who(&client.user_id(), u)).collect();
+            let conversations: Vec<_> = client
+                .conversations()?
+                .into_iter()
+                .map(|(id, kind)| (id, kind, client.members(&id).unwrap_or_default()))
+                .collect();
+            learn_names(client, conversations.iter().flat_map(|(_, _, members)| members.iter().copied())).await;
+            for (id, kind, members) in conversations {
+                let members: Vec<String> = members.iter().map(|user| who(client, user)).collect();
                 say!("{id}  {kind}  {}", members.join(", "));
             }
         }
@@ -403,7 +405,8 @@ async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
     // devices, remove revoked devices and users who left.
     let added = client.add_missing_own_devices().await?;
     let removed = client.remove_departed().await?;
-    let me = client.user_id();
+    let users = events.iter().filter_map(Event::user).chain(members_of_all(client));
+    let names = Names::of(client, users.collect::<Vec<_>>()).await;
     // What was printed has been read: move the read markers (others see them as receipts).
     let mut read: std::collections::BTreeMap<ConversationId, u64> = std::collections::BTreeMap::new();
     for event in &events {
@@ -412,7 +415,7 @@ async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
         }
     }
     for event in events {
-        print_event(&me, event);
+        print_event(&names, event);
     }
     for (id, seq) in read {
         client.api().mark_read(&id, seq).await?;
@@ -426,22 +429,23 @@ async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_event(me: &UserId, event: Event) {
+fn print_event(names: &Names, event: Event) {
     let tag = |id: &ConversationId| short(&id.to_string());
+    let who = |user: &UserId| names.who(user);
     match event {
         Event::Message(message) => {
-            say!("[{}] {}: {}", tag(&message.conversation_id), who(me, &message.sender_user), message.content.display())
+            say!("[{}] {}: {}", tag(&message.conversation_id), who(&message.sender_user), message.content.display())
         }
         Event::Joined(id) => say!("[{}] joined", tag(&id)),
         Event::Removed(id) => say!("[{}] you are no longer a member", tag(&id)),
         Event::Typing { conversation_id, user_id, active: true } => {
-            say!("[{}] {} is typing…", tag(&conversation_id), who(me, &user_id))
+            say!("[{}] {} is typing…", tag(&conversation_id), who(&user_id))
         }
         Event::ReadReceipt { conversation_id, user_id, seq } => {
-            say!("[{}] {} read up to #{seq}", tag(&conversation_id), who(me, &user_id))
+            say!("[{}] {} read up to #{seq}", tag(&conversation_id), who(&user_id))
         }
         Event::Presence { user_id, online } => {
-            say!("{} is {}", who(me, &user_id), if online { "online" } else { "offline" })
+            say!("{} is {}", who(&user_id), if online { "online" } else { "offline" })
         }
         Event::Rejected { conversation_id, reason } => {
             say!("[{}] REFUSED: {reason}", conversation_id.map(|id| tag(&id)).unwrap_or_default())
@@ -467,8 +471,54 @@ async fn conversation_of(client: &Client, text: &str) -> anyhow::Result<Conversa
     text.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a conversation id or @user"))
 }
 
-fn who(me: &UserId, user: &UserId) -> String {
-    if user == me { "you".to_owned() } else { short(&user.to_string()) }
+/// How a user is shown: "you", or their @handle (or the start of their id while the handle is
+/// unknown).
+fn who(client: &Client, user: &UserId) -> String {
+    if *user == client.user_id() { "you".to_owned() } else { client.name(user) }
+}
+
+/// How users are shown in printed events: what the client knew of them when the snapshot was
+/// taken (a listener's callback cannot reach the client).
+pub(crate) struct Names {
+    me: UserId,
+    known: std::collections::HashMap<UserId, String>,
+}
+
+impl Names {
+    pub(crate) async fn of(client: &Client, users: impl IntoIterator<Item = UserId>) -> Self {
+        let users: Vec<UserId> = users.into_iter().collect();
+        learn_names(client, users.iter().copied()).await;
+        Self { me: client.user_id(), known: users.iter().map(|user| (*user, client.name(user))).collect() }
+    }
+
+    /// Whether the snapshot holds `user` (or `user` is this user).
+    pub(crate) fn knows(&self, user: &UserId) -> bool {
+        *user == self.me || self.known.contains_key(user)
+    }
+
+    pub(crate) fn who(&self, user: &UserId) -> String {
+        match self.known.get(user) {
+            _ if *user == self.me => "you".to_owned(),
+            Some(name) => name.clone(),
+            None => short(&user.to_string()),
+        }
+    }
+}
+
+/// Every member of every conversation this device is in.
+pub(crate) fn members_of_all(client: &Client) -> Vec<UserId> {
+    let conversations = client.conversations().unwrap_or_default();
+    conversations.iter().flat_map(|(id, _)| client.members(id).unwrap_or_default()).collect()
+}
+
+/// Looks up the handles of `users` not known yet. A server out of reach leaves ids shown: the
+/// names are for reading, and nothing else depends on them.
+async fn learn_names(client: &Client, users: impl IntoIterator<Item = UserId>) {
+    let mut users: Vec<UserId> = users.into_iter().filter(|user| *user != client.user_id()).collect();
+    users.sort();
+    users.dedup();
+    // Without the server, ids are shown instead (history and conversations work offline).
+    client.learn_names(&users).await.ok();
 }
 
 fn short(id: &str) -> String {

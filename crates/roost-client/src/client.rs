@@ -72,6 +72,19 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The user the event is about or from, if it names one.
+    pub fn user(&self) -> Option<UserId> {
+        match self {
+            Self::Message(message) => Some(message.sender_user),
+            Self::Typing { user_id, .. } | Self::ReadReceipt { user_id, .. } | Self::Presence { user_id, .. } => {
+                Some(*user_id)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A client bound to a state directory.
 pub struct Client {
     api: Api,
@@ -494,6 +507,31 @@ impl Client {
         Ok(users)
     }
 
+    /// How `user` is shown: `@handle` once learned (see [`Client::learn_names`]), else the
+    /// first characters of the user id. Handles come from the server, which could lie about
+    /// them: the safety number is what proves who a user is.
+    pub fn name(&self, user: &UserId) -> String {
+        match self.store.handle(user) {
+            Ok(Some((Some(handle), _))) => format!("@{handle}"),
+            _ => user.to_string().chars().take(8).collect(),
+        }
+    }
+
+    /// Looks up the handles of those of `users` whose handle was never learned or was learned
+    /// over [`NAME_TTL_MS`] ago (one request each), and keeps them for [`Client::name`].
+    pub async fn learn_names(&self, users: &[UserId]) -> Result<()> {
+        let now = unix_ms();
+        for user in users {
+            let known = self.store.handle(user)?;
+            if known.is_some_and(|(_, learned_at)| now.saturating_sub(learned_at) < NAME_TTL_MS) {
+                continue;
+            }
+            let list = self.api.devices(user).await?;
+            self.store.save_handle(user, list.handle.as_ref().map(|handle| handle.as_str()), now)?;
+        }
+        Ok(())
+    }
+
     /// Whether this device holds the identity key (and can link devices or claim handles).
     pub fn holds_identity(&self) -> bool {
         self.identity.is_some()
@@ -517,7 +555,10 @@ impl Client {
     pub async fn resolve(&self, who: &str) -> Result<UserId> {
         if let Some(handle) = who.strip_prefix('@') {
             return match self.api.resolve_handle(handle).await {
-                Ok(record) => Ok(record.user_id),
+                Ok(record) => {
+                    self.store.save_handle(&record.user_id, Some(record.handle.as_str()), unix_ms())?;
+                    Ok(record.user_id)
+                }
                 Err(err) if err.code() == Some(roost_proto::ErrorCode::NotFound) => {
                     Err(ClientError::NotFound(format!("nobody holds the handle @{handle}")))
                 }
@@ -540,7 +581,8 @@ impl Client {
             now,
         );
         let body = json!({"timestamp": now, "signature": bytes::encode(&identity.sign_bytes(&statement))});
-        self.api.claim_handle(handle.as_str(), &body).await.map(|_| ())
+        self.api.claim_handle(handle.as_str(), &body).await?;
+        self.store.save_handle(&self.user_id(), Some(handle.as_str()), now)
     }
 
     fn identity_key(&self) -> Result<&KeyPair> {
@@ -622,8 +664,10 @@ impl Client {
             for leaf in leaves {
                 let gone = if users.contains(&leaf.user_id) {
                     if let std::collections::hash_map::Entry::Vacant(slot) = active.entry(leaf.user_id) {
-                        let devices = self.api.devices(&leaf.user_id).await?.devices;
-                        slot.insert(devices.into_iter().map(|d| d.device_id).collect());
+                        let list = self.api.devices(&leaf.user_id).await?;
+                        let handle = list.handle.as_ref().map(|handle| handle.as_str());
+                        self.store.save_handle(&leaf.user_id, handle, unix_ms())?;
+                        slot.insert(list.devices.into_iter().map(|d| d.device_id).collect());
                     }
                     !active.get(&leaf.user_id).is_some_and(|devices| devices.contains(&leaf.device_id))
                 } else {
@@ -930,6 +974,9 @@ impl Client {
         }
     }
 }
+
+/// How long a learned handle is shown before [`Client::learn_names`] looks it up again.
+pub const NAME_TTL_MS: i64 = 60 * 60 * 1000;
 
 /// Milliseconds since the Unix epoch by this device's clock (0 if the clock is before it).
 fn unix_ms() -> i64 {

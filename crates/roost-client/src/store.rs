@@ -71,7 +71,9 @@ impl LocalStore {
              CREATE TABLE IF NOT EXISTS messages (
                  conversation_id BLOB NOT NULL, seq INTEGER NOT NULL, sender_user BLOB NOT NULL,
                  sender_device BLOB NOT NULL, created_at INTEGER NOT NULL, content TEXT NOT NULL,
-                 PRIMARY KEY (conversation_id, seq));",
+                 PRIMARY KEY (conversation_id, seq));
+             CREATE TABLE IF NOT EXISTS names (
+                 user_id BLOB PRIMARY KEY, handle TEXT, learned_at INTEGER NOT NULL);",
         )?;
         Ok(Self { connection: Mutex::new(connection) })
     }
@@ -134,6 +136,28 @@ impl LocalStore {
             certificate: certificate.as_slice().try_into().map_err(|_| corrupt())?,
             token,
         }))
+    }
+
+    /// Remembers `user`'s handle (or that it holds none), as learned at `now` (Unix ms).
+    pub fn save_handle(&self, user: &UserId, handle: Option<&str>, now: i64) -> Result<()> {
+        self.lock()?.execute(
+            "INSERT OR REPLACE INTO names (user_id, handle, learned_at) VALUES (?1, ?2, ?3)",
+            params![user.as_bytes().as_slice(), handle, now],
+        )?;
+        Ok(())
+    }
+
+    /// What is known of `user`'s handle: `None` if never learned, else the handle (or `None`
+    /// if the user held none) and when it was learned.
+    pub fn handle(&self, user: &UserId) -> Result<Option<(Option<String>, i64)>> {
+        Ok(self
+            .lock()?
+            .query_row(
+                "SELECT handle, learned_at FROM names WHERE user_id = ?1",
+                params![user.as_bytes().as_slice()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
     }
 
     /// Remembers a device key waiting for its link to be approved.

@@ -55,6 +55,10 @@ pub struct Device {
 pub struct DeviceList {
     /// The user.
     pub user_id: UserId,
+    /// The user's handle, if it holds one (as the server says: a client shows it, and checks
+    /// the safety number before trusting it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<Handle>,
     /// Every active (not revoked) device, oldest first.
     pub devices: Vec<Device>,
 }

@@ -161,7 +161,11 @@ fn devices_and_handles() {
         &HandleRecord { handle: "alice".parse().unwrap(), user_id: user() },
         json!({"handle": "alice", "user_id": USER}),
     );
-    golden(&DeviceList { user_id: user(), devices: vec![] }, json!({"user_id": USER, "devices": []}));
+    golden(&DeviceList { user_id: user(), handle: None, devices: vec![] }, json!({"user_id": USER, "devices": []}));
+    golden(
+        &DeviceList { user_id: user(), handle: Some("alice".parse().unwrap()), devices: vec![] },
+        json!({"user_id": USER, "handle": "alice", "devices": []}),
+    );
 }
 
 #[test]

@@ -41,9 +41,10 @@ async fn the_readme_walkthrough() {
         // Alice and bob exchange messages.
         assert!(roost(&alice, &["dm", "@bob", "Hi Bob, secret walkthrough one"]).starts_with("sent #1"));
         let synced = roost(&bob, &["sync"]);
-        assert!(synced.contains("joined") && synced.contains("Hi Bob, secret walkthrough one"), "{synced}");
+        assert!(synced.contains("joined") && synced.contains("@alice: Hi Bob, secret walkthrough one"), "{synced}");
         roost(&bob, &["dm", "@alice", "Hi Alice, secret walkthrough two"]);
-        assert!(roost(&alice, &["sync"]).contains("Hi Alice, secret walkthrough two"));
+        let synced = roost(&alice, &["sync"]);
+        assert!(synced.contains("@bob: Hi Alice, secret walkthrough two"), "senders show as @handles: {synced}");
         assert_eq!(roost(&alice, &["fingerprint", "@bob"]), roost(&bob, &["fingerprint", "@alice"]));
 
         // Alice links a second device.
@@ -57,6 +58,7 @@ async fn the_readme_walkthrough() {
         assert!(roost(&alice, &["sync"]).contains("secret walkthrough three"));
         let history = roost(&phone, &["history", "@bob"]);
         assert!(!history.contains("secret walkthrough one"), "forward-only: {history}");
+        assert!(history.contains("@bob: Hello both of you"), "{history}");
 
         // Carol joins a group.
         roost(&carol, &["init", "--server", &server, "--handle", "carol"]);
@@ -66,7 +68,8 @@ async fn the_readme_walkthrough() {
         roost(&alice, &["send", &group, "Welcome Carol, secret walkthrough four"]);
         let carols = roost(&carol, &["sync"]);
         assert!(carols.contains("secret walkthrough four") && !carols.contains("before carol"), "{carols}");
-        assert!(roost(&alice, &["conversations"]).contains("group"));
+        let conversations = roost(&alice, &["conversations"]);
+        assert!(conversations.contains("group") && conversations.contains("@carol"), "{conversations}");
 
         // Clear errors.
         assert!(roost_fails(&alice, &["dm", "@nobody", "hi"]).contains("nobody holds the handle @nobody"));

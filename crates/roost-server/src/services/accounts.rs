@@ -74,7 +74,8 @@ impl Accounts {
         }
         let own = caller.user_id == *user_id;
         let devices = self.ctx.store.active_devices(user_id).await?;
-        Ok(DeviceList { user_id: *user_id, devices: devices.iter().map(|d| device_view(d, own)).collect() })
+        let handle = self.ctx.store.handle_of(user_id).await?;
+        Ok(DeviceList { user_id: *user_id, handle, devices: devices.iter().map(|d| device_view(d, own)).collect() })
     }
 
     /// Revokes one of the caller's user's devices. The identity key must have signed the

@@ -285,6 +285,11 @@ async fn handles_are_claimed_with_signatures_and_unique() {
     assert_eq!(resolved, json!({"handle": "alice", "user_id": alice.id()}));
     let (_, me) = server.get("/v1/auth/session", Some(&alice.token())).await;
     assert_eq!(me["handle"], "alice");
+    // A user's device list names its handle, so clients can show @alice for a user id.
+    let (status, devices) = server.get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token())).await;
+    assert_eq!((status, &devices["handle"]), (StatusCode::OK, &json!("alice")));
+    let (_, devices) = server.get(&format!("/v1/users/{}/devices", bob.id()), Some(&alice.token())).await;
+    assert!(devices.get("handle").is_none(), "bob holds no handle: {devices}");
 
     // Bob can neither take it nor release it, even by replaying alice's signed request.
     let bobs = handle_body(&bob, HandleAction::Claim, "alice", START_MS);
@@ -329,6 +334,8 @@ async fn handles_are_claimed_with_signatures_and_unique() {
     let (status, _) = server.post("/v1/handles/alice/release", Some(&alice.token()), release).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_error(&server.get("/v1/handles/alice", Some(&bob.token())).await, StatusCode::NOT_FOUND, "not_found");
+    let (_, devices) = server.get(&format!("/v1/users/{}/devices", alice.id()), Some(&bob.token())).await;
+    assert!(devices.get("handle").is_none(), "released: {devices}");
     let (status, _) = server
         .post("/v1/handles/alice/claim", Some(&bob.token()), handle_body(&bob, HandleAction::Claim, "alice", START_MS))
         .await;
