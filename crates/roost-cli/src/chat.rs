@@ -16,7 +16,7 @@ use roost_proto::socket::ServerFrame;
 use roost_proto::{ConversationId, UserId};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use crate::{Names, members_of_all};
+use crate::{Names, members_of_all, render};
 
 /// How long a typing indicator stays up without a new typing frame.
 const TYPING_SHOWN: Duration = Duration::from_secs(5);
@@ -225,12 +225,9 @@ fn draw(frame: &mut ratatui::Frame<'_>, client: &Client, screen: &Screen) {
         .highlight_style(Style::default().add_modifier(Modifier::REVERSED));
     frame.render_stateful_widget(list, left, &mut list_state);
 
-    let lines: Vec<Line<'_>> = selected(screen)
-        .and_then(|id| client.history(&id).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| Line::from(format!("#{} {}: {}", m.seq, screen.names.who(&m.sender_user), m.content.display())))
-        .collect();
+    let timeline = selected(screen).and_then(|id| client.timeline(&id).ok()).unwrap_or_default();
+    let names = screen.names.with(&timeline);
+    let lines: Vec<Line<'_>> = timeline.items.iter().flat_map(|item| render(item, &names)).map(Line::from).collect();
     let scroll = u16::try_from(lines.len().saturating_sub(usize::from(right.height.saturating_sub(2)))).unwrap_or(0);
     let messages = Paragraph::new(lines)
         .block(Block::default().borders(Borders::ALL).title("Messages"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use roost_client::{Client, ClientError, Event};
+use roost_client::{Client, ClientError, Content, Event, Timeline, TimelineItem};
 use roost_proto::conversation::{ConversationKind, RetentionPolicy};
 use roost_proto::{ConversationId, ErrorCode, UserId};
 
@@ -84,6 +84,109 @@ enum Command {
         /// The text.
         #[arg(allow_hyphen_values = true)]
         text: String,
+    },
+    /// React to a message (by its number, as history shows it), or withdraw the reaction.
+    React {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The message's number.
+        seq: u64,
+        /// The reaction, such as 👍.
+        emoji: String,
+        /// Withdraw this reaction instead.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Reply to a message, quoting it.
+    Reply {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The message's number.
+        seq: u64,
+        /// The text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+    },
+    /// Replace the text of one of your messages.
+    Edit {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The message's number.
+        seq: u64,
+        /// The new text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+    },
+    /// Delete one of your messages for everyone.
+    Delete {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The message's number.
+        seq: u64,
+    },
+    /// Share a place.
+    Location {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// Latitude in degrees (south negative).
+        #[arg(allow_negative_numbers = true)]
+        latitude: f64,
+        /// Longitude in degrees (west negative).
+        #[arg(allow_negative_numbers = true)]
+        longitude: f64,
+        /// What the place is.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Share a Roost user's contact card.
+    Contact {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The user to share: @handle.
+        user: String,
+    },
+    /// Ask a question with 2 to 32 options.
+    Poll {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The question.
+        question: String,
+        /// The options.
+        #[arg(num_args = 2..=32, required = true)]
+        options: Vec<String>,
+        /// Let a vote choose several options.
+        #[arg(long)]
+        multiple: bool,
+    },
+    /// Vote in a poll by option numbers (1 for the first); no numbers withdraws your vote.
+    Vote {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The poll's message number.
+        seq: u64,
+        /// Option numbers.
+        choices: Vec<u32>,
+    },
+    /// Close one of your polls: later votes do not count.
+    ClosePoll {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The poll's message number.
+        seq: u64,
+    },
+    /// Set the name your conversations show for you (none: your handle again).
+    Profile {
+        /// The display name.
+        display_name: Option<String>,
     },
     /// Fetch, decrypt, store and acknowledge new messages, and print them.
     Sync,
@@ -330,11 +433,67 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         }
         Command::History { conversation } => {
             let id = conversation_of(client, &conversation).await?;
-            let history = client.history(&id)?;
-            learn_names(client, history.iter().map(|message| message.sender_user)).await;
-            for message in history {
-                say!("#{} {}: {}", message.seq, who(client, &message.sender_user), message.content.display());
+            let timeline = client.timeline(&id)?;
+            let names = Names::of(client, timeline.items.iter().map(|item| item.sender_user)).await.with(&timeline);
+            for item in &timeline.items {
+                for line in render(item, &names) {
+                    say!("{line}");
+                }
             }
+        }
+        Command::React { conversation, seq, emoji, remove } => {
+            send_content(client, &conversation, Content::Reaction { to_seq: seq, emoji, remove }).await?;
+        }
+        Command::Reply { conversation, seq, text } => {
+            send_content(client, &conversation, Content::Reply { to_seq: seq, body: text }).await?;
+        }
+        Command::Edit { conversation, seq, text } => {
+            send_content(client, &conversation, Content::Edit { to_seq: seq, body: text }).await?;
+        }
+        Command::Delete { conversation, seq } => {
+            send_content(client, &conversation, Content::Delete { to_seq: seq }).await?;
+        }
+        Command::Location { conversation, latitude, longitude, label } => {
+            let content = Content::Location {
+                latitude_e7: e7(latitude, 90.0, "latitude")?,
+                longitude_e7: e7(longitude, 180.0, "longitude")?,
+                accuracy_m: None,
+                label,
+            };
+            send_content(client, &conversation, content).await?;
+        }
+        Command::Contact { conversation, user } => {
+            let handle = user.strip_prefix('@').context("name the contact by @handle")?.to_owned();
+            let user_id = client.resolve(&user).await?;
+            let content = Content::Contact {
+                name: format!("@{handle}"),
+                user_id: Some(user_id.to_string()),
+                handle: Some(handle),
+                phone: None,
+                email: None,
+            };
+            send_content(client, &conversation, content).await?;
+        }
+        Command::Poll { conversation, question, options, multiple } => {
+            send_content(client, &conversation, Content::Poll { question, options, multiple }).await?;
+        }
+        Command::Vote { conversation, seq, choices } => {
+            if choices.contains(&0) {
+                bail!("options are numbered from 1");
+            }
+            let choices = choices.into_iter().map(|choice| choice - 1).collect();
+            send_content(client, &conversation, Content::PollVote { to_seq: seq, choices }).await?;
+        }
+        Command::ClosePoll { conversation, seq } => {
+            send_content(client, &conversation, Content::PollClose { to_seq: seq }).await?;
+        }
+        Command::Profile { display_name } => {
+            client.sync().await?;
+            let conversations = client.conversations()?;
+            for (id, _) in &conversations {
+                client.send(id, &Content::Profile { display_name: display_name.clone() }).await?;
+            }
+            say!("sent to {} conversations", conversations.len());
         }
         Command::Join { conversation } => {
             let id = conversation_of(client, &conversation).await?;
@@ -477,6 +636,52 @@ fn who(client: &Client, user: &UserId) -> String {
     if *user == client.user_id() { "you".to_owned() } else { client.name(user) }
 }
 
+/// Sends `content` to a conversation after catching up with it (to its current epoch).
+async fn send_content(client: &mut Client, conversation: &str, content: Content) -> anyhow::Result<()> {
+    client.sync().await?;
+    let id = conversation_of(client, conversation).await?;
+    let seq = client.send(&id, &content).await?;
+    say!("sent #{seq}");
+    Ok(())
+}
+
+/// Degrees as units of 10⁻⁷ degrees, if within ±`limit`.
+fn e7(degrees: f64, limit: f64, what: &str) -> anyhow::Result<i32> {
+    if !(-limit..=limit).contains(&degrees) {
+        bail!("{what} must be between -{limit} and {limit} degrees");
+    }
+    // Within ±180 degrees, so within i32 once scaled.
+    #[allow(clippy::cast_possible_truncation)]
+    Ok((degrees * 1e7).round() as i32)
+}
+
+/// A shown message as lines: the quote it answers, the message, its reactions.
+pub(crate) fn render(item: &TimelineItem, names: &Names) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(quote) = &item.quote {
+        lines.push(format!("  > #{} {}: {}", quote.seq, names.who(&quote.sender_user), quote.text));
+    }
+    let mut text = item.text();
+    if let (Content::Poll { options, .. }, false) = (&item.content, item.deleted) {
+        let numbered: Vec<String> =
+            options.iter().enumerate().map(|(n, option)| format!("{} {option}", n + 1)).collect();
+        text.push_str(&format!(" (options: {})", numbered.join(", ")));
+    }
+    lines.push(format!("#{} {}: {text}", item.seq, names.who(&item.sender_user)));
+    if !item.reactions.is_empty() {
+        let reactions: Vec<String> = item
+            .reactions
+            .iter()
+            .map(|(emoji, users)| {
+                let users: Vec<String> = users.iter().map(|user| names.who(user)).collect();
+                format!("{emoji} {}", users.join(", "))
+            })
+            .collect();
+        lines.push(format!("  [{}]", reactions.join(" · ")));
+    }
+    lines
+}
+
 /// How users are shown in printed events: what the client knew of them when the snapshot was
 /// taken (a listener's callback cannot reach the client).
 pub(crate) struct Names {
@@ -494,6 +699,18 @@ impl Names {
     /// Whether the snapshot holds `user` (or `user` is this user).
     pub(crate) fn knows(&self, user: &UserId) -> bool {
         *user == self.me || self.known.contains_key(user)
+    }
+
+    /// The same, with the display names the conversation's members set for themselves
+    /// ("Alice L. (@alice)").
+    pub(crate) fn with(&self, timeline: &Timeline) -> Self {
+        let mut known = self.known.clone();
+        for (user, display_name) in &timeline.display_names {
+            if *user != self.me {
+                known.insert(*user, format!("{display_name} ({})", self.who(user)));
+            }
+        }
+        Self { me: self.me, known }
     }
 
     pub(crate) fn who(&self, user: &UserId) -> String {

@@ -475,6 +475,12 @@ impl Client {
         self.store.messages(id)
     }
 
+    /// The conversation as people read it: its messages with edits, deletions, reactions, poll
+    /// votes and profiles applied ([`crate::timeline`]).
+    pub fn timeline(&self, id: &ConversationId) -> Result<crate::Timeline> {
+        Ok(crate::timeline::timeline(&self.history(id)?))
+    }
+
     /// The conversations this device is in, with their kinds.
     pub fn conversations(&self) -> Result<Vec<(ConversationId, String)>> {
         self.store.conversations()

@@ -22,19 +22,23 @@ pub enum Content {
         /// The text.
         body: String,
     },
-    /// A reply to an earlier message (by its conversation sequence number).
+    /// A reply to an earlier message (by its conversation sequence number); clients show the
+    /// replied message quoted from their own history.
     Reply {
         /// The message replied to.
         to_seq: u64,
         /// The text.
         body: String,
     },
-    /// A reaction to an earlier message.
+    /// The sender's reaction to an earlier message, or its withdrawal.
     Reaction {
         /// The message reacted to.
         to_seq: u64,
         /// The reaction, usually one emoji.
         emoji: String,
+        /// Withdraws the sender's earlier reaction with this emoji.
+        #[serde(default, skip_serializing_if = "is_false")]
+        remove: bool,
     },
     /// A replacement text for an earlier message of the same sender.
     Edit {
@@ -61,12 +65,80 @@ pub enum Content {
         /// The plaintext size in bytes.
         size: u64,
     },
+    /// A place on the map.
+    Location {
+        /// Latitude in units of 10⁻⁷ degrees (north positive): exact in every language's JSON.
+        latitude_e7: i32,
+        /// Longitude in units of 10⁻⁷ degrees (east positive).
+        longitude_e7: i32,
+        /// How far off the position may be, in metres.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accuracy_m: Option<u32>,
+        /// What the place is ("Café Kranzler").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
+    /// A contact card: a Roost user, or anyone.
+    Contact {
+        /// The name to show.
+        name: String,
+        /// The Roost user, if the contact is one (their user id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+        /// Their handle as the sender knew it (without `@`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handle: Option<String>,
+        /// A phone number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<String>,
+        /// An email address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+    },
+    /// A poll. Members vote with [`Content::PollVote`]; tallies are counted by each client from
+    /// the votes (the server sees none of it).
+    Poll {
+        /// The question.
+        question: String,
+        /// The options, 2 to [`MAX_POLL_OPTIONS`].
+        options: Vec<String>,
+        /// Whether a vote may choose several options.
+        #[serde(default, skip_serializing_if = "is_false")]
+        multiple: bool,
+    },
+    /// The sender's vote in a poll, replacing their earlier one; no choices withdraws it.
+    PollVote {
+        /// The poll.
+        to_seq: u64,
+        /// Indices into the poll's options.
+        choices: Vec<u32>,
+    },
+    /// The poll's author closes it: later votes do not count.
+    PollClose {
+        /// The poll.
+        to_seq: u64,
+    },
+    /// The sender's profile, sent to their conversations when it changes (the server never
+    /// sees it).
+    Profile {
+        /// The name to show instead of the handle; none clears it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display_name: Option<String>,
+    },
     /// A content type this SDK does not know (from a newer client). Shown, never dropped.
     #[serde(skip)]
     Unknown {
         /// The type name it carried.
         type_name: String,
     },
+}
+
+/// Most options a poll may have.
+pub const MAX_POLL_OPTIONS: usize = 32;
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,13 +181,36 @@ impl Content {
         match self {
             Self::Text { body } => body.clone(),
             Self::Reply { to_seq, body } => format!("(reply to #{to_seq}) {body}"),
-            Self::Reaction { to_seq, emoji } => format!("(reacted {emoji} to #{to_seq})"),
+            Self::Reaction { to_seq, emoji, remove: false } => format!("(reacted {emoji} to #{to_seq})"),
+            Self::Reaction { to_seq, emoji, remove: true } => format!("(withdrew {emoji} from #{to_seq})"),
             Self::Edit { to_seq, body } => format!("(edited #{to_seq}) {body}"),
             Self::Delete { to_seq } => format!("(deleted #{to_seq})"),
             Self::Attachment { name, size, .. } => format!("(attachment {name}, {size} bytes)"),
+            Self::Location { latitude_e7, longitude_e7, label, .. } => {
+                let place = format!("{:.5}, {:.5}", degrees(*latitude_e7), degrees(*longitude_e7));
+                match label {
+                    Some(label) => format!("(location {label}: {place})"),
+                    None => format!("(location {place})"),
+                }
+            }
+            Self::Contact { name, handle, .. } => match handle {
+                Some(handle) => format!("(contact {name}, @{handle})"),
+                None => format!("(contact {name})"),
+            },
+            Self::Poll { question, options, .. } => format!("(poll) {question} [{}]", options.join(" / ")),
+            Self::PollVote { to_seq, choices } if choices.is_empty() => format!("(withdrew a vote in #{to_seq})"),
+            Self::PollVote { to_seq, .. } => format!("(voted in #{to_seq})"),
+            Self::PollClose { to_seq } => format!("(closed the poll #{to_seq})"),
+            Self::Profile { display_name: Some(name) } => format!("(now shown as {name})"),
+            Self::Profile { display_name: None } => "(cleared their display name)".to_owned(),
             Self::Unknown { type_name } => format!("(a {type_name} message this version cannot show)"),
         }
     }
+}
+
+/// Degrees from units of 10⁻⁷ degrees.
+pub fn degrees(e7: i32) -> f64 {
+    f64::from(e7) / 1e7
 }
 
 #[cfg(test)]
@@ -124,7 +219,9 @@ mod tests {
 
     #[test]
     fn content_round_trips_padded() {
-        for content in [Content::Text { body: "hi".into() }, Content::Reaction { to_seq: 3, emoji: "👍".into() }] {
+        for content in
+            [Content::Text { body: "hi".into() }, Content::Reaction { to_seq: 3, emoji: "👍".into(), remove: false }]
+        {
             let bytes = content.encode().unwrap();
             assert_eq!(bytes.len() % PAD_TO, 0);
             assert_eq!(Content::decode(&bytes).unwrap(), content);
@@ -136,10 +233,10 @@ mod tests {
 
     #[test]
     fn unknown_types_are_kept_as_unknown() {
-        let json = br#"{"v":2,"type":"poll","question":"?"}"#;
+        let json = br#"{"v":2,"type":"sticker","pack":"?"}"#;
         let mut bytes = (json.len() as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(json);
-        assert_eq!(Content::decode(&bytes).unwrap(), Content::Unknown { type_name: "poll".into() });
+        assert_eq!(Content::decode(&bytes).unwrap(), Content::Unknown { type_name: "sticker".into() });
         assert!(Content::decode(&[0, 0, 0, 9, 1]).is_err());
     }
 }

@@ -17,8 +17,10 @@ pub mod error;
 pub mod keys;
 pub mod mls;
 pub mod store;
+pub mod timeline;
 pub mod tls;
 
 pub use client::{Client, Event, Message};
 pub use content::Content;
 pub use error::{ClientError, Result};
+pub use timeline::{Timeline, TimelineItem};

@@ -65,11 +65,43 @@ async fn the_readme_walkthrough() {
         let group = roost(&alice, &["group", "create", "@bob"]).trim().to_owned();
         roost(&alice, &["send", &group, "before carol"]);
         roost(&alice, &["group", "add", &group, "@carol"]);
-        roost(&alice, &["send", &group, "Welcome Carol, secret walkthrough four"]);
+        let welcome = sent(&roost(&alice, &["send", &group, "Welcome Carol, secret walkthrough four"]));
         let carols = roost(&carol, &["sync"]);
         assert!(carols.contains("secret walkthrough four") && !carols.contains("before carol"), "{carols}");
         let conversations = roost(&alice, &["conversations"]);
         assert!(conversations.contains("group") && conversations.contains("@carol"), "{conversations}");
+
+        // Reactions, replies, edits, polls and profiles, as every member sees them.
+        roost(&bob, &["react", &group, &welcome, "👍"]);
+        roost(&carol, &["react", &group, &welcome, "👍"]);
+        roost(&carol, &["react", &group, &welcome, "🎉"]);
+        roost(&carol, &["react", &group, &welcome, "🎉", "--remove"]);
+        roost(&carol, &["reply", &group, &welcome, "Thanks!"]);
+        roost(&bob, &["edit", &group, &welcome, "not bob's to edit"]);
+        roost(&alice, &["edit", &group, &welcome, "Welcome, Carol!"]);
+        let poll = sent(&roost(&alice, &["poll", &group, "Lunch?", "pizza", "sushi"]));
+        roost(&bob, &["vote", &group, &poll, "1"]);
+        roost(&bob, &["vote", &group, &poll, "2"]);
+        roost(&carol, &["vote", &group, &poll, "2"]);
+        roost(&alice, &["close-poll", &group, &poll]);
+        roost(&bob, &["vote", &group, &poll, "1"]);
+        roost(&carol, &["profile", "Carol C."]);
+        roost(&carol, &["location", &group, "52.5163", "-13.3777", "--label", "the gate"]);
+        roost(&bob, &["sync"]);
+        let history = roost(&bob, &["history", &group]);
+        for shown in [
+            &format!("#{welcome} @alice: Welcome, Carol! (edited)"),
+            "[👍 you, Carol C. (@carol)]",
+            &format!("  > #{welcome} @alice: Welcome, Carol! (edited)"),
+            "Carol C. (@carol): Thanks!",
+            "(poll) Lunch? [pizza 0 / sushi 2] (closed)",
+            "(location the gate: 52.51630, -13.37770)",
+        ] {
+            assert!(history.contains(shown), "{shown:?} in {history}");
+        }
+        assert!(!history.contains("🎉") && !history.contains("not bob's"), "{history}");
+        assert!(roost_fails(&bob, &["vote", &group, &poll, "0"]).contains("numbered from 1"));
+        assert!(roost_fails(&bob, &["location", &group, "91", "0"]).contains("between -90 and 90"));
 
         // Clear errors.
         assert!(roost_fails(&alice, &["dm", "@nobody", "hi"]).contains("nobody holds the handle @nobody"));
@@ -88,4 +120,9 @@ async fn the_readme_walkthrough() {
         assert!(!running.database().contains(secret).await, "{secret:?} reached the server's data");
         assert!(files_contain(homes.path(), secret));
     }
+}
+
+/// The sequence number in roost's "sent #N" answer.
+fn sent(output: &str) -> String {
+    output.trim().strip_prefix("sent #").unwrap_or_else(|| panic!("not a send: {output}")).to_owned()
 }

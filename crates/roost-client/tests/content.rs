@@ -1,0 +1,99 @@
+//! Golden vectors: the JSON of every content type, as docs/protocol.md fixes it. Another client
+//! (in another language) must produce and read exactly these.
+
+use roost_client::Content;
+use serde_json::{Value, json};
+
+/// The JSON inside the padded encoding.
+fn json_of(content: &Content) -> Value {
+    let bytes = content.encode().expect("encodes");
+    assert_eq!(bytes.len() % 256, 0, "padded to 256 bytes");
+    let length = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+    assert!(bytes[4 + length..].iter().all(|byte| *byte == 0), "zero padding");
+    serde_json::from_slice(&bytes[4..4 + length]).expect("JSON")
+}
+
+/// The padded encoding of `json`, as another client would write it.
+fn encoded(json: &Value) -> Vec<u8> {
+    let text = serde_json::to_vec(json).unwrap();
+    let mut bytes = (text.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&text);
+    bytes.resize(bytes.len().div_ceil(256) * 256, 0);
+    bytes
+}
+
+#[test]
+fn every_content_type_has_its_fixed_json() {
+    let user = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
+    let vectors = [
+        (Content::Text { body: "hi".into() }, json!({"v": 1, "type": "text", "body": "hi"})),
+        (
+            Content::Reply { to_seq: 4, body: "yes".into() },
+            json!({"v": 1, "type": "reply", "to_seq": 4, "body": "yes"}),
+        ),
+        (
+            Content::Reaction { to_seq: 4, emoji: "👍".into(), remove: false },
+            json!({"v": 1, "type": "reaction", "to_seq": 4, "emoji": "👍"}),
+        ),
+        (
+            Content::Reaction { to_seq: 4, emoji: "👍".into(), remove: true },
+            json!({"v": 1, "type": "reaction", "to_seq": 4, "emoji": "👍", "remove": true}),
+        ),
+        (
+            Content::Edit { to_seq: 4, body: "hello".into() },
+            json!({"v": 1, "type": "edit", "to_seq": 4, "body": "hello"}),
+        ),
+        (Content::Delete { to_seq: 4 }, json!({"v": 1, "type": "delete", "to_seq": 4})),
+        (
+            Content::Location {
+                latitude_e7: 525_162_770,
+                longitude_e7: 133_777_030,
+                accuracy_m: Some(20),
+                label: None,
+            },
+            json!({"v": 1, "type": "location", "latitude_e7": 525_162_770, "longitude_e7": 133_777_030, "accuracy_m": 20}),
+        ),
+        (
+            Content::Contact {
+                name: "Carol".into(),
+                user_id: Some(user.into()),
+                handle: Some("carol".into()),
+                phone: None,
+                email: Some("carol@example.com".into()),
+            },
+            json!({"v": 1, "type": "contact", "name": "Carol", "user_id": user, "handle": "carol",
+                   "email": "carol@example.com"}),
+        ),
+        (
+            Content::Poll { question: "lunch?".into(), options: vec!["pizza".into(), "sushi".into()], multiple: true },
+            json!({"v": 1, "type": "poll", "question": "lunch?", "options": ["pizza", "sushi"], "multiple": true}),
+        ),
+        (
+            Content::PollVote { to_seq: 9, choices: vec![1] },
+            json!({"v": 1, "type": "poll_vote", "to_seq": 9, "choices": [1]}),
+        ),
+        (Content::PollClose { to_seq: 9 }, json!({"v": 1, "type": "poll_close", "to_seq": 9})),
+        (
+            Content::Profile { display_name: Some("Alice L.".into()) },
+            json!({"v": 1, "type": "profile", "display_name": "Alice L."}),
+        ),
+    ];
+    for (content, json) in vectors {
+        assert_eq!(json_of(&content), json, "{content:?} encodes as fixed");
+        assert_eq!(Content::decode(&encoded(&json)).unwrap(), content, "{json} decodes");
+    }
+}
+
+#[test]
+fn optional_fields_may_be_left_out_and_newer_types_are_kept_as_unknown() {
+    let bare = json!({"v": 1, "type": "location", "latitude_e7": 1, "longitude_e7": -2});
+    let Content::Location { accuracy_m: None, label: None, .. } = Content::decode(&encoded(&bare)).unwrap() else {
+        unreachable!("a location without its optional fields")
+    };
+    let single = json!({"v": 1, "type": "poll", "question": "?", "options": ["a", "b"]});
+    let Content::Poll { multiple: false, .. } = Content::decode(&encoded(&single)).unwrap() else {
+        unreachable!("a single-choice poll")
+    };
+    let newer = json!({"v": 2, "type": "sticker", "pack": "cats"});
+    assert_eq!(Content::decode(&encoded(&newer)).unwrap(), Content::Unknown { type_name: "sticker".into() });
+}
