@@ -1,5 +1,6 @@
 //! Golden vectors: the JSON of every content type, as docs/protocol.md fixes it. Another client
 //! (in another language) must produce and read exactly these.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: failing loudly is the point.
 
 use roost_client::Content;
 use serde_json::{Value, json};
