@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use roost_client::calls::{CallSignal, CallUpdate, Calls, EndReason};
+use roost_client::client::next_frame;
+use roost_client::content::CallAction;
 use roost_client::{Client, ClientError, Content, Event, Timeline, TimelineItem};
 use roost_proto::conversation::{ConversationKind, RetentionPolicy};
 use roost_proto::{ConversationId, ErrorCode, UserId};
@@ -182,6 +185,44 @@ enum Command {
         conversation: String,
         /// The poll's message number.
         seq: u64,
+    },
+    /// Call a conversation's other members (signalling only: this client carries no audio).
+    /// Rings until answered or --ring seconds pass (then leaves a missed call), stays connected
+    /// --talk seconds, then hangs up.
+    Call {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// A video call.
+        #[arg(long)]
+        video: bool,
+        /// Seconds to ring.
+        #[arg(long, default_value_t = 45)]
+        ring: u64,
+        /// Seconds to stay in the call once answered.
+        #[arg(long, default_value_t = 10)]
+        talk: u64,
+    },
+    /// Answer a call that rings (as `roost listen` shows it), stay --talk seconds, hang up.
+    Answer {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The call id.
+        #[arg(allow_hyphen_values = true)]
+        call: String,
+        /// Seconds to stay in the call.
+        #[arg(long, default_value_t = 10)]
+        talk: u64,
+    },
+    /// Decline a ringing call or end one.
+    Hangup {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The call id.
+        #[arg(allow_hyphen_values = true)]
+        call: String,
     },
     /// Set the name your conversations show for you (none: your handle again).
     Profile {
@@ -422,9 +463,14 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         Command::Listen => {
             sync_and_print(client).await?;
             let names = Names::of(client, members_of_all(client)).await;
+            let mut calls = Calls::new(client.user_id(), client.device_id());
             loop {
                 // Pushed over the WebSocket; reconnect whenever the connection ends.
-                if let Err(err) = client.listen(|event| print_event(&names, event)).await {
+                let shown = |event| match event {
+                    Event::Call(signal) => print_call(&names, &mut calls, &signal),
+                    event => print_event(&names, event),
+                };
+                if let Err(err) = client.listen(shown).await {
                     eprintln!("roost: {err}; reconnecting");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -486,6 +532,25 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         }
         Command::ClosePoll { conversation, seq } => {
             send_content(client, &conversation, Content::PollClose { to_seq: seq }).await?;
+        }
+        Command::Call { conversation, video, ring, talk } => call(client, &conversation, video, ring, talk).await?,
+        Command::Answer { conversation, call, talk } => {
+            client.sync().await?;
+            let id = conversation_of(client, &conversation).await?;
+            let mut socket = client.open_socket().await?;
+            client.call_signal(&id, &call, CallAction::Answer, None, None, false).await?;
+            say!("answered; in the call (this client carries no audio)");
+            let ended = stay_in_call(client, &mut socket, &call, talk).await?;
+            if !ended {
+                client.call_signal(&id, &call, CallAction::Hangup, None, None, false).await?;
+            }
+            say!("call ended");
+        }
+        Command::Hangup { conversation, call } => {
+            client.sync().await?;
+            let id = conversation_of(client, &conversation).await?;
+            client.call_signal(&id, &call, CallAction::Hangup, None, None, false).await?;
+            say!("hung up");
         }
         Command::Profile { display_name } => {
             client.sync().await?;
@@ -634,6 +699,129 @@ async fn conversation_of(client: &Client, text: &str) -> anyhow::Result<Conversa
 /// unknown).
 fn who(client: &Client, user: &UserId) -> String {
     if *user == client.user_id() { "you".to_owned() } else { client.name(user) }
+}
+
+/// Rings a conversation until someone answers or `ring` seconds pass, then stays `talk`
+/// seconds. The offer is sent again every few seconds while it rings, for devices that connect
+/// meanwhile (they ring once: the call id is the same).
+async fn call(client: &mut Client, conversation: &str, video: bool, ring: u64, talk: u64) -> anyhow::Result<()> {
+    const OFFER_AGAIN: Duration = Duration::from_secs(2);
+    client.sync().await?;
+    let id = conversation_of(client, conversation).await?;
+    let names = Names::of(client, client.members(&id)?).await;
+    let mut socket = client.open_socket().await?;
+    let mut calls = Calls::new(client.user_id(), client.device_id());
+    let call_id = roost_client::calls::new_call_id();
+    calls.place(&call_id, id, video, now_ms());
+    say!("calling (call {call_id})");
+    let ringing_until = tokio::time::Instant::now() + Duration::from_secs(ring);
+    let mut offer_at = tokio::time::Instant::now();
+    let answered = loop {
+        if tokio::time::Instant::now() >= offer_at {
+            client.call_signal(&id, &call_id, CallAction::Offer, None, None, video).await?;
+            offer_at += OFFER_AGAIN;
+        }
+        let deadline = offer_at.min(ringing_until);
+        let frame = tokio::select! {
+            frame = next_frame(&mut socket) => frame.context("the server closed the connection")?,
+            () = tokio::time::sleep_until(deadline) => {
+                if deadline == ringing_until {
+                    break None;
+                }
+                continue;
+            }
+        };
+        let mut answered_by = None;
+        for event in client.on_frame(frame).await? {
+            let Event::Call(signal) = event else { continue };
+            match calls.receive(&signal, now_ms()) {
+                Some(CallUpdate::Answered { .. }) => answered_by = Some(signal.sender_user),
+                Some(CallUpdate::Ended { reason, .. }) => {
+                    say!("call ended: {}", reason_text(reason));
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        if answered_by.is_some() {
+            break answered_by;
+        }
+    };
+    let Some(user) = answered else {
+        client.call_signal(&id, &call_id, CallAction::Hangup, None, None, video).await?;
+        client.send(&id, &Content::MissedCall { call_id, video }).await?;
+        say!("no answer; left a missed call");
+        return Ok(());
+    };
+    say!("answered by {}; in the call (this client carries no audio)", names.who(&user));
+    let ended = stay_in_call(client, &mut socket, &call_id, talk).await?;
+    if !ended {
+        client.call_signal(&id, &call_id, CallAction::Hangup, None, None, video).await?;
+    }
+    say!("call ended");
+    Ok(())
+}
+
+/// Stays in a call for `talk` seconds; `true` if the other side hung up first.
+async fn stay_in_call(
+    client: &mut Client,
+    socket: &mut roost_client::api::WebSocket,
+    call_id: &str,
+    talk: u64,
+) -> anyhow::Result<bool> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(talk);
+    loop {
+        let frame = tokio::select! {
+            frame = next_frame(socket) => frame.context("the server closed the connection")?,
+            () = tokio::time::sleep_until(until) => return Ok(false),
+        };
+        for event in client.on_frame(frame).await? {
+            if let Event::Call(signal) = event
+                && signal.call_id == call_id
+                && signal.action == CallAction::Hangup
+            {
+                say!("{} hung up", client.name(&signal.sender_user));
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Prints what a call signal changed, as `roost listen` shows calls.
+fn print_call(names: &Names, calls: &mut Calls, signal: &CallSignal) {
+    let tag = short(&signal.conversation_id.to_string());
+    match calls.receive(signal, now_ms()) {
+        Some(CallUpdate::Ringing(call)) => {
+            let kind = if call.video { "video call" } else { "call" };
+            say!(
+                "[{tag}] {} is calling ({kind} {}); answer: roost answer {} {}",
+                names.who(&call.caller),
+                call.id,
+                call.conversation_id,
+                call.id
+            );
+        }
+        Some(CallUpdate::Ended { call_id, reason }) => say!("[{tag}] call {call_id} ended: {}", reason_text(reason)),
+        Some(CallUpdate::Answered { call_id, .. }) => say!("[{tag}] call {call_id} answered"),
+        _ => {}
+    }
+}
+
+fn reason_text(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::HungUp => "hung up",
+        EndReason::Declined => "declined",
+        EndReason::Busy => "busy",
+        EndReason::AnsweredElsewhere => "answered on another of your devices",
+        EndReason::Missed => "missed",
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Sends `content` to a conversation after catching up with it (to its current epoch).

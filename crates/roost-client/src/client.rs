@@ -9,11 +9,14 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::api::Api;
+use crate::calls::CallSignal;
+use crate::content::CallAction;
 use crate::content::Content;
 use crate::error::{ClientError, Result};
 use crate::keys::KeyPair;
 use crate::mls::{self, LeafIdentity, Provider};
 use crate::store::{AccountRecord, LocalStore, StoredMessage};
+use roost_proto::socket::ServerFrame;
 
 /// A decrypted message.
 pub type Message = StoredMessage;
@@ -62,6 +65,8 @@ pub enum Event {
         /// Online now.
         online: bool,
     },
+    /// A call signal from another device (see [`crate::calls`]); live only.
+    Call(CallSignal),
     /// Something could not be accepted (a Welcome or commit with a leaf that does not chain to
     /// its user's identity, or undecryptable ciphertext). It is reported, not applied.
     Rejected {
@@ -77,6 +82,7 @@ impl Event {
     pub fn user(&self) -> Option<UserId> {
         match self {
             Self::Message(message) => Some(message.sender_user),
+            Self::Call(signal) => Some(signal.sender_user),
             Self::Typing { user_id, .. } | Self::ReadReceipt { user_id, .. } | Self::Presence { user_id, .. } => {
                 Some(*user_id)
             }
@@ -303,6 +309,47 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Encrypts and sends content ephemerally: only to the members' devices connected now, and
+    /// never stored (typing, call signalling). Catches up and retries if the epoch moved on.
+    pub async fn send_ephemeral(&mut self, id: &ConversationId, content: &Content) -> Result<()> {
+        let plaintext = content.encode()?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut group = self.group(id)?;
+            let ciphertext = group
+                .create_message(&self.provider, &self.device, &plaintext)
+                .map_err(|err| ClientError::Mls(format!("encrypting: {err}")))?;
+            let body = json!({
+                "client_message_id": new_client_message_id(unix_ms()),
+                "epoch": group.epoch().as_u64(),
+                "ciphertext": bytes::encode(&mls::encode(&ciphertext)?),
+                "ephemeral": true,
+            });
+            match self.api.send(id, &body).await {
+                Ok(_) => return Ok(()),
+                Err(err) if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES => {
+                    self.sync().await?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Sends a call signal (ephemeral): `sdp` with an offer or answer, `candidate` with ice.
+    pub async fn call_signal(
+        &mut self,
+        id: &ConversationId,
+        call_id: &str,
+        action: CallAction,
+        sdp: Option<String>,
+        candidate: Option<String>,
+        video: bool,
+    ) -> Result<()> {
+        let content = Content::Call { call_id: call_id.to_owned(), action, sdp, candidate, video };
+        self.send_ephemeral(id, &content).await
     }
 
     /// Fetches everything the server holds for this device, applies it (joins, commits,
@@ -885,40 +932,68 @@ impl Client {
     /// then acknowledges), live frames become typing, receipt and presence events. Returns when
     /// the server closes the socket; callers reconnect.
     pub async fn listen(&mut self, mut on_event: impl FnMut(Event)) -> Result<()> {
-        use futures::{SinkExt, StreamExt};
-        use roost_proto::socket::ServerFrame;
+        let mut socket = self.open_socket().await?;
+        while let Some(frame) = next_frame(&mut socket).await {
+            for event in self.on_frame(frame).await? {
+                on_event(event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the device's WebSocket and authenticates it, for an app that runs its own loop:
+    /// read frames ([`next_frame`]), hand each to [`Client::on_frame`], and call the client
+    /// (send, answer a call) between frames.
+    pub async fn open_socket(&self) -> Result<crate::api::WebSocket> {
+        use futures::SinkExt;
         use tokio_tungstenite::tungstenite::Message as Frame;
 
         let mut socket = self.api.websocket().await?;
         let token = self.api.token().ok_or_else(|| ClientError::Invalid("not logged in".into()))?.to_owned();
         let auth = json!({"type": "auth", "token": token}).to_string();
         socket.send(Frame::Text(auth.into())).await.map_err(|err| ClientError::Protocol(err.to_string()))?;
-        while let Some(frame) = socket.next().await {
-            let Ok(Frame::Text(text)) = frame else {
-                match frame {
-                    Ok(Frame::Close(_)) | Err(_) => break,
-                    _ => continue,
-                }
-            };
-            let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else { continue };
-            match frame {
-                // The initial drain and every push lead to the same place: sync, store, ack.
-                ServerFrame::QueueEmpty | ServerFrame::Entry(_) | ServerFrame::Queue(_) => {
-                    for event in self.sync().await? {
-                        on_event(event);
-                    }
-                }
-                ServerFrame::Typing { conversation_id, user_id, active, .. } => {
-                    on_event(Event::Typing { conversation_id, user_id, active })
-                }
-                ServerFrame::ReadReceipt { conversation_id, user_id, seq } => {
-                    on_event(Event::ReadReceipt { conversation_id, user_id, seq })
-                }
-                ServerFrame::Presence { user_id, online, .. } => on_event(Event::Presence { user_id, online }),
-                _ => {}
+        Ok(socket)
+    }
+
+    /// Applies one frame from the socket: pushed entries and queue items wake a sync (which
+    /// decrypts, stores, then acknowledges), live frames become typing, receipt, presence and
+    /// call events. An ephemeral send that cannot be decrypted (sent in another epoch) is
+    /// dropped: it was never meant to last.
+    pub async fn on_frame(&mut self, frame: ServerFrame) -> Result<Vec<Event>> {
+        Ok(match frame {
+            // The initial drain and every push lead to the same place: sync, store, ack.
+            ServerFrame::QueueEmpty | ServerFrame::Entry(_) | ServerFrame::Queue(_) => self.sync().await?,
+            ServerFrame::Typing { conversation_id, user_id, active, .. } => {
+                vec![Event::Typing { conversation_id, user_id, active }]
             }
-        }
-        Ok(())
+            ServerFrame::ReadReceipt { conversation_id, user_id, seq } => {
+                vec![Event::ReadReceipt { conversation_id, user_id, seq }]
+            }
+            ServerFrame::Presence { user_id, online, .. } => vec![Event::Presence { user_id, online }],
+            ServerFrame::Ephemeral { conversation_id, sender_user, sender_device, payload, .. } => {
+                let content = self.group(&conversation_id).and_then(|mut group| {
+                    let processed = self.process(&mut group, payload.as_bytes())?;
+                    match processed.into_content() {
+                        ProcessedMessageContent::ApplicationMessage(message) => Content::decode(&message.into_bytes()),
+                        _ => Err(ClientError::Protocol("an ephemeral send that is not a message".into())),
+                    }
+                });
+                match content {
+                    Ok(Content::Call { call_id, action, sdp, candidate, video }) => vec![Event::Call(CallSignal {
+                        conversation_id,
+                        sender_user,
+                        sender_device,
+                        call_id,
+                        action,
+                        sdp,
+                        candidate,
+                        video,
+                    })],
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        })
     }
 }
 
@@ -983,6 +1058,24 @@ impl Client {
 
 /// How long a learned handle is shown before [`Client::learn_names`] looks it up again.
 pub const NAME_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// The next frame from the server, or `None` once the socket is closed.
+pub async fn next_frame(socket: &mut crate::api::WebSocket) -> Option<ServerFrame> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    loop {
+        match socket.next().await? {
+            Ok(Frame::Text(text)) => {
+                if let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) {
+                    return Some(frame);
+                }
+            }
+            Ok(Frame::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch by this device's clock (0 if the clock is before it).
 fn unix_ms() -> i64 {

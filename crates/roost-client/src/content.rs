@@ -125,12 +125,52 @@ pub enum Content {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         display_name: Option<String>,
     },
+    /// Call signalling, sent only as an ephemeral send (see [`crate::calls`]).
+    Call {
+        /// The call, chosen by the caller.
+        call_id: String,
+        /// What this signal does.
+        action: CallAction,
+        /// The WebRTC session description, with `offer` and `answer`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp: Option<String>,
+        /// A WebRTC ICE candidate, with `ice`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        candidate: Option<String>,
+        /// A video call (with `offer`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        video: bool,
+    },
+    /// A call that rang and was not answered, left by the caller in the conversation's history.
+    MissedCall {
+        /// The call.
+        call_id: String,
+        /// It was a video call.
+        #[serde(default, skip_serializing_if = "is_false")]
+        video: bool,
+    },
     /// A content type this SDK does not know (from a newer client). Shown, never dropped.
     #[serde(skip)]
     Unknown {
         /// The type name it carried.
         type_name: String,
     },
+}
+
+/// What a call signal does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallAction {
+    /// The caller rings the conversation's other members (every device).
+    Offer,
+    /// A callee's device takes the call.
+    Answer,
+    /// A network candidate for the media connection.
+    Ice,
+    /// Ends the call, or (by a callee) declines it, or (by the caller) stops the ringing.
+    Hangup,
+    /// A callee's device is in another call.
+    Busy,
 }
 
 /// Most options a poll may have.
@@ -201,6 +241,9 @@ impl Content {
             Self::PollVote { to_seq, choices } if choices.is_empty() => format!("(withdrew a vote in #{to_seq})"),
             Self::PollVote { to_seq, .. } => format!("(voted in #{to_seq})"),
             Self::PollClose { to_seq } => format!("(closed the poll #{to_seq})"),
+            Self::Call { action, .. } => format!("(call signal: {action:?})"),
+            Self::MissedCall { video: false, .. } => "(missed call)".to_owned(),
+            Self::MissedCall { video: true, .. } => "(missed video call)".to_owned(),
             Self::Profile { display_name: Some(name) } => format!("(now shown as {name})"),
             Self::Profile { display_name: None } => "(cleared their display name)".to_owned(),
             Self::Unknown { type_name } => format!("(a {type_name} message this version cannot show)"),

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod calls;
 pub mod client;
 pub mod content;
 pub mod error;

@@ -168,6 +168,8 @@ pub fn timeline(messages: &[StoredMessage]) -> Timeline {
                     poll.closed = true;
                 }
             }
+            // Signalling travels ephemerally; one stored by mistake is nothing to show.
+            Content::Call { .. } => {}
             Content::Profile { display_name } => match display_name {
                 Some(name) => {
                     shown.display_names.insert(message.sender_user, name.clone());

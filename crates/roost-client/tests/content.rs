@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: failing loudly is the point.
 
 use roost_client::Content;
+use roost_client::content::CallAction;
 use serde_json::{Value, json};
 
 /// The JSON inside the padded encoding.
@@ -74,6 +75,40 @@ fn every_content_type_has_its_fixed_json() {
             json!({"v": 1, "type": "poll_vote", "to_seq": 9, "choices": [1]}),
         ),
         (Content::PollClose { to_seq: 9 }, json!({"v": 1, "type": "poll_close", "to_seq": 9})),
+        (
+            Content::Call {
+                call_id: "c1".into(),
+                action: CallAction::Offer,
+                sdp: Some("v=0".into()),
+                candidate: None,
+                video: true,
+            },
+            json!({"v": 1, "type": "call", "call_id": "c1", "action": "offer", "sdp": "v=0", "video": true}),
+        ),
+        (
+            Content::Call {
+                call_id: "c1".into(),
+                action: CallAction::Ice,
+                sdp: None,
+                candidate: Some("candidate:1".into()),
+                video: false,
+            },
+            json!({"v": 1, "type": "call", "call_id": "c1", "action": "ice", "candidate": "candidate:1"}),
+        ),
+        (
+            Content::Call {
+                call_id: "c1".into(),
+                action: CallAction::Hangup,
+                sdp: None,
+                candidate: None,
+                video: false,
+            },
+            json!({"v": 1, "type": "call", "call_id": "c1", "action": "hangup"}),
+        ),
+        (
+            Content::MissedCall { call_id: "c1".into(), video: false },
+            json!({"v": 1, "type": "missed_call", "call_id": "c1"}),
+        ),
         (
             Content::Profile { display_name: Some("Alice L.".into()) },
             json!({"v": 1, "type": "profile", "display_name": "Alice L."}),

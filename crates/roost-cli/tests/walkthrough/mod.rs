@@ -107,7 +107,8 @@ async fn the_readme_walkthrough() {
         assert!(roost_fails(&alice, &["dm", "@nobody", "hi"]).contains("nobody holds the handle @nobody"));
         assert!(roost_fails(&homes.path().join("none"), &["whoami"]).contains("run `roost init` first"));
         let bobs = roost(&bob, &["conversations"]);
-        let direct = bobs.split_whitespace().next().unwrap();
+        // Conversations are listed by id, which is random: find the direct chat by its kind.
+        let direct = bobs.lines().find(|line| line.contains("  direct  ")).unwrap().split_whitespace().next().unwrap();
         let stranger = roost_fails(&carol, &["send", direct, "x"]);
         assert!(stranger.contains("not in conversation"), "{stranger}");
         homes
@@ -125,4 +126,100 @@ async fn the_readme_walkthrough() {
 /// The sequence number in roost's "sent #N" answer.
 fn sent(output: &str) -> String {
     output.trim().strip_prefix("sent #").unwrap_or_else(|| panic!("not a send: {output}")).to_owned()
+}
+
+/// A `roost` command left running (`listen`, `call`), its output lines read as they come.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(home: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines, seen: Vec::new() }
+    }
+
+    /// The first line (from now on) that contains `text`.
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {text:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ring_every_device_and_unanswered_ones_leave_a_missed_call() {
+    let Some(running) = TestServer::on(crate::BACKEND).start().await else { return };
+    let server = running.base.clone();
+    let homes = tempfile::tempdir().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let (alice, phone, bob) = (homes.path().join("alice"), homes.path().join("phone"), homes.path().join("bob"));
+        roost(&alice, &["init", "--server", &server, "--handle", "alice"]);
+        roost(&bob, &["init", "--server", &server, "--handle", "bob"]);
+        let code = roost(&phone, &["link", "--server", &server, "--no-wait"]).trim().to_owned();
+        roost(&alice, &["devices", "approve", &code]);
+        roost(&phone, &["link"]);
+        roost(&bob, &["dm", "@alice", "call me"]);
+        roost(&alice, &["sync"]);
+        roost(&phone, &["sync"]);
+
+        // Bob calls: both of alice's devices ring.
+        let mut laptop = Running::start(&alice, &["listen"]);
+        let mut pocket = Running::start(&phone, &["listen"]);
+        let mut caller = Running::start(&bob, &["call", "@alice", "--ring", "60", "--talk", "30"]);
+        let ringing = laptop.wait_for("@bob is calling");
+        let call = ringing.split("(call ").nth(1).and_then(|rest| rest.split(')').next()).unwrap().to_owned();
+        assert!(pocket.wait_for("@bob is calling").contains(&call));
+
+        // The phone answers (one process per device: its listener stops first); the laptop stops
+        // ringing; the phone hangs up after a second and bob's call ends.
+        drop(pocket);
+        let answered = roost(&phone, &["answer", "@bob", &call, "--talk", "1"]);
+        assert!(answered.contains("answered") && answered.contains("call ended"), "{answered}");
+        assert!(laptop.wait_for(&format!("call {call} ended")).contains("answered on another of your devices"));
+        caller.wait_for("answered by @alice");
+        caller.wait_for("@alice hung up");
+        caller.wait_for("call ended");
+
+        // Nobody answers: the ringing stops and a missed call stays in the history.
+        let unanswered = roost(&bob, &["call", "@alice", "--ring", "2"]);
+        assert!(unanswered.contains("no answer; left a missed call"), "{unanswered}");
+        assert!(laptop.wait_for("ended: missed").contains("call"));
+        laptop.wait_for("@bob: (missed call)");
+        drop(laptop);
+        assert!(roost(&alice, &["history", "@bob"]).contains("@bob: (missed call)"));
+    })
+    .await
+    .unwrap();
 }
