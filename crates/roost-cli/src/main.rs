@@ -624,11 +624,10 @@ async fn group(client: &mut Client, command: GroupCommand) -> anyhow::Result<()>
 }
 
 async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
-    let events = client.sync().await?;
+    let mut events = client.sync().await?;
     // Keep every group's MLS tree in step with who is really there: add this user's new
     // devices, remove revoked devices and users who left.
-    let added = client.add_missing_own_devices().await?;
-    let removed = client.remove_departed().await?;
+    events.extend(client.upkeep().await?);
     let users = events.iter().filter_map(Event::user).chain(members_of_all(client));
     let names = Names::of(client, users.collect::<Vec<_>>()).await;
     // What was printed has been read: move the read markers (others see them as receipts).
@@ -643,12 +642,6 @@ async fn sync_and_print(client: &mut Client) -> anyhow::Result<()> {
     }
     for (id, seq) in read {
         client.api().mark_read(&id, seq).await?;
-    }
-    if added > 0 {
-        say!("added {added} of your other devices to your conversations");
-    }
-    if removed > 0 {
-        say!("removed {removed} departed devices from your conversations");
     }
     Ok(())
 }
@@ -670,6 +663,14 @@ fn print_event(names: &Names, event: Event) {
         }
         Event::Presence { user_id, online } => {
             say!("{} is {}", who(&user_id), if online { "online" } else { "offline" })
+        }
+        Event::DevicesUpdated { added, removed } => {
+            if added > 0 {
+                say!("added {added} of your other devices to your conversations");
+            }
+            if removed > 0 {
+                say!("removed {removed} departed devices from your conversations");
+            }
         }
         Event::Rejected { conversation_id, reason } => {
             say!("[{}] REFUSED: {reason}", conversation_id.map(|id| tag(&id)).unwrap_or_default())
@@ -732,7 +733,7 @@ async fn call(client: &mut Client, conversation: &str, video: bool, ring: u64, t
             }
         };
         let mut answered_by = None;
-        for event in client.on_frame(frame).await? {
+        for event in client.on_frame(&mut socket, frame).await? {
             let Event::Call(signal) = event else { continue };
             match calls.receive(&signal, now_ms()) {
                 Some(CallUpdate::Answered { .. }) => answered_by = Some(signal.sender_user),
@@ -775,7 +776,7 @@ async fn stay_in_call(
             frame = next_frame(socket) => frame.context("the server closed the connection")?,
             () = tokio::time::sleep_until(until) => return Ok(false),
         };
-        for event in client.on_frame(frame).await? {
+        for event in client.on_frame(socket, frame).await? {
             if let Event::Call(signal) = event
                 && signal.call_id == call_id
                 && signal.action == CallAction::Hangup

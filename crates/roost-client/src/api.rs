@@ -2,13 +2,18 @@
 
 use reqwest::Method;
 use roost_proto::api::{
-    ChallengeResponse, DeviceList, HandleRecord, KeyClaimResponse, KeyPackageCount, RegisterResponse, SessionResponse,
+    ChallengeRequest, ChallengeResponse, DeviceList, HandleRecord, HandleRequest, KeyClaimRequest, KeyClaimResponse,
+    KeyPackageCount, KeyPackageUpload, LinkApproveRequest, LinkStartRequest, RegisterRequest, RegisterResponse,
+    RevokeDeviceRequest, SessionRequest, SessionResponse,
 };
-use roost_proto::conversation::{CommitAccepted, ConversationSummary, GroupInfoResponse, SendAccepted, SyncResponse};
+use roost_proto::conversation::{
+    AckRequest, CommitAccepted, CommitRequest, ConversationAck, ConversationSummary, CreateConversationRequest,
+    ExternalJoinRequest, GroupInfoResponse, LeaveRequest, ReadMarkerRequest, SendAccepted, SendRequest, SyncResponse,
+};
 use roost_proto::{ConversationId, DeviceId, ErrorBody, ErrorCode, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 use crate::error::{ClientError, Result};
@@ -126,20 +131,21 @@ impl Api {
     }
 
     /// `POST /v1/users`.
-    pub async fn register(&self, body: &Value) -> Result<RegisterResponse> {
+    pub async fn register(&self, body: &RegisterRequest) -> Result<RegisterResponse> {
         self.post("/v1/users", body).await
     }
 
     /// `POST /v1/auth/challenge` then `POST /v1/auth/session`, signing with `sign`.
     pub async fn login(&self, device: &DeviceId, sign: impl Fn(&[u8]) -> [u8; 64]) -> Result<SessionResponse> {
-        let challenge: ChallengeResponse = self.post("/v1/auth/challenge", &json!({"device_id": device})).await?;
+        let challenge: ChallengeResponse =
+            self.post("/v1/auth/challenge", &ChallengeRequest { device_id: *device }).await?;
         let statement =
             roost_proto::signing::auth_message(&challenge.server_name, device, challenge.challenge.as_bytes());
-        let body = json!({
-            "device_id": device,
-            "challenge": challenge.challenge,
-            "signature": roost_proto::bytes::encode(&sign(&statement)),
-        });
+        let body = SessionRequest {
+            device_id: *device,
+            challenge: challenge.challenge,
+            signature: sign(&statement).to_vec().into(),
+        };
         self.post("/v1/auth/session", &body).await
     }
 
@@ -162,23 +168,41 @@ impl Api {
     }
 
     /// `POST /v1/handles/{handle}/claim`.
-    pub async fn claim_handle(&self, handle: &str, body: &Value) -> Result<HandleRecord> {
+    pub async fn claim_handle(&self, handle: &str, body: &HandleRequest) -> Result<HandleRecord> {
         self.post(&format!("/v1/handles/{handle}/claim"), body).await
     }
 
     /// `POST /v1/keys/packages`.
-    pub async fn upload_key_packages(&self, body: &Value) -> Result<KeyPackageCount> {
+    pub async fn upload_key_packages(&self, body: &KeyPackageUpload) -> Result<KeyPackageCount> {
         self.post("/v1/keys/packages", body).await
     }
 
     /// `POST /v1/keys/claim`.
     pub async fn claim_key_packages(&self, users: &[UserId], devices: &[DeviceId]) -> Result<KeyClaimResponse> {
-        self.post("/v1/keys/claim", &json!({"user_ids": users, "device_ids": devices})).await
+        self.post("/v1/keys/claim", &KeyClaimRequest { user_ids: users.to_vec(), device_ids: devices.to_vec() }).await
     }
 
     /// `POST /v1/conversations`.
-    pub async fn create_conversation(&self, body: &Value) -> Result<ConversationSummary> {
+    pub async fn create_conversation(&self, body: &CreateConversationRequest) -> Result<ConversationSummary> {
         self.post("/v1/conversations", body).await
+    }
+
+    /// `GET /v1/conversations`, every page: the caller's conversations, each with its unread
+    /// count, read positions and retention.
+    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page: roost_proto::conversation::ConversationList = match &cursor {
+                Some(cursor) => self.get(&format!("/v1/conversations?cursor={cursor}")).await?,
+                None => self.get("/v1/conversations").await?,
+            };
+            all.extend(page.conversations);
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// `GET /v1/conversations/{id}`.
@@ -187,12 +211,12 @@ impl Api {
     }
 
     /// `POST /v1/conversations/{id}/commits`.
-    pub async fn commit(&self, id: &ConversationId, body: &Value) -> Result<CommitAccepted> {
+    pub async fn commit(&self, id: &ConversationId, body: &CommitRequest) -> Result<CommitAccepted> {
         self.post(&format!("/v1/conversations/{id}/commits"), body).await
     }
 
     /// `POST /v1/conversations/{id}/external-joins`.
-    pub async fn external_join(&self, id: &ConversationId, body: &Value) -> Result<CommitAccepted> {
+    pub async fn external_join(&self, id: &ConversationId, body: &ExternalJoinRequest) -> Result<CommitAccepted> {
         self.post(&format!("/v1/conversations/{id}/external-joins"), body).await
     }
 
@@ -202,7 +226,7 @@ impl Api {
     }
 
     /// `POST /v1/conversations/{id}/messages`.
-    pub async fn send(&self, id: &ConversationId, body: &Value) -> Result<SendAccepted> {
+    pub async fn send(&self, id: &ConversationId, body: &SendRequest) -> Result<SendAccepted> {
         self.post(&format!("/v1/conversations/{id}/messages"), body).await
     }
 
@@ -216,16 +240,15 @@ impl Api {
 
     /// `POST /v1/ack`.
     pub async fn ack(&self, conversations: &[(ConversationId, u64)], queue_up_to: Option<u64>) -> Result<()> {
-        let conversations: Vec<Value> =
-            conversations.iter().map(|(id, seq)| json!({"conversation_id": id, "seq": seq})).collect();
-        let _: Value =
-            self.post("/v1/ack", &json!({"conversations": conversations, "queue_up_to": queue_up_to})).await?;
+        let conversations =
+            conversations.iter().map(|(id, seq)| ConversationAck { conversation_id: *id, seq: *seq }).collect();
+        let _: Value = self.post("/v1/ack", &AckRequest { conversations, queue_up_to }).await?;
         Ok(())
     }
 
     /// `POST /v1/links`.
     pub async fn start_link(&self, device: &DeviceId) -> Result<roost_proto::api::LinkRequest> {
-        self.post("/v1/links", &json!({"device_id": device})).await
+        self.post("/v1/links", &LinkStartRequest { device_id: *device }).await
     }
 
     /// `GET /v1/links/{code}`.
@@ -235,27 +258,31 @@ impl Api {
 
     /// `POST /v1/links/{code}/approve`.
     pub async fn approve_link(&self, code: &str, certificate: &[u8]) -> Result<roost_proto::api::Device> {
-        let body = json!({"device_certificate": roost_proto::bytes::encode(certificate), "device_name": "linked"});
+        let body =
+            LinkApproveRequest { device_certificate: certificate.to_vec().into(), device_name: Some("linked".into()) };
         self.post(&format!("/v1/links/{code}/approve"), &body).await
     }
 
     /// `POST /v1/devices/{id}/revoke`.
     pub async fn revoke_device(&self, device: &DeviceId, signature: &[u8]) -> Result<()> {
         let _: Value = self
-            .post(&format!("/v1/devices/{device}/revoke"), &json!({"signature": roost_proto::bytes::encode(signature)}))
+            .post(
+                &format!("/v1/devices/{device}/revoke"),
+                &RevokeDeviceRequest { signature: signature.to_vec().into() },
+            )
             .await?;
         Ok(())
     }
 
     /// `POST /v1/conversations/{id}/read`: moves the user's read position.
     pub async fn mark_read(&self, id: &ConversationId, seq: u64) -> Result<()> {
-        let _: Value = self.post(&format!("/v1/conversations/{id}/read"), &json!({"seq": seq})).await?;
+        let _: Value = self.post(&format!("/v1/conversations/{id}/read"), &ReadMarkerRequest { seq }).await?;
         Ok(())
     }
 
     /// `POST /v1/conversations/{id}/leave`.
     pub async fn leave(&self, id: &ConversationId) -> Result<()> {
-        let _: Value = self.post(&format!("/v1/conversations/{id}/leave"), &json!({})).await?;
+        let _: Value = self.post(&format!("/v1/conversations/{id}/leave"), &LeaveRequest::default()).await?;
         Ok(())
     }
 

@@ -223,3 +223,94 @@ async fn calls_ring_every_device_and_unanswered_ones_leave_a_missed_call() {
     .await
     .unwrap();
 }
+
+/// A `roost chat` screen running in a detached tmux session of its own.
+struct ChatScreen {
+    socket: String,
+}
+
+impl ChatScreen {
+    /// Starts the screen for `home`, or `None` (with a notice) where tmux is not installed.
+    fn start(home: &Path) -> Option<Self> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("SKIPPED: tmux is not installed; the chat screen test needs it (.ci/run installs it)");
+            return None;
+        }
+        let socket = format!("roost-test-{}-{}", std::process::id(), home.file_name()?.to_string_lossy());
+        let chat = format!("{} --home {} chat", env!("CARGO_BIN_EXE_roost"), home.display());
+        let status = Command::new("tmux")
+            .args(["-u", "-L", &socket, "new-session", "-d", "-x", "150", "-y", "40", &chat])
+            .env("LANG", "C.UTF-8")
+            .status()
+            .unwrap();
+        assert!(status.success(), "tmux could not start the chat screen");
+        Some(Self { socket })
+    }
+
+    fn text(&self) -> String {
+        let output = Command::new("tmux").args(["-u", "-L", &self.socket, "capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Waits until the screen shows every one of `texts`.
+    fn shows(&self, texts: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let screen = self.text();
+            if texts.iter().all(|text| screen.contains(text)) {
+                return screen;
+            }
+            assert!(std::time::Instant::now() < deadline, "the screen never showed {texts:?}:\n{screen}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn type_line(&self, text: &str) {
+        let keys = ["-u", "-L", &self.socket, "send-keys", "-l", text];
+        assert!(Command::new("tmux").args(keys).status().unwrap().success());
+        let enter = ["-u", "-L", &self.socket, "send-keys", "Enter"];
+        assert!(Command::new("tmux").args(enter).status().unwrap().success());
+    }
+}
+
+impl Drop for ChatScreen {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_screen_shows_handles_reactions_edits_and_what_was_read() {
+    let Some(running) = TestServer::on(crate::BACKEND).start().await else { return };
+    let server = running.base.clone();
+    let homes = tempfile::tempdir().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob) = (homes.path().join("alice"), homes.path().join("bob"));
+        roost(&alice, &["init", "--server", &server, "--handle", "alice"]);
+        roost(&bob, &["init", "--server", &server, "--handle", "bob"]);
+        // "sent #1 to @alice (<conversation id>)"
+        let dm = roost(&bob, &["dm", "@alice", "helo from bob"]);
+        let hello = dm.split_whitespace().nth(1).unwrap().trim_start_matches('#').to_owned();
+        roost(&alice, &["sync"]);
+        let Some(screen) = ChatScreen::start(&alice) else { return };
+        screen.shows(&["direct: @bob", "@bob: helo from bob"]);
+
+        // Bob reacts to and edits his message while alice watches.
+        roost(&bob, &["react", "@alice", &hello, "👍"]);
+        roost(&bob, &["edit", "@alice", &hello, "hello from bob"]);
+        screen.shows(&["@bob: hello from bob (edited)", "👍 @bob"]);
+
+        // Alice answers and reacts from the screen; bob sees both, and alice sees bob read it.
+        screen.type_line("hi bob, from the chat screen");
+        screen.shows(&["you: hi bob, from the chat screen"]);
+        screen.type_line(&format!("/react {hello} 🎉"));
+        screen.shows(&["🎉 you"]);
+        let synced = roost(&bob, &["sync"]);
+        assert!(synced.contains("@alice: hi bob, from the chat screen"), "{synced}");
+        let history = roost(&bob, &["history", "@alice"]);
+        assert!(history.contains("🎉 @alice"), "{history}");
+        screen.shows(&["you: hi bob, from the chat screen  ✓✓ read"]);
+    })
+    .await
+    .unwrap();
+}

@@ -3,20 +3,29 @@
 use std::path::{Path, PathBuf};
 
 use openmls::prelude::*;
-use roost_proto::conversation::{ConversationKind, EntryKind, QueueKind};
-use roost_proto::{ConversationId, DeviceId, UserId, bytes};
-use serde_json::json;
+use roost_proto::api::{HandleRequest, KeyPackageUpload, RegisterRequest};
+use roost_proto::conversation::{
+    AckRequest, CommitRequest, ConversationAck, ConversationKind, CreateConversationRequest, EntryKind,
+    ExternalJoinRequest, QueueKind, SendRequest,
+};
+use roost_proto::socket::{ClientFrame, ServerFrame};
+use roost_proto::{Base64Bytes, ConversationId, DeviceId, UserId, bytes};
 use zeroize::Zeroizing;
 
 use crate::api::Api;
 use crate::calls::CallSignal;
-use crate::content::CallAction;
-use crate::content::Content;
+use crate::content::{CallAction, Content};
 use crate::error::{ClientError, Result};
 use crate::keys::KeyPair;
 use crate::mls::{self, LeafIdentity, Provider};
 use crate::store::{AccountRecord, LocalStore, StoredMessage};
-use roost_proto::socket::ServerFrame;
+
+mod join;
+mod linking;
+mod live;
+mod membership;
+
+pub use self::live::{next_frame, send_frame};
 
 /// A decrypted message.
 pub type Message = StoredMessage;
@@ -67,6 +76,14 @@ pub enum Event {
     },
     /// A call signal from another device (see [`crate::calls`]); live only.
     Call(CallSignal),
+    /// The conversations' trees were brought in line with who is really there: this user's new
+    /// devices added, revoked devices and departed users' leaves removed.
+    DevicesUpdated {
+        /// Devices of this user added to conversations.
+        added: usize,
+        /// Leaves removed.
+        removed: usize,
+    },
     /// Something could not be accepted (a Welcome or commit with a leaf that does not chain to
     /// its user's identity, or undecryptable ciphertext). It is reported, not applied.
     Rejected {
@@ -100,6 +117,8 @@ pub struct Client {
     identity: Option<KeyPair>,
     leaf: LeafIdentity,
     home: PathBuf,
+    /// A device list changed or a member left since the last [`Client::upkeep`].
+    upkeep_due: bool,
 }
 
 impl Client {
@@ -115,13 +134,13 @@ impl Client {
         let device = KeyPair::generate();
         let certificate = identity.certify(&device.device_id());
         let api = Api::new(server)?;
-        let body = json!({
-            "identity_key": identity.user_id(),
-            "device_id": device.device_id(),
-            "device_certificate": bytes::encode(&certificate),
-            "device_name": "roost",
-            "invite_code": invite_code,
-        });
+        let body = RegisterRequest {
+            identity_key: identity.user_id(),
+            device_id: device.device_id(),
+            device_certificate: certificate.to_vec().into(),
+            device_name: Some("roost".into()),
+            invite_code: invite_code.map(str::to_owned),
+        };
         api.register(&body).await?;
         store.save_account(&AccountRecord {
             server: api.base().to_owned(),
@@ -153,7 +172,7 @@ impl Client {
         if let Some(token) = account.token {
             api.set_token(token);
         }
-        Ok(Self { api, store, provider, device, identity, leaf, home: home.to_path_buf() })
+        Ok(Self { api, store, provider, device, identity, leaf, home: home.to_path_buf(), upkeep_due: false })
     }
 
     /// Makes sure the device has a working session, authenticating again if needed.
@@ -192,10 +211,10 @@ impl Client {
     /// Generates and uploads KeyPackages for this device.
     pub async fn upload_key_packages(&self, count: usize, last_resort: bool) -> Result<u32> {
         let (one_time, resort) = mls::key_packages(&self.provider, &self.device, &self.leaf, count, last_resort)?;
-        let body = json!({
-            "one_time": one_time.iter().map(|p| bytes::encode(p)).collect::<Vec<_>>(),
-            "last_resort": resort.map(|p| bytes::encode(&p)),
-        });
+        let body = KeyPackageUpload {
+            one_time: one_time.into_iter().map(Base64Bytes::from).collect(),
+            last_resort: resort.map(Base64Bytes::from),
+        };
         Ok(self.api.upload_key_packages(&body).await?.one_time)
     }
 
@@ -223,19 +242,20 @@ impl Client {
                 .map_err(|err| ClientError::Mls(format!("adding members: {err}")))?;
             group.merge_pending_commit(&self.provider).map_err(|err| ClientError::Mls(format!("merging: {err}")))?;
             members = packages.iter().map(|(device, _)| *device).collect();
-            welcome = Some(bytes::encode(&mls::encode(&out)?));
+            welcome = Some(Base64Bytes::from(mls::encode(&out)?));
         }
         let group_info = group
             .export_group_info(self.provider.crypto(), &self.device, true)
             .map_err(|err| ClientError::Mls(format!("exporting GroupInfo: {err}")))?;
-        let body = json!({
-            "conversation_id": id,
-            "kind": kind,
-            "epoch": group.epoch().as_u64(),
-            "group_info": bytes::encode(&mls::encode(&group_info)?),
-            "members": members,
-            "welcome": welcome,
-        });
+        let body = CreateConversationRequest {
+            conversation_id: id,
+            kind,
+            epoch: group.epoch().as_u64(),
+            group_info: mls::encode(&group_info)?.into(),
+            members,
+            welcome,
+            retention: None,
+        };
         self.api.create_conversation(&body).await?;
         self.store.add_conversation(&id, kind.as_str(), 0)?;
         Ok(id)
@@ -285,11 +305,12 @@ impl Client {
             let ciphertext = group
                 .create_message(&self.provider, &self.device, &plaintext)
                 .map_err(|err| ClientError::Mls(format!("encrypting: {err}")))?;
-            let body = json!({
-                "client_message_id": client_message_id,
-                "epoch": group.epoch().as_u64(),
-                "ciphertext": bytes::encode(&mls::encode(&ciphertext)?),
-            });
+            let body = SendRequest {
+                client_message_id: client_message_id.clone(),
+                epoch: group.epoch().as_u64(),
+                ciphertext: mls::encode(&ciphertext)?.into(),
+                ephemeral: false,
+            };
             match self.api.send(id, &body).await {
                 Ok(accepted) => {
                     let seq = accepted.seq.ok_or_else(|| ClientError::Protocol("no sequence number".into()))?;
@@ -322,12 +343,12 @@ impl Client {
             let ciphertext = group
                 .create_message(&self.provider, &self.device, &plaintext)
                 .map_err(|err| ClientError::Mls(format!("encrypting: {err}")))?;
-            let body = json!({
-                "client_message_id": new_client_message_id(unix_ms()),
-                "epoch": group.epoch().as_u64(),
-                "ciphertext": bytes::encode(&mls::encode(&ciphertext)?),
-                "ephemeral": true,
-            });
+            let body = SendRequest {
+                client_message_id: new_client_message_id(unix_ms()),
+                epoch: group.epoch().as_u64(),
+                ciphertext: mls::encode(&ciphertext)?.into(),
+                ephemeral: true,
+            };
             match self.api.send(id, &body).await {
                 Ok(_) => return Ok(()),
                 Err(err) if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES => {
@@ -453,6 +474,7 @@ impl Client {
                 events.push(if removed { Event::Removed(id) } else { Event::MembersChanged(id) });
             }),
             EntryKind::Leave => {
+                self.upkeep_due = true;
                 events.push(Event::MembersChanged(id));
                 Ok(())
             }
@@ -602,480 +624,8 @@ fn open_home(home: &Path) -> Result<LocalStore> {
     LocalStore::open(&home.join("roost.db"))
 }
 
-/// Membership management, handles and device linking.
-impl Client {
-    /// Resolves `@handle` or a user id.
-    pub async fn resolve(&self, who: &str) -> Result<UserId> {
-        if let Some(handle) = who.strip_prefix('@') {
-            return match self.api.resolve_handle(handle).await {
-                Ok(record) => {
-                    self.store.save_handle(&record.user_id, Some(record.handle.as_str()), unix_ms())?;
-                    Ok(record.user_id)
-                }
-                Err(err) if err.code() == Some(roost_proto::ErrorCode::NotFound) => {
-                    Err(ClientError::NotFound(format!("nobody holds the handle @{handle}")))
-                }
-                Err(err) => Err(err),
-            };
-        }
-        who.parse().map_err(|_| ClientError::Invalid(format!("{who:?} is neither @handle nor a user id")))
-    }
-
-    /// Claims a handle (signed with the identity key, so only a device holding it can).
-    pub async fn claim_handle(&self, handle: &str) -> Result<()> {
-        let identity = self.identity_key()?;
-        let handle: roost_proto::Handle =
-            handle.parse().map_err(|_| ClientError::Invalid(format!("{handle:?} is not a valid handle")))?;
-        let now = unix_ms();
-        let statement = roost_proto::signing::handle_message(
-            roost_proto::signing::HandleAction::Claim,
-            &self.user_id(),
-            &handle,
-            now,
-        );
-        let body = json!({"timestamp": now, "signature": bytes::encode(&identity.sign_bytes(&statement))});
-        self.api.claim_handle(handle.as_str(), &body).await?;
-        self.store.save_handle(&self.user_id(), Some(handle.as_str()), now)
-    }
-
-    fn identity_key(&self) -> Result<&KeyPair> {
-        self.identity.as_ref().ok_or_else(|| {
-            ClientError::Invalid("this device does not hold the identity key; use the first device".into())
-        })
-    }
-
-    /// Adds every device of `users` to a conversation with an MLS commit and Welcome.
-    pub async fn add_users(&mut self, id: &ConversationId, users: &[UserId]) -> Result<()> {
-        let packages = self.claim_verified(users).await?;
-        let packages: Vec<(DeviceId, KeyPackage)> =
-            packages.into_iter().filter(|(device, _)| *device != self.device_id()).collect();
-        self.add_devices(id, packages).await
-    }
-
-    async fn add_devices(&mut self, id: &ConversationId, packages: Vec<(DeviceId, KeyPackage)>) -> Result<()> {
-        if packages.is_empty() {
-            return Ok(());
-        }
-        let key_packages: Vec<KeyPackage> = packages.iter().map(|(_, package)| package.clone()).collect();
-        let devices: Vec<DeviceId> = packages.iter().map(|(device, _)| *device).collect();
-        self.commit_change(id, |client, group| {
-            let (commit, welcome, group_info) = group
-                .add_members(&client.provider, &client.device, &key_packages)
-                .map_err(|err| ClientError::Mls(format!("adding members: {err}")))?;
-            Ok((commit, Some(welcome), group_info, devices.clone(), Vec::new()))
-        })
-        .await
-    }
-
-    /// Removes every device of `users` from a conversation with an MLS commit.
-    pub async fn remove_users(&mut self, id: &ConversationId, users: &[UserId]) -> Result<()> {
-        let users = users.to_vec();
-        self.remove_matching(id, move |leaf| users.contains(&leaf.user_id)).await
-    }
-
-    /// Removes the leaves matching `gone` (never this device's own) with an MLS commit.
-    async fn remove_matching(&mut self, id: &ConversationId, gone: impl Fn(&LeafIdentity) -> bool) -> Result<()> {
-        let own = self.device_id();
-        self.commit_change(id, |client, group| {
-            let mut leaves = Vec::new();
-            let mut devices = Vec::new();
-            for member in group.members() {
-                let leaf = mls::verify_leaf(&member.credential, &member.signature_key)?;
-                if leaf.device_id != own && gone(&leaf) {
-                    leaves.push(member.index);
-                    devices.push(leaf.device_id);
-                }
-            }
-            if leaves.is_empty() {
-                return Err(ClientError::NotFound("none of them is a member".into()));
-            }
-            let (commit, _, group_info) = group
-                .remove_members(&client.provider, &client.device, &leaves)
-                .map_err(|err| ClientError::Mls(format!("removing members: {err}")))?;
-            Ok((commit, None, group_info, Vec::new(), devices))
-        })
-        .await
-    }
-
-    /// Removes, with ordinary commits, the leaves that no longer belong: devices that were
-    /// revoked and devices of users who left. Returns how many leaves went. Run after a sync so
-    /// a departed device keeps no keys for what is sent next.
-    pub async fn remove_departed(&mut self) -> Result<usize> {
-        let mut active: std::collections::HashMap<UserId, Vec<DeviceId>> = std::collections::HashMap::new();
-        let mut removed = 0;
-        for (id, _) in self.conversations()? {
-            let Ok(group) = self.group(&id) else { continue };
-            if !group.is_active() {
-                continue;
-            }
-            // A conversation this device has left or lost answers not_a_member: nothing to do.
-            let Ok(summary) = self.api.conversation(&id).await else { continue };
-            let users: Vec<UserId> = summary.members.iter().map(|m| m.user_id).collect();
-            let leaves: Vec<LeafIdentity> =
-                group.members().filter_map(|m| mls::verify_leaf(&m.credential, &m.signature_key).ok()).collect();
-            let mut departed = Vec::new();
-            for leaf in leaves {
-                let gone = if users.contains(&leaf.user_id) {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = active.entry(leaf.user_id) {
-                        let list = self.api.devices(&leaf.user_id).await?;
-                        let handle = list.handle.as_ref().map(|handle| handle.as_str());
-                        self.store.save_handle(&leaf.user_id, handle, unix_ms())?;
-                        slot.insert(list.devices.into_iter().map(|d| d.device_id).collect());
-                    }
-                    !active.get(&leaf.user_id).is_some_and(|devices| devices.contains(&leaf.device_id))
-                } else {
-                    true
-                };
-                if gone && leaf.device_id != self.device_id() {
-                    departed.push(leaf.device_id);
-                }
-            }
-            if departed.is_empty() {
-                continue;
-            }
-            match self.remove_matching(&id, |leaf| departed.contains(&leaf.device_id)).await {
-                Ok(()) => removed += departed.len(),
-                // Another member removed them first.
-                Err(ClientError::NotFound(_)) => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Builds a commit with `change` (OpenMLS keeps it pending), submits it with the GroupInfo of
-    /// the next epoch, and merges it once the server accepts. On `stale_epoch` the pending
-    /// commit is dropped, the client catches up, and the change is rebuilt on the new epoch.
-    async fn commit_change<F>(&mut self, id: &ConversationId, change: F) -> Result<()>
-    where
-        F: Fn(&Self, &mut MlsGroup) -> Result<CommitParts>,
-    {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut group = self.group(id)?;
-            let epoch = group.epoch().as_u64();
-            let (commit, welcome, group_info, add, remove) = change(self, &mut group)?;
-            let group_info = group_info.ok_or_else(|| ClientError::Mls("the commit produced no GroupInfo".into()))?;
-            let welcome = welcome.as_ref().map(mls::encode).transpose()?.map(|w| bytes::encode(&w));
-            let body = json!({
-                "epoch": epoch,
-                "commit": bytes::encode(&mls::encode(&commit)?),
-                "group_info": bytes::encode(&mls::encode(&MlsMessageOut::from(group_info))?),
-                "add": add,
-                "welcome": welcome,
-                "remove": remove,
-            });
-            match self.api.commit(id, &body).await {
-                Ok(_) => {
-                    return group
-                        .merge_pending_commit(&self.provider)
-                        .map_err(|err| ClientError::Mls(format!("merging: {err}")));
-                }
-                Err(err) => {
-                    group
-                        .clear_pending_commit(self.provider.storage())
-                        .map_err(|err| ClientError::Store(format!("dropping the refused commit: {err}")))?;
-                    if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES {
-                        self.sync().await?;
-                        continue;
-                    }
-                    return Err(err);
-                }
-            }
-        }
-    }
-
-    /// Revokes one of this user's devices (signed with the identity key). Its sessions, queue and
-    /// KeyPackages go at once; the remaining members remove its leaves on their next sync.
-    pub async fn revoke_device(&self, device: &DeviceId) -> Result<()> {
-        let identity = self.identity_key()?;
-        let statement = roost_proto::signing::revoke_device_message(&self.user_id(), device);
-        self.api.revoke_device(device, &identity.sign_bytes(&statement)).await
-    }
-
-    /// Leaves a conversation: every device of this user stops receiving it.
-    pub async fn leave(&mut self, id: &ConversationId) -> Result<()> {
-        self.api.leave(id).await
-    }
-
-    /// Sets a conversation's retention policy.
-    pub async fn set_retention(
-        &self,
-        id: &ConversationId,
-        policy: roost_proto::conversation::RetentionPolicy,
-    ) -> Result<()> {
-        self.api.set_retention(id, &policy).await
-    }
-
-    /// This user's devices, each verified against the identity key.
-    pub async fn own_devices(&self) -> Result<Vec<roost_proto::api::Device>> {
-        let list = self.api.devices(&self.user_id()).await?;
-        for device in &list.devices {
-            if !crate::keys::certificate_chains(&self.user_id(), &device.device_id, device.certificate.as_bytes()) {
-                return Err(ClientError::Verification(format!(
-                    "device {} does not chain to this user",
-                    device.device_id
-                )));
-            }
-        }
-        Ok(list.devices)
-    }
-
-    /// Adds this user's other devices to every conversation of this device that lacks them, so
-    /// every device of the user gets every new message (a linked device joins this way).
-    pub async fn add_missing_own_devices(&mut self) -> Result<usize> {
-        let own: Vec<DeviceId> =
-            self.own_devices().await?.into_iter().map(|d| d.device_id).filter(|d| *d != self.device_id()).collect();
-        let mut added = 0;
-        for (id, _) in self.conversations()? {
-            let Ok(group) = self.group(&id) else { continue };
-            if !group.is_active() {
-                continue;
-            }
-            let present: Vec<DeviceId> = group
-                .members()
-                .filter_map(|m| mls::verify_leaf(&m.credential, &m.signature_key).ok())
-                .map(|leaf| leaf.device_id)
-                .collect();
-            let missing: Vec<DeviceId> = own.iter().copied().filter(|d| !present.contains(d)).collect();
-            if missing.is_empty() {
-                continue;
-            }
-            let claimed = self.api.claim_key_packages(&[], &missing).await?;
-            let packages = self.verify_claimed(&claimed)?;
-            added += packages.len();
-            self.add_devices(&id, packages).await?;
-        }
-        Ok(added)
-    }
-
-    /// Approves a link request shown as `code` on the new device: checks that the device key the
-    /// server returns hashes to that code, then certifies it with the identity key.
-    pub async fn approve_link(&self, code: &str) -> Result<DeviceId> {
-        let identity = self.identity_key()?;
-        let link = self.api.link(code).await?;
-        if roost_proto::signing::link_code(&link.device_id) != code.trim().to_ascii_uppercase() {
-            return Err(ClientError::Verification(
-                "the server returned a device key that does not match the code; not approving".into(),
-            ));
-        }
-        self.api.approve_link(code, &identity.certify(&link.device_id)).await?;
-        Ok(link.device_id)
-    }
-
-    /// Starts linking a new device kept in `home` to an existing user: creates the device key
-    /// and returns the code to approve on a device holding the identity key.
-    pub async fn start_link(home: &Path, server: &str) -> Result<String> {
-        let store = open_home(home)?;
-        if store.account()?.is_some() {
-            return Err(ClientError::Invalid(format!("{} already holds an account", home.display())));
-        }
-        let device = match store.pending_link()? {
-            Some((_, secret)) => KeyPair::from_secret(secret),
-            None => KeyPair::generate(),
-        };
-        let api = Api::new(server)?;
-        let link = api.start_link(&device.device_id()).await?;
-        store.save_pending_link(api.base(), device.secret_bytes())?;
-        Ok(link.link_code)
-    }
-
-    /// Finishes linking once approved: verifies the certificate against the approving user's
-    /// identity, authenticates and uploads KeyPackages. `Ok(None)` while still pending.
-    pub async fn finish_link(home: &Path) -> Result<Option<Self>> {
-        let store = open_home(home)?;
-        let (server, secret) = store
-            .pending_link()?
-            .ok_or_else(|| ClientError::Invalid("no link in progress; run `roost link` first".into()))?;
-        let device = KeyPair::from_secret(secret);
-        let api = Api::new(&server)?;
-        let link = api.link(&roost_proto::signing::link_code(&device.device_id())).await?;
-        let (Some(user_id), Some(certificate)) = (link.user_id, link.certificate) else { return Ok(None) };
-        let certificate: [u8; 64] = certificate
-            .as_bytes()
-            .try_into()
-            .map_err(|_| ClientError::Verification("the certificate is not a signature".into()))?;
-        if !crate::keys::certificate_chains(&user_id, &device.device_id(), &certificate) {
-            return Err(ClientError::Verification("the certificate does not chain to the approving user".into()));
-        }
-        store.save_account(&AccountRecord {
-            server,
-            user_id,
-            device_id: device.device_id(),
-            identity_secret: None,
-            device_secret: Zeroizing::new(*device.secret_bytes()),
-            certificate,
-            token: None,
-        })?;
-        store.clear_pending_link()?;
-        let mut client = Self::open(home)?;
-        client.connect().await?;
-        client.upload_key_packages(KEY_PACKAGE_BATCH, true).await?;
-        Ok(Some(client))
-    }
-}
-
-/// A commit, its Welcome, the next epoch's GroupInfo, and the devices it adds and removes.
-type CommitParts = (
-    MlsMessageOut,
-    Option<MlsMessageOut>,
-    Option<openmls::messages::group_info::GroupInfo>,
-    Vec<DeviceId>,
-    Vec<DeviceId>,
-);
-
-/// Live delivery over the WebSocket.
-impl Client {
-    /// Connects the device's WebSocket and calls `on_event` for everything that happens until
-    /// the connection ends: pushed entries and queue items wake a sync (which decrypts, stores,
-    /// then acknowledges), live frames become typing, receipt and presence events. Returns when
-    /// the server closes the socket; callers reconnect.
-    pub async fn listen(&mut self, mut on_event: impl FnMut(Event)) -> Result<()> {
-        let mut socket = self.open_socket().await?;
-        while let Some(frame) = next_frame(&mut socket).await {
-            for event in self.on_frame(frame).await? {
-                on_event(event);
-            }
-        }
-        Ok(())
-    }
-
-    /// Opens the device's WebSocket and authenticates it, for an app that runs its own loop:
-    /// read frames ([`next_frame`]), hand each to [`Client::on_frame`], and call the client
-    /// (send, answer a call) between frames.
-    pub async fn open_socket(&self) -> Result<crate::api::WebSocket> {
-        use futures::SinkExt;
-        use tokio_tungstenite::tungstenite::Message as Frame;
-
-        let mut socket = self.api.websocket().await?;
-        let token = self.api.token().ok_or_else(|| ClientError::Invalid("not logged in".into()))?.to_owned();
-        let auth = json!({"type": "auth", "token": token}).to_string();
-        socket.send(Frame::Text(auth.into())).await.map_err(|err| ClientError::Protocol(err.to_string()))?;
-        Ok(socket)
-    }
-
-    /// Applies one frame from the socket: pushed entries and queue items wake a sync (which
-    /// decrypts, stores, then acknowledges), live frames become typing, receipt, presence and
-    /// call events. An ephemeral send that cannot be decrypted (sent in another epoch) is
-    /// dropped: it was never meant to last.
-    pub async fn on_frame(&mut self, frame: ServerFrame) -> Result<Vec<Event>> {
-        Ok(match frame {
-            // The initial drain and every push lead to the same place: sync, store, ack.
-            ServerFrame::QueueEmpty | ServerFrame::Entry(_) | ServerFrame::Queue(_) => self.sync().await?,
-            ServerFrame::Typing { conversation_id, user_id, active, .. } => {
-                vec![Event::Typing { conversation_id, user_id, active }]
-            }
-            ServerFrame::ReadReceipt { conversation_id, user_id, seq } => {
-                vec![Event::ReadReceipt { conversation_id, user_id, seq }]
-            }
-            ServerFrame::Presence { user_id, online, .. } => vec![Event::Presence { user_id, online }],
-            ServerFrame::Ephemeral { conversation_id, sender_user, sender_device, payload, .. } => {
-                let content = self.group(&conversation_id).and_then(|mut group| {
-                    let processed = self.process(&mut group, payload.as_bytes())?;
-                    match processed.into_content() {
-                        ProcessedMessageContent::ApplicationMessage(message) => Content::decode(&message.into_bytes()),
-                        _ => Err(ClientError::Protocol("an ephemeral send that is not a message".into())),
-                    }
-                });
-                match content {
-                    Ok(Content::Call { call_id, action, sdp, candidate, video }) => vec![Event::Call(CallSignal {
-                        conversation_id,
-                        sender_user,
-                        sender_device,
-                        call_id,
-                        action,
-                        sdp,
-                        candidate,
-                        video,
-                    })],
-                    _ => Vec::new(),
-                }
-            }
-            _ => Vec::new(),
-        })
-    }
-}
-
-/// Joining by external commit.
-impl Client {
-    /// Joins a conversation of this user by an MLS external commit built from the stored
-    /// GroupInfo (forward-only: nothing from before the join). Every member's leaf is verified
-    /// before the commit is sent.
-    pub async fn join_by_external_commit(&mut self, id: &ConversationId) -> Result<()> {
-        if self.store.processed_seq(id)?.is_some() {
-            return Ok(());
-        }
-        let info = self.api.group_info(id).await?;
-        let MlsMessageBodyIn::GroupInfo(group_info) = mls::decode(info.group_info.as_bytes())?.extract() else {
-            return Err(ClientError::Verification("the stored GroupInfo is something else".into()));
-        };
-        let config = MlsGroupJoinConfig::builder().use_ratchet_tree_extension(true).build();
-        let (mut group, bundle) = MlsGroup::external_commit_builder()
-            .with_config(config)
-            .build_group(&self.provider, group_info, mls::credential(&self.leaf))
-            .map_err(|err| ClientError::Mls(format!("external commit: {err}")))?
-            .load_psks(self.provider.storage())
-            .map_err(|err| ClientError::Mls(format!("external commit: {err:?}")))?
-            .build(self.provider.rand(), self.provider.crypto(), &self.device, |_| true)
-            .map_err(|err| ClientError::Mls(format!("external commit: {err}")))?
-            .finalize(&self.provider)
-            .map_err(|err| ClientError::Mls(format!("external commit: {err}")))?;
-        if group.group_id().as_slice() != id.as_bytes() {
-            return Err(ClientError::Verification("the GroupInfo is for another group".into()));
-        }
-        if let Err(err) = mls::verify_members(&group) {
-            let _ = group.delete(self.provider.storage());
-            return Err(err);
-        }
-        let (commit, _, new_info) = bundle.into_contents();
-        let new_info = new_info.ok_or_else(|| ClientError::Mls("the external commit produced no GroupInfo".into()))?;
-        let body = json!({
-            "epoch": info.epoch,
-            "commit": bytes::encode(&mls::encode(&commit)?),
-            "group_info": bytes::encode(&mls::encode(&MlsMessageOut::from(new_info))?),
-        });
-        match self.api.external_join(id, &body).await {
-            Ok(accepted) => {
-                group
-                    .merge_pending_commit(&self.provider)
-                    .map_err(|err| ClientError::Mls(format!("merging: {err}")))?;
-                let kind = self
-                    .api
-                    .conversation(id)
-                    .await
-                    .map(|s| s.kind.as_str().to_owned())
-                    .unwrap_or_else(|_| "group".into());
-                self.store.add_conversation(id, &kind, accepted.seq)
-            }
-            Err(err) => {
-                let _ = group.delete(self.provider.storage());
-                Err(err)
-            }
-        }
-    }
-}
-
 /// How long a learned handle is shown before [`Client::learn_names`] looks it up again.
 pub const NAME_TTL_MS: i64 = 60 * 60 * 1000;
-
-/// The next frame from the server, or `None` once the socket is closed.
-pub async fn next_frame(socket: &mut crate::api::WebSocket) -> Option<ServerFrame> {
-    use futures::StreamExt;
-    use tokio_tungstenite::tungstenite::Message as Frame;
-
-    loop {
-        match socket.next().await? {
-            Ok(Frame::Text(text)) => {
-                if let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) {
-                    return Some(frame);
-                }
-            }
-            Ok(Frame::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
 
 /// Milliseconds since the Unix epoch by this device's clock (0 if the clock is before it).
 fn unix_ms() -> i64 {
