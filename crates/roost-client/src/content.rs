@@ -234,8 +234,8 @@ impl Content {
                 }
             }
             Self::Contact { name, handle, .. } => match handle {
-                Some(handle) => format!("(contact {name}, @{handle})"),
-                None => format!("(contact {name})"),
+                Some(handle) if *name != format!("@{handle}") => format!("(contact {name}, @{handle})"),
+                _ => format!("(contact {name})"),
             },
             Self::Poll { question, options, .. } => format!("(poll) {question} [{}]", options.join(" / ")),
             Self::PollVote { to_seq, choices } if choices.is_empty() => format!("(withdrew a vote in #{to_seq})"),

@@ -83,10 +83,14 @@ async fn the_readme_walkthrough() {
         roost(&bob, &["vote", &group, &poll, "1"]);
         roost(&bob, &["vote", &group, &poll, "2"]);
         roost(&carol, &["vote", &group, &poll, "2"]);
+        roost(&alice, &["vote", &group, &poll, "1"]);
         roost(&alice, &["close-poll", &group, &poll]);
         roost(&bob, &["vote", &group, &poll, "1"]);
         roost(&carol, &["profile", "Carol C."]);
         roost(&carol, &["location", &group, "52.5163", "-13.3777", "--label", "the gate"]);
+        roost(&carol, &["contact", &group, "@bob"]);
+        let oops = sent(&roost(&bob, &["send", &group, "sent to the wrong chat"]));
+        roost(&bob, &["delete", &group, &oops]);
         roost(&bob, &["sync"]);
         let history = roost(&bob, &["history", &group]);
         for shown in [
@@ -94,12 +98,19 @@ async fn the_readme_walkthrough() {
             "[👍 you, Carol C. (@carol)]",
             &format!("  > #{welcome} @alice: Welcome, Carol! (edited)"),
             "Carol C. (@carol): Thanks!",
-            "(poll) Lunch? [pizza 0 / sushi 2] (closed)",
             "(location the gate: 52.51630, -13.37770)",
+            "Carol C. (@carol): (contact @bob)",
+            &format!("#{oops} you: (deleted)"),
         ] {
             assert!(history.contains(shown), "{shown:?} in {history}");
         }
-        assert!(!history.contains("🎉") && !history.contains("not bob's"), "{history}");
+        assert!(!history.contains("🎉") && !history.contains("not bob's") && !history.contains("wrong chat"));
+        // Every member's device counts the same votes.
+        for member in [&alice, &bob, &carol] {
+            roost(member, &["sync"]);
+            let tally = roost(member, &["history", &group]);
+            assert!(tally.contains("(poll) Lunch? [pizza 1 / sushi 2] (closed)"), "{tally}");
+        }
         assert!(roost_fails(&bob, &["vote", &group, &poll, "0"]).contains("numbered from 1"));
         assert!(roost_fails(&bob, &["location", &group, "91", "0"]).contains("between -90 and 90"));
 
