@@ -314,3 +314,50 @@ async fn a_new_device_joins_by_external_commit() {
     let err = mallory.join_by_external_commit(&id).await.unwrap_err();
     assert_eq!(err.code(), Some(roost_proto::ErrorCode::NotAMember), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_device_removes_a_device_revoked_meanwhile() {
+    let server = server!();
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut carol = Client::register(&homes.path().join("carol"), &server.base, None).await.unwrap();
+    let phone_home = homes.path().join("carol-phone");
+    let code = Client::start_link(&phone_home, &server.base).await.unwrap();
+    carol.approve_link(&code).await.unwrap();
+    let mut phone = Client::finish_link(&phone_home).await.unwrap().unwrap();
+    let id = alice.create_conversation(ConversationKind::Group, &[carol.user_id()]).await.unwrap();
+    for client in [&mut carol, &mut phone] {
+        assert!(client.sync().await.unwrap().contains(&Event::Joined(id)));
+    }
+
+    // Alice listens while carol revokes her phone: the device list change reaches alice's
+    // socket and her client removes the phone's leaf without being asked.
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let listening = alice.listen(|event| {
+        let _ = events.send(event);
+    });
+    let revoking = async {
+        // The listener must be connected to hear of the change: a message pushed to it says so.
+        carol.send_text(&id, "are you there?").await.unwrap();
+        while let Some(event) = received.recv().await {
+            if matches!(event, Event::Message(_)) {
+                break;
+            }
+        }
+        carol.revoke_device(&phone.device_id()).await.unwrap();
+        while let Some(event) = received.recv().await {
+            if let Event::DevicesUpdated { removed, .. } = event {
+                return removed;
+            }
+        }
+        panic!("the listener stopped");
+    };
+    let removed = tokio::select! {
+        result = listening => panic!("the listener ended: {result:?}"),
+        removed = revoking => removed,
+        () = tokio::time::sleep(std::time::Duration::from_secs(20)) => panic!("the revoked leaf stayed"),
+    };
+    assert_eq!(removed, 1);
+    carol.sync().await.unwrap();
+    assert_eq!(carol.remove_departed().await.unwrap(), 0, "already removed by alice's listener");
+}
