@@ -6,7 +6,7 @@ use openmls::prelude::*;
 use roost_proto::api::{HandleRequest, KeyPackageUpload, RegisterRequest};
 use roost_proto::conversation::{
     AckRequest, CommitRequest, ConversationAck, ConversationKind, CreateConversationRequest, EntryKind,
-    ExternalJoinRequest, QueueKind, SendRequest,
+    ExternalJoinRequest, QueueKind, SendAccepted, SendRequest,
 };
 use roost_proto::socket::{ClientFrame, ServerFrame};
 use roost_proto::{Base64Bytes, ConversationId, DeviceId, UserId, bytes};
@@ -296,6 +296,28 @@ impl Client {
     /// Encrypts and sends content, catching up and retrying if the epoch moved on. The message is
     /// stored locally with the sequence number the server assigned.
     pub async fn send(&mut self, id: &ConversationId, content: &Content) -> Result<u64> {
+        let accepted = self.post_message(id, content, false).await?;
+        let seq = accepted.seq.ok_or_else(|| ClientError::Protocol("no sequence number".into()))?;
+        self.store.store_own_message(&StoredMessage {
+            conversation_id: *id,
+            seq,
+            sender_user: self.user_id(),
+            sender_device: self.device_id(),
+            created_at: accepted.created_at,
+            content: content.clone(),
+        })?;
+        Ok(seq)
+    }
+
+    /// Encrypts and sends content ephemerally: only to the members' devices connected now, and
+    /// never stored (typing, call signalling). Catches up and retries if the epoch moved on.
+    pub async fn send_ephemeral(&mut self, id: &ConversationId, content: &Content) -> Result<()> {
+        self.post_message(id, content, true).await.map(drop)
+    }
+
+    /// Encrypts `content` in the group's current epoch and posts it; on `stale_epoch`, syncs and
+    /// encrypts again (with the same client message id, so a send that did land is not doubled).
+    async fn post_message(&mut self, id: &ConversationId, content: &Content, ephemeral: bool) -> Result<SendAccepted> {
         let plaintext = content.encode()?;
         let client_message_id = new_client_message_id(unix_ms());
         let mut attempts = 0;
@@ -309,48 +331,10 @@ impl Client {
                 client_message_id: client_message_id.clone(),
                 epoch: group.epoch().as_u64(),
                 ciphertext: mls::encode(&ciphertext)?.into(),
-                ephemeral: false,
+                ephemeral,
             };
             match self.api.send(id, &body).await {
-                Ok(accepted) => {
-                    let seq = accepted.seq.ok_or_else(|| ClientError::Protocol("no sequence number".into()))?;
-                    self.store.store_own_message(&StoredMessage {
-                        conversation_id: *id,
-                        seq,
-                        sender_user: self.user_id(),
-                        sender_device: self.device_id(),
-                        created_at: accepted.created_at,
-                        content: content.clone(),
-                    })?;
-                    return Ok(seq);
-                }
-                Err(err) if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES => {
-                    self.sync().await?;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Encrypts and sends content ephemerally: only to the members' devices connected now, and
-    /// never stored (typing, call signalling). Catches up and retries if the epoch moved on.
-    pub async fn send_ephemeral(&mut self, id: &ConversationId, content: &Content) -> Result<()> {
-        let plaintext = content.encode()?;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut group = self.group(id)?;
-            let ciphertext = group
-                .create_message(&self.provider, &self.device, &plaintext)
-                .map_err(|err| ClientError::Mls(format!("encrypting: {err}")))?;
-            let body = SendRequest {
-                client_message_id: new_client_message_id(unix_ms()),
-                epoch: group.epoch().as_u64(),
-                ciphertext: mls::encode(&ciphertext)?.into(),
-                ephemeral: true,
-            };
-            match self.api.send(id, &body).await {
-                Ok(_) => return Ok(()),
+                Ok(accepted) => return Ok(accepted),
                 Err(err) if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES => {
                     self.sync().await?;
                 }
