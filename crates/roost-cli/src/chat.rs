@@ -29,7 +29,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(3);
 const PAGE: u16 = 10;
 /// What the status line says when nothing else is to be said.
 const HELP: &str = "Up/Down: conversation · PgUp/PgDn: scroll · Enter: send · /react N 👍 · /reply N text · \
-                    /edit N text · /delete N · /retention ttl SECONDS|burn-on-read|permanent · Esc: quit";
+                    /edit N text · /delete N · /poll question | option | option · /vote N option… · \
+                    /retention ttl SECONDS|burn-on-read|permanent · Esc: quit";
 
 struct Screen {
     names: Names,
@@ -188,6 +189,33 @@ async fn run_command(client: &mut Client, id: &ConversationId, command: &str) ->
             Content::Edit { to_seq, body: words.next().unwrap_or_default().to_owned() }
         }
         "delete" => Content::Delete { to_seq: seq()? },
+        "poll" => {
+            let rest: Vec<&str> = words.collect();
+            let parts: Vec<String> = rest.join(" ").split('|').map(|part| part.trim().to_owned()).collect();
+            let Some((question, options)) = parts.split_first() else {
+                anyhow::bail!("/poll question | option | option")
+            };
+            if options.len() < 2 || options.len() > roost_client::content::MAX_POLL_OPTIONS {
+                anyhow::bail!(
+                    "a poll has 2 to {} options: /poll question | option | option",
+                    roost_client::content::MAX_POLL_OPTIONS
+                );
+            }
+            Content::Poll { question: question.clone(), options: options.to_vec(), multiple: false }
+        }
+        "vote" => {
+            let to_seq = seq()?;
+            let choices = words
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|choice| match choice.parse::<u32>() {
+                    Ok(n) if n > 0 => Ok(n - 1),
+                    _ => Err(anyhow::anyhow!("vote by option numbers, from 1: /vote 5 2")),
+                })
+                .collect::<anyhow::Result<Vec<u32>>>()?;
+            Content::PollVote { to_seq, choices }
+        }
         "retention" => {
             let rest: Vec<&str> = words.collect();
             let policy = match rest.as_slice() {

@@ -321,6 +321,14 @@ async fn the_chat_screen_shows_handles_reactions_edits_and_what_was_read() {
         let history = roost(&bob, &["history", "@alice"]);
         assert!(history.contains("🎉 @alice"), "{history}");
         screen.shows(&["you: hi bob, from the chat screen  ✓✓ read"]);
+
+        // A poll made and voted in from the screen.
+        screen.type_line("/poll Lunch? | pizza | sushi");
+        let shown = screen.shows(&["(poll) Lunch? [pizza 0 / sushi 0]"]);
+        let poll = shown.lines().find(|line| line.contains("(poll) Lunch?")).unwrap();
+        let poll = poll.split('#').nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+        screen.type_line(&format!("/vote {poll} 2"));
+        screen.shows(&["(poll) Lunch? [pizza 0 / sushi 1]"]);
     })
     .await
     .unwrap();
