@@ -93,6 +93,7 @@ impl Client {
         if self.upkeep_due {
             events.extend(self.upkeep().await?);
         }
+        events.append(&mut self.unreported);
         Ok(events)
     }
 

@@ -178,7 +178,7 @@ impl Client {
                         .clear_pending_commit(self.provider.storage())
                         .map_err(|err| ClientError::Store(format!("dropping the refused commit: {err}")))?;
                     if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES {
-                        self.sync().await?;
+                        self.catch_up().await?;
                         continue;
                     }
                     return Err(err);

@@ -119,6 +119,9 @@ pub struct Client {
     home: PathBuf,
     /// A device list changed or a member left since the last [`Client::upkeep`].
     upkeep_due: bool,
+    /// What syncs inside other calls (a send or commit catching up on `stale_epoch`) found,
+    /// reported by the next [`Client::sync`] or [`Client::on_frame`].
+    unreported: Vec<Event>,
 }
 
 impl Client {
@@ -172,7 +175,17 @@ impl Client {
         if let Some(token) = account.token {
             api.set_token(token);
         }
-        Ok(Self { api, store, provider, device, identity, leaf, home: home.to_path_buf(), upkeep_due: false })
+        Ok(Self {
+            api,
+            store,
+            provider,
+            device,
+            identity,
+            leaf,
+            home: home.to_path_buf(),
+            upkeep_due: false,
+            unreported: Vec::new(),
+        })
     }
 
     /// Makes sure the device has a working session, authenticating again if needed.
@@ -336,7 +349,7 @@ impl Client {
             match self.api.send(id, &body).await {
                 Ok(accepted) => return Ok(accepted),
                 Err(err) if Api::stale_epoch(&err).is_some() && attempts < EPOCH_RETRIES => {
-                    self.sync().await?;
+                    self.catch_up().await?;
                 }
                 Err(err) => return Err(err),
             }
@@ -360,7 +373,7 @@ impl Client {
     /// Fetches everything the server holds for this device, applies it (joins, commits,
     /// messages), stores what it decrypted, then acknowledges it. Returns what happened.
     pub async fn sync(&mut self) -> Result<Vec<Event>> {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.unreported);
         loop {
             let page = self.api.sync(None).await?;
             if page.entries.is_empty() && page.queue.is_empty() {
@@ -383,6 +396,13 @@ impl Client {
             // Only now, with everything stored, is it acknowledged.
             self.api.ack(&positions, queue_up_to).await?;
         }
+    }
+
+    /// Syncs inside another call, keeping what it found for the caller's next sync.
+    async fn catch_up(&mut self) -> Result<()> {
+        let events = self.sync().await?;
+        self.unreported.extend(events);
+        Ok(())
     }
 
     async fn apply_queue_item(

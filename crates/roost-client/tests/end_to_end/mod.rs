@@ -361,3 +361,21 @@ async fn a_listening_device_removes_a_device_revoked_meanwhile() {
     carol.sync().await.unwrap();
     assert_eq!(carol.remove_departed().await.unwrap(), 0, "already removed by alice's listener");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_send_catches_up_on_is_still_reported() {
+    let server = server!();
+    let homes = tempfile::tempdir().unwrap();
+    let mut alice = Client::register(&homes.path().join("alice"), &server.base, None).await.unwrap();
+    let mut bob = Client::register(&homes.path().join("bob"), &server.base, None).await.unwrap();
+    let carol = Client::register(&homes.path().join("carol"), &server.base, None).await.unwrap();
+    let id = alice.create_conversation(ConversationKind::Group, &[bob.user_id()]).await.unwrap();
+    bob.sync().await.unwrap();
+
+    // Alice writes, then moves the group to a new epoch; bob sends without having synced, so
+    // his client catches up inside the send. The message it found is reported all the same.
+    alice.send_text(&id, "before the new epoch").await.unwrap();
+    alice.add_users(&id, &[carol.user_id()]).await.unwrap();
+    bob.send_text(&id, "sent after catching up").await.unwrap();
+    assert_eq!(texts(&bob.sync().await.unwrap()), vec!["before the new epoch"]);
+}
