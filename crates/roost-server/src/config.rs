@@ -74,6 +74,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Which web pages on other origins may call the API.
     pub cors: CorsConfig,
+    /// A web app roostd serves itself, on its own origin.
+    pub web: WebConfig,
 }
 
 /// How long a connection may take over each part of a request, and how many may be open.
@@ -113,6 +115,15 @@ impl Default for HttpConfig {
             max_body_memory_bytes: 256 * 1024 * 1024,
         }
     }
+}
+
+/// A web app served by roostd from a directory of built files, at every path the API does not
+/// use (`/v1/...`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// The directory (with its `index.html`); unset: no web app.
+    pub dir: Option<PathBuf>,
 }
 
 /// Cross-origin access for web apps served from another origin than roostd's.
@@ -318,6 +329,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             cors: CorsConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -521,6 +533,11 @@ impl Config {
             )));
         }
         self.cors.validate()?;
+        if let Some(dir) = &self.web.dir
+            && !dir.join("index.html").is_file()
+        {
+            return Err(ConfigError(format!("web.dir: {} holds no index.html", dir.display())));
+        }
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(ConfigError("tls.cert_path and tls.key_path go together: set both or neither".into()));
         }
@@ -592,6 +609,7 @@ impl fmt::Debug for Config {
             .field("http", &shown.http)
             .field("tls", &shown.tls)
             .field("cors", &shown.cors)
+            .field("web", &shown.web)
             .finish_non_exhaustive()
     }
 }

@@ -64,7 +64,17 @@ impl Bodies {
     /// Answers a request no route takes with `answer`, after reading and discarding its body
     /// (up to what anyone may send, within the timeout; beyond that the connection closes).
     pub(super) async fn discard_then(&self, request: Request, answer: Error) -> Response {
-        let mut body = request.into_body();
+        self.answer_without_body(request, async |_| answer.into_response()).await
+    }
+
+    /// Reads and discards the request's body as [`Bodies::discard_then`] does, then answers
+    /// the bodiless request with `answer`.
+    pub(super) async fn answer_without_body(
+        &self,
+        request: Request,
+        answer: impl AsyncFnOnce(Request) -> Response,
+    ) -> Response {
+        let (parts, mut body) = request.into_parts();
         let mut seen = 0usize;
         let discarded = tokio::time::timeout(self.timeout, async {
             while let Some(frame) = body.frame().await {
@@ -77,7 +87,7 @@ impl Bodies {
             true
         })
         .await;
-        let response = answer.into_response();
+        let response = answer(Request::from_parts(parts, Body::empty())).await;
         if discarded == Ok(true) { response } else { closing(response) }
     }
 }

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod forwarded;
 mod openapi_doc;
 pub mod routes;
+mod web;
 
 use std::any::Any;
 use std::sync::{Arc, LazyLock};
@@ -157,11 +158,18 @@ pub fn router(state: AppState) -> Router {
     })
     .split_for_parts();
     let unmatched = bodies.clone();
+    let app = state.services.ctx.config.web.dir.as_deref().map(web::WebApp::new);
     let router = router
         .route_layer(middleware::from_fn(track_request))
         .fallback(move |request: Request| {
             let bodies = unmatched.clone();
-            async move { bodies.discard_then(request, error::not_found()).await }
+            let app = app.clone().filter(|_| web::WebApp::serves(&request));
+            async move {
+                match app {
+                    Some(app) => bodies.answer_without_body(request, async |request| app.answer(request).await).await,
+                    None => bodies.discard_then(request, error::not_found()).await,
+                }
+            }
         })
         .method_not_allowed_fallback(move |request: Request| {
             let bodies = bodies.clone();

@@ -378,3 +378,53 @@ async fn pages_on_listed_origins_may_call_the_api_and_others_may_not() {
     let response = preflight(&open, "https://anywhere.example", "/v1/users").await.unwrap();
     assert_eq!(allowed(&response).as_deref(), Some("*"));
 }
+
+#[tokio::test]
+async fn a_configured_web_app_is_served_beside_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "<!doctype html><title>Roost web</title>").unwrap();
+    std::fs::create_dir(dir.path().join("assets")).unwrap();
+    std::fs::write(dir.path().join("assets/app.js"), "console.log('roost')").unwrap();
+    let outside = dir.path().parent().unwrap().join(format!("{}-secret", std::process::id()));
+    std::fs::write(&outside, "not for the web").unwrap();
+    let root = dir.path().to_path_buf();
+    let server = server!(move |config| config.web.dir = Some(root));
+    let get = async |path: &str| {
+        let response = server.http.get(server.url(path)).send().await.unwrap();
+        let kind = response.headers().get("content-type").map(|value| value.to_str().unwrap().to_owned());
+        let nosniff = response.headers().get("x-content-type-options").is_some();
+        (response.status(), kind.unwrap_or_default(), nosniff, response.text().await.unwrap())
+    };
+
+    let (status, kind, nosniff, body) = get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.starts_with("text/html") && nosniff && body.contains("Roost web"), "{kind} {body}");
+    let (status, kind, _, body) = get("/assets/app.js").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "console.log('roost')"));
+    assert!(kind.contains("javascript"), "{kind}");
+    // A page the app routes in the browser gets the app.
+    let (status, _, _, body) = get("/chats/4_jsGhkr").await;
+    assert!(status == StatusCode::OK && body.contains("Roost web"), "{status} {body}");
+    // Nothing outside the directory.
+    let name = outside.file_name().unwrap().to_string_lossy().into_owned();
+    for path in [format!("/..%2f{name}"), format!("/assets/..%2f..%2f{name}"), format!("/%2e%2e/{name}")] {
+        let (_, _, _, body) = get(&path).await;
+        assert!(!body.contains("not for the web"), "{path} served a file outside the app");
+    }
+    std::fs::remove_file(&outside).unwrap();
+
+    // The API keeps its paths and its JSON errors.
+    let (status, kind, _, body) = get("/v1/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(kind.starts_with("application/json") && body.contains("not_found"), "{body}");
+    let (status, _, _, body) = get("/healthz").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+    let posted = server.http.post(server.url("/")).body("x").send().await.unwrap();
+    assert_eq!(posted.status(), StatusCode::NOT_FOUND);
+
+    // Without the setting there is no app.
+    let plain = server!();
+    let response = plain.http.get(plain.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(response.text().await.unwrap().contains("not_found"));
+}
