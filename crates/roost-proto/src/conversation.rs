@@ -7,67 +7,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::bytes::{self, Base64Bytes};
-use crate::ids::{DeviceId, IdParseError, UserId};
+use crate::ids::{DeviceId, IdParseError, UserId, byte_id};
 
-/// A conversation: 16 random bytes chosen by its creator (the MLS group id), as unpadded
-/// base64url (22 characters).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSchema)]
-#[schema(value_type = String, format = "base64url", min_length = 22, max_length = 22, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
-pub struct ConversationId([u8; 16]);
-
-impl ConversationId {
-    /// Wraps 16 bytes.
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(bytes)
-    }
-
-    /// The 16 bytes.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-
-    /// Parses raw bytes (as stored in a database column).
-    pub fn from_slice(raw: &[u8]) -> Result<Self, IdParseError> {
-        <[u8; 16]>::try_from(raw).map(Self).map_err(|_| IdParseError::Conversation)
-    }
-}
-
-impl FromStr for ConversationId {
-    type Err = IdParseError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.len() != 22 {
-            return Err(IdParseError::Conversation);
-        }
-        let raw = bytes::decode(text).map_err(|_| IdParseError::Conversation)?;
-        Self::from_slice(&raw)
-    }
-}
-
-impl fmt::Display for ConversationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&bytes::encode(&self.0))
-    }
-}
-
-impl fmt::Debug for ConversationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConversationId({self})")
-    }
-}
-
-impl Serialize for ConversationId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ConversationId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+byte_id!(
+    /// A conversation: 16 random bytes chosen by its creator (the MLS group id), as unpadded
+    /// base64url (22 characters).
+    ConversationId,
+    16,
+    22,
+    Conversation,
+    "^[A-Za-z0-9_-]{21}[AQgw]$"
+);
 
 /// `as_str` and `FromStr` for a fieldless enum with a fixed text form (also its stored form).
 macro_rules! text_enum {

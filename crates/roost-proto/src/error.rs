@@ -77,8 +77,22 @@ pub enum ErrorCode {
     /// 409: another device's live link request has the same code (a 1-in-2^40 event); retry
     /// with a new device key.
     LinkCodeInUse,
+    /// 409: the upload holds a different number of bytes than the request's `Upload-Offset`;
+    /// `current_offset` in the error says how many. Resume from there.
+    UploadOffsetMismatch,
+    /// 409: another request is writing this upload right now.
+    UploadInProgress,
+    /// 409: the attachment's upload has not completed; it cannot be downloaded yet.
+    UploadIncomplete,
+    /// 416: the requested byte range lies outside the attachment.
+    RangeNotSatisfiable,
+    /// 422: the uploaded bytes do not match the announced SHA-256; nothing of them was kept.
+    DigestMismatch,
     /// 429: too many requests; retry after the number of seconds in `Retry-After`.
     RateLimited,
+    /// 429: the user's attachment bytes for today are used up; `Retry-After` says when the next
+    /// day (UTC) starts.
+    QuotaExceeded,
     /// 503: the server cannot reach its storage right now; retry later.
     Unavailable,
     /// 503: the server holds as many connections as it may; the connection closes. Retry later.
@@ -108,10 +122,14 @@ impl ErrorCode {
             | LinkCodeInUse
             | ConversationExists
             | StaleEpoch
-            | MemberLimitReached => 409,
+            | MemberLimitReached
+            | UploadOffsetMismatch
+            | UploadInProgress
+            | UploadIncomplete => 409,
             PayloadTooLarge => 413,
-            InvalidArgument | SignatureInvalid | TimestampOutOfRange => 422,
-            RateLimited => 429,
+            RangeNotSatisfiable => 416,
+            InvalidArgument | SignatureInvalid | TimestampOutOfRange | DigestMismatch => 422,
+            RateLimited | QuotaExceeded => 429,
             Internal => 500,
             Unavailable | TooManyConnections => 503,
         }
@@ -135,11 +153,14 @@ pub struct ErrorDetail {
     /// With `stale_epoch`: the conversation's current epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_epoch: Option<u64>,
+    /// With `upload_offset_mismatch`: how many bytes the upload holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_offset: Option<u64>,
 }
 
 impl ErrorBody {
     /// Builds an error body.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { error: ErrorDetail { code, message: message.into(), current_epoch: None } }
+        Self { error: ErrorDetail { code, message: message.into(), current_epoch: None, current_offset: None } }
     }
 }

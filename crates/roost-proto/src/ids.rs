@@ -22,32 +22,37 @@ pub enum IdParseError {
     /// The text is not unpadded base64url of a 16-byte conversation id.
     #[error("expected the unpadded base64url encoding of a 16-byte conversation id")]
     Conversation,
+    /// The text is not unpadded base64url of a 16-byte attachment id.
+    #[error("expected the unpadded base64url encoding of a 16-byte attachment id")]
+    Attachment,
     /// The text is not one of the names the field allows.
     #[error("not one of the allowed values")]
     Text,
 }
 
-macro_rules! key_id {
-    ($(#[$meta:meta])* $name:ident) => {
+/// A fixed-size byte string shown as unpadded base64url: the type, its byte and text lengths, the
+/// parse error, the schema pattern (the last character carries only the bits the length allows).
+macro_rules! byte_id {
+    ($(#[$meta:meta])* $name:ident, $bytes:tt, $text:tt, $error:ident, $pattern:tt) => {
         $(#[$meta])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSchema)]
-        #[schema(value_type = String, format = "base64url", min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")]
-        pub struct $name([u8; 32]);
+        #[schema(value_type = String, format = "base64url", min_length = $text, max_length = $text, pattern = $pattern)]
+        pub struct $name([u8; $bytes]);
 
         impl $name {
-            /// Wraps a 32-byte Ed25519 public key.
-            pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+            /// Wraps the bytes.
+            pub const fn from_bytes(bytes: [u8; $bytes]) -> Self {
                 Self(bytes)
             }
 
-            /// The 32 bytes of the public key.
-            pub const fn as_bytes(&self) -> &[u8; 32] {
+            /// The bytes.
+            pub const fn as_bytes(&self) -> &[u8; $bytes] {
                 &self.0
             }
 
-            /// Parses the raw bytes of a public key (as stored in a database column).
+            /// Parses raw bytes (as stored in a database column).
             pub fn from_slice(bytes: &[u8]) -> Result<Self, IdParseError> {
-                <[u8; 32]>::try_from(bytes).map(Self).map_err(|_| IdParseError::Key)
+                <[u8; $bytes]>::try_from(bytes).map(Self).map_err(|_| IdParseError::$error)
             }
         }
 
@@ -55,10 +60,10 @@ macro_rules! key_id {
             type Err = IdParseError;
 
             fn from_str(text: &str) -> Result<Self, Self::Err> {
-                if text.len() != 43 {
-                    return Err(IdParseError::Key);
+                if text.len() != $text {
+                    return Err(IdParseError::$error);
                 }
-                let raw = bytes::decode(text).map_err(|_| IdParseError::Key)?;
+                let raw = bytes::decode(text).map_err(|_| IdParseError::$error)?;
                 Self::from_slice(&raw)
             }
         }
@@ -87,6 +92,15 @@ macro_rules! key_id {
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
+    };
+}
+
+pub(crate) use byte_id;
+
+/// A 32-byte Ed25519 public key as an identifier.
+macro_rules! key_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        byte_id!($(#[$meta])* $name, 32, 43, Key, "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$");
     };
 }
 

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod attachment;
 pub mod bytes;
 pub mod conversation;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod ids;
 pub mod signing;
 pub mod socket;
 
+pub use attachment::AttachmentId;
 pub use bytes::Base64Bytes;
 pub use conversation::ConversationId;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -22,6 +22,8 @@ pub struct Error {
     pub retry_after: Option<Duration>,
     /// For [`ErrorCode::StaleEpoch`]: the conversation's current epoch.
     pub current_epoch: Option<u64>,
+    /// For [`ErrorCode::UploadOffsetMismatch`]: how many bytes the upload holds.
+    pub current_offset: Option<u64>,
 }
 
 /// Result of a service operation.
@@ -30,7 +32,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None, current_epoch: None }
+        Self { code, message: message.into(), retry_after: None, current_epoch: None, current_offset: None }
     }
 
     /// A 429 that says when to retry.
@@ -92,6 +94,18 @@ impl From<StoreError> for Error {
                 };
             }
             StoreError::NotAMember => return Self::not_a_member(),
+            StoreError::QuotaExceeded => {
+                (ErrorCode::QuotaExceeded, "the attachment bytes this user may upload today are used up")
+            }
+            StoreError::OffsetMismatch { current } => {
+                return Self {
+                    current_offset: Some(current),
+                    ..Self::new(
+                        ErrorCode::UploadOffsetMismatch,
+                        "the upload holds a different number of bytes; resume from current_offset",
+                    )
+                };
+            }
             StoreError::InvalidMembership(detail) => return Self::invalid(detail),
             StoreError::MemberLimitReached => {
                 (ErrorCode::MemberLimitReached, "the conversation would have more users than its kind allows")

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod accounts;
+mod attachments;
 mod codec;
 mod conversations;
 mod group_commit;

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod accounts;
+mod attachments;
 mod checkpoint;
 mod codec;
 mod conversations;

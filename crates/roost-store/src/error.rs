@@ -51,6 +51,15 @@ pub enum StoreError {
     /// The change would exceed the conversation's user limit.
     #[error("member limit reached")]
     MemberLimitReached,
+    /// The user's attachment bytes for the day would go over the quota.
+    #[error("attachment quota exceeded")]
+    QuotaExceeded,
+    /// The upload holds another number of bytes than the write assumed.
+    #[error("upload offset mismatch; it holds {current}")]
+    OffsetMismatch {
+        /// The bytes the upload holds.
+        current: u64,
+    },
     /// The backend failed: connection lost, disk full, corrupt data. Not the caller's fault.
     #[error("storage backend: {0}")]
     Backend(String),

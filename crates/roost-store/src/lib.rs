@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod accounts;
+mod attachments;
 pub mod batch;
 pub mod conformance;
 mod conversations;
@@ -23,6 +24,9 @@ mod timing;
 
 pub use accounts::AccountStore;
 use async_trait::async_trait;
+pub use attachments::{
+    AttachmentRecord, AttachmentStore, NewAttachment, UploadProgress, quota_day, sql as attachment_sql,
+};
 pub use conversations::*;
 pub use error::StoreError;
 pub use models::*;
@@ -32,9 +36,9 @@ pub use timing::timed;
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Persistent state of a Roost server: accounts and keys in [`AccountStore`], conversations in
-/// [`ConversationStore`].
+/// [`ConversationStore`], attachment records in [`AttachmentStore`].
 #[async_trait]
-pub trait Store: AccountStore + ConversationStore {
+pub trait Store: AccountStore + ConversationStore + AttachmentStore {
     /// Checks that the backend answers (used by `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 

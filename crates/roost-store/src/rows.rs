@@ -167,3 +167,23 @@ pub fn device_id_at(row: &impl Columns, column: &'static str) -> StoreResult<Dev
 pub fn conversation_id_at(row: &impl Columns, column: &'static str) -> StoreResult<ConversationId> {
     ConversationId::from_slice(&row.bytes(column)?).map_err(|_| corrupt(column))
 }
+
+/// An attachment from the columns of [`crate::attachment_sql::COLUMNS`].
+pub fn attachment_row(row: &impl Columns) -> StoreResult<crate::AttachmentRecord> {
+    Ok(crate::AttachmentRecord {
+        id: roost_proto::AttachmentId::from_slice(&row.bytes("id")?).map_err(|_| corrupt("attachments.id"))?,
+        conversation_id: conversation_id_at(row, "conversation_id")?,
+        uploader: MemberRef {
+            user_id: user_id_at(row, "uploader_user")?,
+            device_id: device_id_at(row, "uploader_device")?,
+        },
+        length: to_u64(row.int("length")?),
+        sha256: row.bytes("sha256")?,
+        chunk_bytes: to_u64(row.int("chunk_bytes")?),
+        received: to_u64(row.int("received")?),
+        hash_state: row.bytes("hash_state")?,
+        completed_at: row.maybe_int("completed_at")?,
+        completed_seq: row.maybe_int("completed_seq")?.map(to_u64),
+        created_at: row.int("created_at")?,
+    })
+}

@@ -527,6 +527,11 @@ impl Connection<'_> {
 
 /// The answer to a refused `send` frame.
 fn send_failed(conversation_id: ConversationId, client_message_id: String, err: Error) -> ServerFrame {
-    let error = ErrorDetail { code: err.code, message: err.message, current_epoch: err.current_epoch };
+    let error = ErrorDetail {
+        code: err.code,
+        message: err.message,
+        current_epoch: err.current_epoch,
+        current_offset: err.current_offset,
+    };
     ServerFrame::SendFailed { conversation_id, client_message_id, error }
 }

@@ -14,6 +14,7 @@ impl IntoResponse for Error {
         }
         let mut body = ErrorBody::new(self.code, self.message);
         body.error.current_epoch = self.current_epoch;
+        body.error.current_offset = self.current_offset;
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(wait) = self.retry_after {

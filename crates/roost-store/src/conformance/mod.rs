@@ -16,8 +16,10 @@ use roost_proto::{DeviceId, Handle, UserId};
 
 use crate::{NewDevice, NewLinkRequest, SessionRecord, Store, StoreError};
 
+mod attachments;
 mod conversations;
 mod shared;
+pub use attachments::*;
 pub use conversations::*;
 pub use shared::*;
 
@@ -51,7 +53,9 @@ macro_rules! conformance_tests {
             history_pages_backwards_from_the_join_point,
             conversation_views_count_unread_and_read_markers_are_monotonic,
             leaving_removes_all_devices_of_the_user,
-            revoking_a_device_drops_its_queue_and_positions
+            revoking_a_device_drops_its_queue_and_positions,
+            uploads_check_membership_quota_and_offsets,
+            attachments_expire_with_retention_and_their_conversation
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
