@@ -40,7 +40,7 @@ pub struct Config {
     /// The name clients sign into their authentication responses; set it to the public host
     /// name so a signature made for one server is useless at another.
     pub server_name: String,
-    /// Directory of the embedded database (and, later, attachments).
+    /// Directory of the embedded database and (unless configured elsewhere) of attachments.
     pub data_dir: PathBuf,
     /// The database: a `sqlite:` URL overriding the file under `data_dir`, or a `postgres://`
     /// URL for PostgreSQL (which several instances can share).
@@ -76,6 +76,123 @@ pub struct Config {
     pub cors: CorsConfig,
     /// A web app roostd serves itself, on its own origin.
     pub web: WebConfig,
+    /// Encrypted files: sizes, the daily quota and where the bytes live.
+    pub attachments: AttachmentsConfig,
+}
+
+/// Attachments: encrypted files members upload for a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// Largest attachment (its ciphertext) in bytes.
+    pub max_bytes: u64,
+    /// Bytes one user may announce for upload per UTC day, across all their devices.
+    pub daily_bytes_per_user: u64,
+    /// Seconds an upload may stay incomplete before it is deleted.
+    pub upload_expiry_secs: u64,
+    /// Bytes per stored chunk: an upload resumes at a chunk boundary, and each upload in
+    /// progress holds up to one chunk in memory (counted in `http.max_body_memory_bytes`).
+    pub chunk_bytes: u64,
+    /// The directory of attachment files (default: `attachments` under `data_dir`); unused
+    /// with `s3`.
+    pub dir: Option<PathBuf>,
+    /// An S3-compatible object store instead of the directory (what several instances share).
+    pub s3: Option<S3Config>,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 * 1024 * 1024,
+            daily_bytes_per_user: 2 * 1024 * 1024 * 1024,
+            upload_expiry_secs: 24 * 3600,
+            chunk_bytes: 8 * 1024 * 1024,
+            dir: None,
+            s3: None,
+        }
+    }
+}
+
+/// An S3-compatible bucket.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// The service's URL (`https://s3.eu-central-1.amazonaws.com`, `http://127.0.0.1:9000`);
+    /// unset: Amazon S3 in `region`.
+    pub endpoint: Option<String>,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// The region.
+    pub region: String,
+    /// A prefix for every object name (such as `roost/`).
+    pub prefix: String,
+    /// The access key; unset with the secret: credentials from the environment
+    /// (`AWS_ACCESS_KEY_ID`, instance metadata).
+    pub access_key_id: Option<String>,
+    /// The secret key.
+    pub secret_access_key: Option<String>,
+    /// Whether an `http://` endpoint is allowed (a store on the same host or network).
+    pub allow_http: bool,
+    /// Bucket in the host name (`bucket.endpoint`) rather than the path.
+    pub virtual_hosted_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: String::new(),
+            region: "us-east-1".to_owned(),
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+        }
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
+}
+
+impl AttachmentsConfig {
+    fn validate(&self, http: &HttpConfig) -> Result<(), ConfigError> {
+        if self.max_bytes == 0 || self.chunk_bytes == 0 || self.upload_expiry_secs == 0 {
+            return Err(ConfigError(
+                "attachments.max_bytes, chunk_bytes and upload_expiry_secs must be at least 1".into(),
+            ));
+        }
+        if self.chunk_bytes < 5 * 1024 * 1024 && self.s3.is_some() {
+            tracing::debug!("attachments.chunk_bytes under 5 MiB makes many small objects in S3");
+        }
+        if usize::try_from(self.chunk_bytes).map_or(true, |chunk| chunk > http.max_body_memory_bytes) {
+            return Err(ConfigError("attachments.chunk_bytes must fit in http.max_body_memory_bytes".into()));
+        }
+        if let Some(s3) = &self.s3 {
+            if s3.bucket.is_empty() {
+                return Err(ConfigError("attachments.s3.bucket must be set".into()));
+            }
+            if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                return Err(ConfigError(
+                    "attachments.s3.access_key_id and secret_access_key go together: set both or neither".into(),
+                ));
+            }
+            crate::attachments::s3::S3Blobs::new(s3)?;
+        }
+        Ok(())
+    }
 }
 
 /// How long a connection may take over each part of a request, and how many may be open.
@@ -330,6 +447,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             cors: CorsConfig::default(),
             web: WebConfig::default(),
+            attachments: AttachmentsConfig::default(),
         }
     }
 }
@@ -414,7 +532,7 @@ pub struct FlagOverrides {
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
-pub struct ConfigError(String);
+pub struct ConfigError(pub(crate) String);
 
 impl Config {
     /// Loads the configuration: defaults, the TOML `file` (if given; it must exist), the process
@@ -533,6 +651,7 @@ impl Config {
             )));
         }
         self.cors.validate()?;
+        self.attachments.validate(&self.http)?;
         if let Some(dir) = &self.web.dir
             && !dir.join("index.html").is_file()
         {
@@ -579,6 +698,13 @@ impl Config {
         Self {
             database_url: self.database_url.as_deref().map(redact_url),
             redis_url: self.redis_url.as_deref().map(redact_url),
+            attachments: AttachmentsConfig {
+                s3: self.attachments.s3.clone().map(|s3| S3Config {
+                    secret_access_key: s3.secret_access_key.map(|_| "<redacted>".to_owned()),
+                    ..s3
+                }),
+                ..self.attachments.clone()
+            },
             ..self.clone()
         }
     }
@@ -610,6 +736,7 @@ impl fmt::Debug for Config {
             .field("tls", &shown.tls)
             .field("cors", &shown.cors)
             .field("web", &shown.web)
+            .field("attachments", &shown.attachments)
             .finish_non_exhaustive()
     }
 }

@@ -4,6 +4,7 @@
 //! binary only parses configuration and calls it, and tests call it on `127.0.0.1:0`.
 #![deny(missing_docs)]
 
+pub mod attachments;
 pub mod bus;
 pub mod clock;
 pub mod config;
@@ -223,6 +224,11 @@ async fn housekeeping(services: Services, metrics: metrics_exporter_prometheus::
                         Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned conversation entries"),
                         Ok(_) => {}
                         Err(err) => tracing::warn!(error = %err, "retention pruning failed"),
+                    }
+                    match services.attachments.prune().await {
+                        Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "deleted expired attachments"),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "attachment pruning failed"),
                     }
                 }
             }

@@ -38,7 +38,7 @@ const MEMORY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What every body read shares: the memory budget, the timeout and the size anyone may send.
 #[derive(Clone)]
-pub(super) struct Bodies {
+pub struct Bodies {
     state: AppState,
     memory: Arc<Semaphore>,
     anonymous_bytes: usize,
@@ -54,6 +54,17 @@ impl Bodies {
             anonymous_bytes: config.limits.max_body_bytes,
             timeout: Duration::from_secs(config.http.body_read_timeout_secs),
         }
+    }
+
+    /// Takes `bytes` of the memory budget, or refuses at once: waiting would hold the
+    /// connection and its descriptor for a budget that other slow bodies may keep exhausted.
+    pub(super) fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Error> {
+        u32::try_from(bytes).ok().and_then(|bytes| self.memory.clone().try_acquire_many_owned(bytes).ok()).ok_or_else(
+            || Error {
+                retry_after: Some(MEMORY_RETRY_AFTER),
+                ..Error::new(ErrorCode::Unavailable, "the server is holding as many request bodies as it can; retry")
+            },
+        )
     }
 
     /// The reader for routes that take bodies of up to `max_bytes`.
@@ -169,16 +180,8 @@ impl BodyReader {
         }
     }
 
-    /// Takes `bytes` of the memory budget, or refuses at once: waiting would hold the
-    /// connection and its descriptor for a budget that other slow bodies may keep exhausted.
     fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Error> {
-        u32::try_from(bytes)
-            .ok()
-            .and_then(|bytes| self.bodies.memory.clone().try_acquire_many_owned(bytes).ok())
-            .ok_or_else(|| Error {
-                retry_after: Some(MEMORY_RETRY_AFTER),
-                ..Error::new(ErrorCode::Unavailable, "the server is holding as many request bodies as it can; retry")
-            })
+        self.bodies.reserve(bytes)
     }
 
     async fn authenticate(&self, parts: &mut Parts) -> Result<(), Error> {

@@ -89,8 +89,12 @@ impl Modify for BearerScheme {
 fn api_router(
     limits: &crate::config::Limits,
     bodies: impl Fn(OpenApiRouter<AppState>, usize) -> OpenApiRouter<AppState>,
+    streams: impl Fn(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> OpenApiRouter<AppState> {
-    use routes::{accounts, auth, conversations, delivery, keys, ops};
+    use routes::{accounts, attachments, auth, conversations, delivery, keys, ops};
+    // The upload streams its body to storage itself; the download and delete on its path take
+    // none.
+    let files = OpenApiRouter::new().routes(routes!(attachments::upload, attachments::download, attachments::delete));
     let handshakes = OpenApiRouter::new()
         .routes(routes!(conversations::create, conversations::list))
         .routes(routes!(conversations::commit))
@@ -123,16 +127,20 @@ fn api_router(
         .routes(routes!(conversations::settings, conversations::set_settings))
         .routes(routes!(delivery::sync))
         .routes(routes!(delivery::ack))
+        .routes(routes!(attachments::create))
+        .routes(routes!(attachments::status))
         .routes(routes!(crate::gateway::upgrade));
     bodies(everything_else, limits.max_body_bytes)
         .merge(bodies(handshakes, limits.handshake_body_bytes()))
         .merge(bodies(messages, limits.message_body_bytes()))
+        .merge(streams(files))
 }
 
 /// The OpenAPI document of every route, generated from the handlers' annotations and completed
 /// with what every route shares ([`openapi_doc::complete`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = api_router(&crate::config::Limits::default(), |routes, _| routes).split_for_parts().1;
+    let mut doc =
+        api_router(&crate::config::Limits::default(), |routes, _| routes, |routes| routes).split_for_parts().1;
     openapi_doc::complete(&mut doc, &crate::config::Limits::default());
     doc
 }
@@ -151,11 +159,16 @@ pub fn openapi_json() -> &'static str {
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
     let bodies = body::Bodies::new(&state);
-    let (router, _api) = api_router(&state.services.ctx.config.limits, |routes, max_bytes| {
-        routes
-            .layer(middleware::from_fn_with_state(bodies.limited_to(max_bytes), body::read_body))
-            .layer(DefaultBodyLimit::max(max_bytes))
-    })
+    let streams = bodies.clone();
+    let (router, _api) = api_router(
+        &state.services.ctx.config.limits,
+        |routes, max_bytes| {
+            routes
+                .layer(middleware::from_fn_with_state(bodies.limited_to(max_bytes), body::read_body))
+                .layer(DefaultBodyLimit::max(max_bytes))
+        },
+        |routes| routes.layer(axum::Extension(streams.clone())).layer(DefaultBodyLimit::disable()),
+    )
     .split_for_parts();
     let unmatched = bodies.clone();
     let app = state.services.ctx.config.web.dir.as_deref().map(web::WebApp::new);

@@ -27,8 +27,13 @@ const OPERATIONAL: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
 /// Adds the shared statuses to every operation and pins the parameters' forms.
 pub(super) fn complete(doc: &mut OpenApi, limits: &Limits) {
     for (path, item) in &mut doc.paths.paths {
-        let operations =
-            [("get", &mut item.get), ("put", &mut item.put), ("post", &mut item.post), ("delete", &mut item.delete)];
+        let operations = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("patch", &mut item.patch),
+            ("delete", &mut item.delete),
+        ];
         for (method, operation) in operations {
             let Some(operation) = operation else { continue };
             let rate_limited = RATE_LIMITED.contains(&(method, path.as_str()));
@@ -78,6 +83,7 @@ fn complete_operation(operation: &mut Operation, path: &str, rate_limited: bool,
             (ParameterIn::Path, "user_id") => Some(reference("UserId")),
             (ParameterIn::Path, "device_id") => Some(reference("DeviceId")),
             (ParameterIn::Path, "conversation_id") => Some(reference("ConversationId")),
+            (ParameterIn::Path, "attachment_id") => Some(reference("AttachmentId")),
             (ParameterIn::Path, "handle") => Some(text("^@?[a-z][a-z0-9_.]{2,31}$")),
             (ParameterIn::Path, "link_code") => Some(text("^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$")),
             (ParameterIn::Query, "limit") => Some(RefOr::T(Schema::Object(

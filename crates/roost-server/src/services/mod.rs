@@ -2,6 +2,7 @@
 //! WebSocket gateway call these, so both paths enforce the same rules.
 
 mod accounts;
+mod attachments;
 mod auth;
 pub mod cache;
 mod conversations;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 pub use accounts::Accounts;
+pub use attachments::Attachments;
 pub use auth::{Auth, Caller, token_hash};
 pub use conversations::Conversations;
 pub use delivery::Delivery;
@@ -105,6 +107,8 @@ pub struct Services {
     pub conversations: Conversations,
     /// Sync, acks and device queues.
     pub delivery: Delivery,
+    /// Encrypted files.
+    pub attachments: Attachments,
     /// Live fan-out to connected devices.
     pub hub: Arc<Hub>,
     /// The shared context.
@@ -116,7 +120,14 @@ impl Services {
     pub fn new(ctx: Context) -> Self {
         let ctx = Arc::new(ctx);
         let hub = Arc::new(Hub::default());
+        let blobs = crate::attachments::open(&ctx.config.attachments, &ctx.config.data_dir).unwrap_or_else(|err| {
+            // The configuration was checked when it was loaded; a store that cannot be built
+            // anyway fails every attachment request rather than the whole server.
+            tracing::error!(error = %err, "attachment storage cannot be used");
+            Arc::new(crate::attachments::Unusable)
+        });
         Self {
+            attachments: Attachments::new(ctx.clone(), blobs),
             accounts: Accounts::new(ctx.clone(), hub.clone()),
             auth: Auth::new(ctx.clone(), hub.clone()),
             keys: Keys::new(ctx.clone(), hub.clone()),

@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod common;
 pub mod accounts;
+mod attachments;
 mod auth;
 pub mod conversations;
 pub mod gateway;

@@ -1,6 +1,7 @@
 //! HTTP handlers: each extracts, calls one service method and maps the result.
 
 pub mod accounts;
+pub mod attachments;
 pub mod auth;
 pub mod conversations;
 pub mod delivery;
