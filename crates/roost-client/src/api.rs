@@ -6,17 +6,42 @@ use roost_proto::api::{
     KeyPackageCount, KeyPackageUpload, LinkApproveRequest, LinkStartRequest, RegisterRequest, RegisterResponse,
     RevokeDeviceRequest, SessionRequest, SessionResponse,
 };
+use roost_proto::attachment::{AttachmentUpload, CreateAttachmentRequest};
 use roost_proto::conversation::{
     AckRequest, CommitAccepted, CommitRequest, ConversationAck, ConversationSummary, CreateConversationRequest,
     ExternalJoinRequest, GroupInfoResponse, LeaveRequest, ReadMarkerRequest, SendAccepted, SendRequest, SyncResponse,
 };
-use roost_proto::{ConversationId, DeviceId, ErrorBody, ErrorCode, UserId};
+use roost_proto::{AttachmentId, ConversationId, DeviceId, ErrorBody, ErrorCode, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::sync::Arc;
 
 use crate::error::{ClientError, Result};
+
+/// A response's JSON body, or the error it carries.
+async fn decode<T: DeserializeOwned>(response: reqwest::Response, path: &str) -> Result<T> {
+    let status = response.status();
+    let text = response.text().await.map_err(|err| ClientError::Protocol(err.to_string()))?;
+    if !status.is_success() {
+        return Err(server_error(status, &text));
+    }
+    let text = if text.is_empty() { "null" } else { &text };
+    serde_json::from_str(text).map_err(|err| ClientError::Protocol(format!("{path}: {err}")))
+}
+
+/// The error an unsuccessful response's body names.
+fn server_error(status: reqwest::StatusCode, text: &str) -> ClientError {
+    match serde_json::from_str::<ErrorBody>(text) {
+        Ok(body) => ClientError::Server {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+            current_epoch: body.error.current_epoch,
+        },
+        Err(_) => ClientError::Protocol(format!("HTTP {status}")),
+    }
+}
 
 /// A connection to one server, with the device's session token once logged in.
 #[derive(Clone)]
@@ -104,21 +129,65 @@ impl Api {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|err| self.transport_error(&err))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|err| ClientError::Protocol(err.to_string()))?;
-        if !status.is_success() {
-            return Err(match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(body) => ClientError::Server {
-                    status: status.as_u16(),
-                    code: body.error.code,
-                    message: body.error.message,
-                    current_epoch: body.error.current_epoch,
-                },
-                Err(_) => ClientError::Protocol(format!("HTTP {status}")),
-            });
+        decode(response, path).await
+    }
+
+    /// `POST /v1/conversations/{id}/attachments`: announces an upload.
+    pub async fn create_attachment(
+        &self,
+        id: &ConversationId,
+        body: &CreateAttachmentRequest,
+    ) -> Result<AttachmentUpload> {
+        self.post(&format!("/v1/conversations/{id}/attachments"), body).await
+    }
+
+    /// `GET /v1/attachments/{id}/upload`: how far an upload got.
+    pub async fn attachment_upload(&self, id: &AttachmentId) -> Result<AttachmentUpload> {
+        self.get(&format!("/v1/attachments/{id}/upload")).await
+    }
+
+    /// `PATCH /v1/attachments/{id}`: sends upload bytes from `offset`.
+    pub async fn upload_attachment(
+        &self,
+        id: &AttachmentId,
+        offset: u64,
+        body: reqwest::Body,
+    ) -> Result<AttachmentUpload> {
+        let path = format!("/v1/attachments/{id}");
+        let mut request = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .header("Upload-Offset", offset.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/offset+octet-stream")
+            .body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
-        let text = if text.is_empty() { "null" } else { &text };
-        serde_json::from_str(text).map_err(|err| ClientError::Protocol(format!("{path}: {err}")))
+        let response = request.send().await.map_err(|err| self.transport_error(&err))?;
+        decode(response, &path).await
+    }
+
+    /// `GET /v1/attachments/{id}`: the ciphertext from byte `from` on, as a response to stream.
+    pub async fn download_attachment(&self, id: &AttachmentId, from: u64) -> Result<reqwest::Response> {
+        let path = format!("/v1/attachments/{id}");
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if from > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|err| self.transport_error(&err))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::OK && from == 0 || status == reqwest::StatusCode::PARTIAL_CONTENT && from > 0
+        {
+            return Ok(response);
+        }
+        if status.is_success() {
+            return Err(ClientError::Protocol(format!("{path}: HTTP {status} to a range from {from}")));
+        }
+        let text = response.text().await.map_err(|err| ClientError::Protocol(err.to_string()))?;
+        Err(server_error(status, &text))
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {

@@ -7,6 +7,59 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
 
+/// An encrypted file as a message carries it: where it is, how to open it, what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The attachment's id on the server.
+    pub id: String,
+    /// The file key (32 bytes, base64url).
+    pub key: String,
+    /// SHA-256 of the ciphertext (base64url).
+    pub digest: String,
+    /// The file name.
+    pub name: String,
+    /// The plaintext size in bytes.
+    pub size: u64,
+    /// The media type (`image/png`, `audio/ogg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// An image's or video's width in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// An image's or video's height in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A voice note's, audio's or video's length in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// A small preview image (JPEG, PNG or WebP, a few kilobytes; base64url), encrypted with the
+    /// message itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
+}
+
+impl Attachment {
+    /// The size for people: `812 B`, `4.2 KiB`, `100.0 MiB`.
+    pub fn size_text(&self) -> String {
+        byte_size(self.size)
+    }
+}
+
+/// A byte count for people.
+pub fn byte_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Padding granularity in bytes.
 const PAD_TO: usize = 256;
 /// The content format version this SDK writes.
@@ -52,19 +105,8 @@ pub enum Content {
         /// The message deleted.
         to_seq: u64,
     },
-    /// A pointer to an encrypted attachment.
-    Attachment {
-        /// The attachment's id on the server.
-        id: String,
-        /// The file key (base64url).
-        key: String,
-        /// SHA-256 of the ciphertext (base64url).
-        digest: String,
-        /// The file name.
-        name: String,
-        /// The plaintext size in bytes.
-        size: u64,
-    },
+    /// A pointer to an encrypted attachment ([`crate::files`]).
+    Attachment(Attachment),
     /// A place on the map.
     Location {
         /// Latitude in units of 10⁻⁷ degrees (north positive): exact in every language's JSON.
@@ -225,7 +267,7 @@ impl Content {
             Self::Reaction { to_seq, emoji, remove: true } => format!("(withdrew {emoji} from #{to_seq})"),
             Self::Edit { to_seq, body } => format!("(edited #{to_seq}) {body}"),
             Self::Delete { to_seq } => format!("(deleted #{to_seq})"),
-            Self::Attachment { name, size, .. } => format!("(attachment {name}, {size} bytes)"),
+            Self::Attachment(file) => format!("(file {}, {})", file.name, file.size_text()),
             Self::Location { latitude_e7, longitude_e7, label, .. } => {
                 let place = format!("{:.5}, {:.5}", degrees(*latitude_e7), degrees(*longitude_e7));
                 match label {

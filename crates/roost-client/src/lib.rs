@@ -15,13 +15,14 @@ pub mod calls;
 pub mod client;
 pub mod content;
 pub mod error;
+pub mod files;
 pub mod keys;
 pub mod mls;
 pub mod store;
 pub mod timeline;
 pub mod tls;
 
-pub use client::{Client, Event, Message};
-pub use content::Content;
+pub use client::{Client, Event, FileDetails, Message};
+pub use content::{Attachment, Content};
 pub use error::{ClientError, Result};
 pub use timeline::{Timeline, TimelineItem};

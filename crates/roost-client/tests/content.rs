@@ -2,8 +2,8 @@
 //! (in another language) must produce and read exactly these.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: failing loudly is the point.
 
-use roost_client::Content;
 use roost_client::content::CallAction;
+use roost_client::{Attachment, Content};
 use serde_json::{Value, json};
 
 /// The JSON inside the padded encoding.
@@ -46,6 +46,24 @@ fn every_content_type_has_its_fixed_json() {
             json!({"v": 1, "type": "edit", "to_seq": 4, "body": "hello"}),
         ),
         (Content::Delete { to_seq: 4 }, json!({"v": 1, "type": "delete", "to_seq": 4})),
+        (
+            Content::Attachment(Attachment {
+                id: "AAECAwQFBgcICQoLDA0ODw".into(),
+                key: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into(),
+                digest: "GSWcDj0po55A_lIN8Ixs4egY-NJwDgEjeQcwGpqltMw".into(),
+                name: "cat.png".into(),
+                size: 5,
+                media_type: Some("image/png".into()),
+                width: Some(640),
+                height: Some(480),
+                duration_ms: None,
+                thumbnail: None,
+            }),
+            json!({"v": 1, "type": "attachment", "id": "AAECAwQFBgcICQoLDA0ODw",
+                   "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+                   "digest": "GSWcDj0po55A_lIN8Ixs4egY-NJwDgEjeQcwGpqltMw", "name": "cat.png", "size": 5,
+                   "media_type": "image/png", "width": 640, "height": 480}),
+        ),
         (
             Content::Location {
                 latitude_e7: 525_162_770,
@@ -132,4 +150,24 @@ fn optional_fields_may_be_left_out_and_newer_types_are_kept_as_unknown() {
     };
     let newer = json!({"v": 2, "type": "sticker", "pack": "cats"});
     assert_eq!(Content::decode(&encoded(&newer)).unwrap(), Content::Unknown { type_name: "sticker".into() });
+}
+
+/// A sealed file, byte for byte: the key 00 01 .. 1f sealing "hello" (one chunk, the last) and
+/// 65,537 bytes of 0x61 (two chunks), as protocol.md describes the sealing. The digests were
+/// checked against an independent ChaCha20-Poly1305 (Python's `cryptography`).
+#[test]
+fn files_are_sealed_exactly_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = roost_client::files::FileKey::from_slice(&(0u8..32).collect::<Vec<_>>()).unwrap();
+    for (plaintext, sealed_length, digest) in [
+        (b"hello".to_vec(), 21, "GSWcDj0po55A_lIN8Ixs4egY-NJwDgEjeQcwGpqltMw"),
+        (vec![0x61; 65_537], 65_537 + 32, "ISbYl33xCAhzVNda3liqTldBzmMRIu13OHkA9iHiwz0"),
+    ] {
+        let path = dir.path().join("file");
+        std::fs::write(&path, &plaintext).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (length, sha256) = runtime.block_on(roost_client::files::seal_digest(&path, &key)).unwrap();
+        assert_eq!(length, sealed_length);
+        assert_eq!(roost_proto::bytes::encode(&sha256), digest);
+    }
 }

@@ -20,11 +20,13 @@ use crate::keys::KeyPair;
 use crate::mls::{self, LeafIdentity, Provider};
 use crate::store::{AccountRecord, LocalStore, StoredMessage};
 
+mod attachments;
 mod join;
 mod linking;
 mod live;
 mod membership;
 
+pub use self::attachments::{FileDetails, MAX_THUMBNAIL_BYTES};
 pub use self::live::{next_frame, send_frame};
 
 /// A decrypted message.

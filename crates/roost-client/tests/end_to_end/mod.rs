@@ -17,6 +17,8 @@ macro_rules! server {
     };
 }
 
+mod files;
+
 fn texts(events: &[Event]) -> Vec<String> {
     events
         .iter()
