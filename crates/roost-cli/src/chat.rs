@@ -30,7 +30,7 @@ const PAGE: u16 = 10;
 /// What the status line says when nothing else is to be said.
 const HELP: &str = "Up/Down: conversation · PgUp/PgDn: scroll · Enter: send · /react N 👍 · /reply N text · \
                     /edit N text · /delete N · /poll question | option | option · /vote N option… · \
-                    /retention ttl SECONDS|burn-on-read|permanent · Esc: quit";
+                    /retention ttl SECONDS|burn-on-read|permanent · /file PATH · /save N [PATH] · Esc: quit";
 
 struct Screen {
     names: Names,
@@ -215,6 +215,18 @@ async fn run_command(client: &mut Client, id: &ConversationId, command: &str) ->
                 })
                 .collect::<anyhow::Result<Vec<u32>>>()?;
             Content::PollVote { to_seq, choices }
+        }
+        "file" => {
+            let path = std::path::PathBuf::from(words.collect::<Vec<_>>().join(" ").trim());
+            let details = roost_client::FileDetails { media_type: crate::media_type_of(&path), ..Default::default() };
+            let (seq, file) = client.send_file(id, &path, details, std::sync::Arc::new(|_, _| {})).await?;
+            return Ok(format!("sent #{seq}: {} ({})", file.name, file.size_text()));
+        }
+        "save" => {
+            let to_seq = seq()?;
+            let path = words.next().map(|path| std::path::PathBuf::from(path.trim()));
+            let saved = crate::save_file(client, id, to_seq, path, false, std::sync::Arc::new(|_, _| {})).await?;
+            return Ok(format!("saved {}", saved.display()));
         }
         "retention" => {
             let rest: Vec<&str> = words.collect();

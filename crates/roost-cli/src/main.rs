@@ -131,6 +131,33 @@ enum Command {
         /// The message's number.
         seq: u64,
     },
+    /// Send a file: encrypted on this device, uploaded with a progress bar (resuming after a
+    /// broken connection), then announced in the conversation.
+    SendFile {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The file.
+        path: PathBuf,
+        /// The name to show instead of the file's own.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Save a file somebody sent (by its message number, as history shows it): downloaded,
+    /// checked and decrypted, with a progress bar.
+    Save {
+        /// Conversation id or @user.
+        #[arg(allow_hyphen_values = true)]
+        conversation: String,
+        /// The message's number.
+        seq: u64,
+        /// Where to save it: a file, or a directory for the sender's file name (default: the
+        /// current directory).
+        path: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Share a place.
     Location {
         /// Conversation id or @user.
@@ -496,6 +523,35 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         Command::Edit { conversation, seq, text } => {
             send_content(client, &conversation, Content::Edit { to_seq: seq, body: text }).await?;
         }
+        Command::SendFile { conversation, path, name } => {
+            client.sync().await?;
+            let id = conversation_of(client, &conversation).await?;
+            let details = roost_client::FileDetails { name, media_type: media_type_of(&path), ..Default::default() };
+            let bar = progress_bar("sending");
+            let progress = bar.clone();
+            let (seq, file) = client
+                .send_file(&id, &path, details, std::sync::Arc::new(move |done, total| progress.update(done, total)))
+                .await?;
+            bar.finish();
+            say!("sent #{seq}: {} ({})", file.name, file.size_text());
+        }
+        Command::Save { conversation, seq, path, force } => {
+            client.sync().await?;
+            let id = conversation_of(client, &conversation).await?;
+            let bar = progress_bar("saving");
+            let progress = bar.clone();
+            let saved = save_file(
+                client,
+                &id,
+                seq,
+                path,
+                force,
+                std::sync::Arc::new(move |done, total| progress.update(done, total)),
+            )
+            .await?;
+            bar.finish();
+            say!("saved {}", saved.display());
+        }
         Command::Delete { conversation, seq } => {
             send_content(client, &conversation, Content::Delete { to_seq: seq }).await?;
         }
@@ -826,6 +882,91 @@ fn now_ms() -> i64 {
 }
 
 /// Sends `content` to a conversation after catching up with it (to its current epoch).
+/// Saves the file of message `seq` to `path` (a file, or a directory for the sender's file
+/// name; default: the current directory), never over an existing file unless `force`.
+async fn save_file(
+    client: &Client,
+    id: &ConversationId,
+    seq: u64,
+    path: Option<PathBuf>,
+    force: bool,
+    progress: roost_client::files::Progress,
+) -> anyhow::Result<PathBuf> {
+    let history = client.history(id)?;
+    let Some(message) = history.iter().find(|message| message.seq == seq) else {
+        bail!("there is no message #{seq} here")
+    };
+    let Content::Attachment(file) = &message.content else { bail!("message #{seq} is not a file") };
+    let path = path.unwrap_or_else(|| PathBuf::from("."));
+    let target = if path.is_dir() { path.join(safe_file_name(&file.name)) } else { path };
+    if target.exists() && !force {
+        bail!("{} exists; choose another path or pass --force", target.display());
+    }
+    client.save_attachment(file, &target, progress).await?;
+    Ok(target)
+}
+
+/// A sender's file name as a name in a directory: its last component only, so that a name such
+/// as `../../.profile` cannot place a file elsewhere; hidden and empty names get a visible one.
+fn safe_file_name(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
+    match last {
+        "" | "." | ".." => "received-file".to_owned(),
+        hidden if hidden.starts_with('.') => format!("received{hidden}"),
+        plain => plain.to_owned(),
+    }
+}
+
+/// The media type of a file by its extension, for the kinds people send most.
+fn media_type_of(path: &std::path::Path) -> Option<String> {
+    let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+    let media_type = match extension.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "mp4" => "video/mp4",
+        "mov" => "video/quicktime",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "ogg" | "opus" => "audio/ogg",
+        "wav" => "audio/wav",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "zip" => "application/zip",
+        _ => return None,
+    };
+    Some(media_type.to_owned())
+}
+
+/// A byte progress bar on stderr (drawn only on a terminal).
+#[derive(Clone)]
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn update(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn progress_bar(what: &str) -> Bar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    Bar(bar)
+}
+
 async fn send_content(client: &mut Client, conversation: &str, content: Content) -> anyhow::Result<()> {
     client.sync().await?;
     let id = conversation_of(client, conversation).await?;
@@ -933,6 +1074,17 @@ fn short(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn file_names_from_senders_stay_in_the_directory() {
+        use super::safe_file_name;
+        assert_eq!(safe_file_name("cat.png"), "cat.png");
+        assert_eq!(safe_file_name("../../.profile"), "received.profile");
+        assert_eq!(safe_file_name("/etc/passwd"), "passwd");
+        assert_eq!(safe_file_name("..\\..\\boot.ini"), "boot.ini");
+        assert_eq!(safe_file_name(".."), "received-file");
+        assert_eq!(safe_file_name(""), "received-file");
+    }
+
     use clap::Parser as _;
 
     use super::*;

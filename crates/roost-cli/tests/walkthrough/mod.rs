@@ -139,6 +139,50 @@ fn sent(output: &str) -> String {
     output.trim().strip_prefix("sent #").unwrap_or_else(|| panic!("not a send: {output}")).to_owned()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_with_send_file_and_come_back_with_save() {
+    let Some(running) = TestServer::on(crate::BACKEND).start().await else { return };
+    let server = running.base.clone();
+    let data_dir = running.config.data_dir.clone();
+    let homes = tempfile::tempdir().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob) = (homes.path().join("alice"), homes.path().join("bob"));
+        roost(&alice, &["init", "--server", &server, "--handle", "alice"]);
+        roost(&bob, &["init", "--server", &server, "--handle", "bob"]);
+        roost(&alice, &["dm", "@bob", "a file follows"]);
+
+        // Three server chunks' worth and a bit, with a recognisable plaintext throughout.
+        let original: Vec<u8> = (0..3 * 1024 * 1024 + 4321)
+            .map(|i: usize| if i % 4096 < 24 { b"secret walkthrough file."[i % 4096] } else { (i % 253) as u8 })
+            .collect();
+        let source = homes.path().join("report.pdf");
+        std::fs::write(&source, &original).unwrap();
+        let answer = roost(&alice, &["send-file", "@bob", source.to_str().unwrap()]);
+        assert!(answer.starts_with("sent #2: report.pdf (3.0 MiB)"), "{answer}");
+
+        let synced = roost(&bob, &["sync"]);
+        assert!(synced.contains("@alice: (file report.pdf, 3.0 MiB)"), "{synced}");
+        let history = roost(&bob, &["history", "@alice"]);
+        assert!(history.contains("#2") && history.contains("report.pdf"), "{history}");
+
+        let downloads = homes.path().join("downloads");
+        std::fs::create_dir(&downloads).unwrap();
+        let saved = roost(&bob, &["save", "@alice", "2", downloads.to_str().unwrap()]);
+        assert!(saved.starts_with("saved ") && saved.contains("report.pdf"), "{saved}");
+        assert_eq!(std::fs::read(downloads.join("report.pdf")).unwrap(), original);
+        let refused = roost_fails(&bob, &["save", "@alice", "2", downloads.to_str().unwrap()]);
+        assert!(refused.contains("exists"), "{refused}");
+        roost(&bob, &["save", "@alice", "2", downloads.to_str().unwrap(), "--force"]);
+        let not_a_file = roost_fails(&bob, &["save", "@alice", "1"]);
+        assert!(not_a_file.contains("not a file"), "{not_a_file}");
+
+        // The server holds only ciphertext of it.
+        assert!(!files_contain(&data_dir, "secret walkthrough file."), "plaintext in the server's data");
+    })
+    .await
+    .unwrap();
+}
+
 /// A `roost` command left running (`listen`, `call`), its output lines read as they come.
 struct Running {
     child: std::process::Child,
