@@ -20,13 +20,14 @@ use serde_json::{Value, json};
 use crate::server::remove_data_dir;
 
 /// The server's migrations, in order (a test checks none is missing).
-const MIGRATIONS: [(&str, &str); 3] = [
+const MIGRATIONS: [(&str, &str); 4] = [
     ("0001_accounts_and_keys.sql", include_str!("../../roost-store-sqlite/migrations/0001_accounts_and_keys.sql")),
     ("0002_conversations.sql", include_str!("../../roost-store-sqlite/migrations/0002_conversations.sql")),
     (
         "0003_message_ids_by_client_id.sql",
         include_str!("../../roost-store-sqlite/migrations/0003_message_ids_by_client_id.sql"),
     ),
+    ("0004_attachments.sql", include_str!("../../roost-store-sqlite/migrations/0004_attachments.sql")),
 ];
 
 /// Messages per commit measured.

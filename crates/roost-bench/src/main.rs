@@ -1,6 +1,9 @@
 //! `roost-bench`: drives a running `roostd` over real sockets and reports what it measured.
 //!
 //! Modes:
+//! - `attachments`: a large upload and download through roostd over HTTP, each as a share of
+//!   the disk's raw sequential write and read speed measured in the same run, with the server's
+//!   resident memory sampled throughout.
 //! - `ceiling`: a raw SQLite insert loop of the server's rows with its durability settings: what
 //!   the disk allows, to compare the server's throughput with.
 //! - `connections`: registers and authenticates K devices, opens K idle authenticated WebSockets
@@ -16,6 +19,7 @@
 //! - `receivers`: pairs for another load generator: their endpoints and tokens in a file, the
 //!   receivers' sockets held, and what reached them reported.
 
+mod attachments;
 mod ceiling;
 mod client;
 mod connections;
@@ -40,6 +44,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
+    /// A large upload and download through roostd, as shares of the disk's raw speed, with the server's memory.
+    Attachments(attachments::Args),
     /// Raw SQLite inserts of the server's rows with its durability settings: the storage ceiling.
     Ceiling(ceiling::Args),
     /// Open K idle authenticated WebSockets and report server memory per connection.
@@ -84,6 +90,7 @@ fn main() -> std::process::ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.mode {
+            Mode::Attachments(args) => attachments::run(args).await,
             Mode::Ceiling(args) => ceiling::run(args).await,
             Mode::Connections(args) => connections::run(args).await,
             Mode::Throughput(args) => throughput::run(args).await,

@@ -559,7 +559,12 @@ impl Config {
         // Other programs share the ROOST_ prefix (ROOST_LOG, ROOST_CONFIG, the client's
         // ROOST_HOME, the tests' ROOST_TEST_*), so only variables that name a top-level key of
         // this struct are read; below that level unknown keys are errors as in the file.
-        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        // The defaults also give each key's type; optional sections are typed from theirs.
+        let typed = Config {
+            attachments: AttachmentsConfig { s3: Some(S3Config::default()), ..AttachmentsConfig::default() },
+            ..Config::default()
+        };
+        let defaults = toml::Table::try_from(typed).unwrap_or_default();
         let mut from_env = toml::Table::new();
         for (key, value) in env {
             let path: Vec<String> = if key == "DATABASE_URL" {
@@ -940,6 +945,33 @@ mod tests {
         assert!(printed.contains("redis://:***@cache:6379"), "{printed}");
         assert!(!printed.contains("hunter2") && !printed.contains("swordfish"));
         assert!(!format!("{config:?}").contains("hunter2") && !format!("{config:?}").contains("swordfish"));
+
+        let vars = env(&[
+            ("ROOST_ATTACHMENTS__S3__BUCKET", "files"),
+            ("ROOST_ATTACHMENTS__S3__ENDPOINT", "http://127.0.0.1:9000"),
+            ("ROOST_ATTACHMENTS__S3__ALLOW_HTTP", "true"),
+            ("ROOST_ATTACHMENTS__S3__ACCESS_KEY_ID", "roost"),
+            ("ROOST_ATTACHMENTS__S3__SECRET_ACCESS_KEY", "opensesame"),
+        ]);
+        let config = Config::load_with_env(None, &FlagOverrides::default(), vars).unwrap();
+        assert_eq!(config.attachments.s3.as_ref().map(|s3| s3.bucket.as_str()), Some("files"));
+        assert!(!config.to_redacted_toml().contains("opensesame") && !format!("{config:?}").contains("opensesame"));
+    }
+
+    #[test]
+    fn attachment_settings_are_checked() {
+        for (vars, expected) in [
+            (vec![("ROOST_ATTACHMENTS__S3__REGION", "eu-west-1")], "bucket"),
+            (
+                vec![("ROOST_ATTACHMENTS__S3__BUCKET", "b"), ("ROOST_ATTACHMENTS__S3__ACCESS_KEY_ID", "k")],
+                "go together",
+            ),
+            (vec![("ROOST_ATTACHMENTS__CHUNK_BYTES", "0")], "at least 1"),
+            (vec![("ROOST_ATTACHMENTS__CHUNK_BYTES", "1073741824")], "max_body_memory_bytes"),
+        ] {
+            let err = Config::load_with_env(None, &FlagOverrides::default(), env(&vars)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sqlx::{Arguments, AssertSqlSafe, ConnectOptions, PgConnection, Row};
 use crate::PostgresStore;
 
 /// The schema version (the last migration) of the SQLite backend this copier reads.
-const SQLITE_SCHEMA_VERSION: i64 = 3;
+const SQLITE_SCHEMA_VERSION: i64 = 4;
 /// Rows copied per statement.
 const PAGE: usize = 500;
 
@@ -41,10 +41,15 @@ struct Table {
 
 impl Table {
     /// The source's insertion order, so rows that tie on their sort columns (devices created in
-    /// one millisecond) keep their order in the target; `message_ids` has no rowid and no
-    /// order of its own (it is only ever looked up by key).
+    /// one millisecond) keep their order in the target; the tables without a rowid have no
+    /// order of their own (they are only ever looked up by key).
     fn order(&self) -> &'static str {
-        if self.name == "message_ids" { "client_message_id, sender_device, conversation_id" } else { "rowid" }
+        match self.name {
+            "message_ids" => "client_message_id, sender_device, conversation_id",
+            "attachment_fetches" => "attachment_id, device_id",
+            "attachment_usage" => "user_id, day",
+            _ => "rowid",
+        }
     }
 }
 
@@ -176,6 +181,26 @@ const TABLES: &[Table] = &[
         ],
         identity: false,
     },
+    Table {
+        name: "attachments",
+        columns: &[
+            ("id", Bytes),
+            ("conversation_id", Bytes),
+            ("uploader_user", Bytes),
+            ("uploader_device", Bytes),
+            ("length", Int),
+            ("sha256", Bytes),
+            ("chunk_bytes", Int),
+            ("received", Int),
+            ("hash_state", Bytes),
+            ("completed_at", Int),
+            ("completed_seq", Int),
+            ("created_at", Int),
+        ],
+        identity: false,
+    },
+    Table { name: "attachment_fetches", columns: &[("attachment_id", Bytes), ("device_id", Bytes)], identity: false },
+    Table { name: "attachment_usage", columns: &[("user_id", Bytes), ("day", Int), ("bytes", Int)], identity: false },
 ];
 
 /// What was copied: each table with its row count (the same in source and target).

@@ -34,7 +34,8 @@ impl S3Blobs {
         // object_store's HTTPS client uses rustls with the process's default provider; roostd
         // uses ring everywhere. Installing fails only if one is installed already, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = AmazonS3Builder::new()
+        // `AWS_*` variables (credentials, session token) apply unless the settings name them.
+        let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
             .with_virtual_hosted_style_request(config.virtual_hosted_style)

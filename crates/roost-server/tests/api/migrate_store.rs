@@ -72,6 +72,28 @@ async fn a_sqlite_database_moves_to_postgres_and_its_users_carry_on() {
     assert_eq!(sqlite.post("/v1/ack", Some(&bob.token()), ack).await.0, StatusCode::NO_CONTENT);
     let group = create(&sqlite, &alice.token(), "group", &devices(&carol), None).await;
     send(&sqlite, &alice.token(), &group, "hello carol", 1).await;
+    // An attachment, whose record moves and whose file stays in the data directory.
+    let file: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let digest = roost_proto::bytes::encode(&<sha2::Sha256 as sha2::Digest>::digest(&file));
+    let (status, upload) = sqlite
+        .post(
+            &format!("/v1/conversations/{direct}/attachments"),
+            Some(&alice.token()),
+            json!({"length": file.len(), "sha256": digest}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{upload}");
+    let attachment = upload["attachment_id"].as_str().unwrap().to_owned();
+    let patched = sqlite
+        .http
+        .patch(sqlite.url(&format!("/v1/attachments/{attachment}")))
+        .bearer_auth(alice.token())
+        .header("Upload-Offset", "0")
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
     let users = [(alice.token(), direct), (bob.token(), direct), (carol.token(), group)];
     let mut before = Vec::new();
     for (token, id) in &users {
@@ -92,6 +114,15 @@ async fn a_sqlite_database_moves_to_postgres_and_its_users_carry_on() {
         after.push(view(&postgres, token, &id.to_string()).await);
     }
     assert_eq!(after, before);
+    let downloaded = postgres
+        .http
+        .get(postgres.url(&format!("/v1/attachments/{attachment}")))
+        .bearer_auth(bob.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(downloaded.status(), StatusCode::OK);
+    assert_eq!(downloaded.bytes().await.unwrap().as_ref(), file.as_slice(), "the attachment moved along");
     assert_eq!(before[1][1]["entries"].as_array().unwrap().len(), 3, "bob had acknowledged 2 of 5");
     assert_eq!(before[2][1]["queue"][0]["kind"], "welcome", "carol's Welcome waits");
 

@@ -25,7 +25,8 @@ async fn routes(server: &TestServer) -> Vec<Route> {
             routes.push(Route {
                 method: method.to_uppercase().parse().expect("method"),
                 path: path.clone(),
-                has_body: operation.get("requestBody").is_some(),
+                // The JSON checks are for JSON bodies (the attachment upload takes raw bytes).
+                has_body: operation.pointer("/requestBody/content/application~1json").is_some(),
                 needs_auth: operation.get("security").is_some(),
             });
         }
@@ -43,6 +44,7 @@ fn fill(path: &str, good: bool, user: &str, device: &str) -> String {
         .replace("{link_code}", &pick("ABCD-EFGH"))
         .replace("{handle}", &pick("someone"))
         .replace("{conversation_id}", &pick("AAAAAAAAAAAAAAAAAAAAAA"))
+        .replace("{attachment_id}", &pick("AAAAAAAAAAAAAAAAAAAAAA"))
 }
 
 async fn raw(
