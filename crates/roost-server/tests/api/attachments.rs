@@ -401,6 +401,23 @@ async fn expiry_deletes_the_bytes(server: &TestServer, stored: impl Fn() -> usiz
     assert_eq!(stored(), before, "the bytes are deleted");
     let status = server.get(&format!("/v1/attachments/{id}/upload"), Some(&alice.token())).await;
     assert_error(&status, StatusCode::NOT_FOUND, "not_found");
+
+    // An upload that stops short is kept for a day to be resumed, then deleted with its bytes.
+    let permanent = create(server, &alice.token(), "group", &[bob.devices[0].id()], None).await;
+    let file = ciphertext(2_500, 9);
+    let id = start_ok(server, &alice.token(), &permanent, &file).await;
+    let (status, upload) = patch(server, &alice.token(), &id, 0, &file[..1_700]).await;
+    assert_eq!((status, upload["offset"].as_u64()), (StatusCode::OK, Some(1_700)));
+    assert!(stored() > before);
+    server.clock().advance_ms(86_400_000 - 1);
+    server.services.attachments.prune().await.unwrap();
+    let (_, upload) = server.get(&format!("/v1/attachments/{id}/upload"), Some(&alice.token())).await;
+    assert_eq!(upload["offset"], 1_700, "still resumable within the day");
+    server.clock().advance_ms(1);
+    server.services.attachments.prune().await.unwrap();
+    assert_eq!(stored(), before, "an abandoned upload's bytes are deleted");
+    let status = server.get(&format!("/v1/attachments/{id}/upload"), Some(&alice.token())).await;
+    assert_error(&status, StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
