@@ -153,7 +153,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
         .patch(format!("{base}/v1/attachments/{id}"))
         .bearer_auth(&device.token)
         .header("Upload-Offset", "0")
-        .header("Content-Type", "application/offset+octet-stream")
+        .header("Content-Type", "application/octet-stream")
         .body(reqwest::Body::wrap_stream(body))
         .send()
         .await?;

@@ -158,7 +158,7 @@ impl Api {
             .http
             .patch(format!("{}{path}", self.base))
             .header("Upload-Offset", offset.to_string())
-            .header(reqwest::header::CONTENT_TYPE, "application/offset+octet-stream")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

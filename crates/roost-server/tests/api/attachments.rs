@@ -45,7 +45,7 @@ async fn patch(server: &TestServer, token: &str, id: &str, offset: u64, body: &[
         .patch(server.url(&format!("/v1/attachments/{id}")))
         .bearer_auth(token)
         .header("Upload-Offset", offset.to_string())
-        .header("Content-Type", "application/offset+octet-stream")
+        .header("Content-Type", "application/octet-stream")
         .body(body.to_vec())
         .send()
         .await
@@ -148,7 +148,7 @@ async fn an_upload_resumes_after_a_cut_connection() {
     let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
     let head = format!(
         "PATCH /v1/attachments/{id} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
-         Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+         Upload-Offset: 0\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
         alice.token(),
         file.len()
     );

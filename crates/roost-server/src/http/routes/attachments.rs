@@ -68,7 +68,7 @@ pub async fn status(
 /// With the last byte the digest is checked: a mismatch deletes the upload
 /// (`422 digest_mismatch`), as do bytes beyond the announced length (`413`).
 #[utoipa::path(patch, path = "/v1/attachments/{attachment_id}", tag = "attachments",
-    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The next bytes of the ciphertext"),
     params(
         ("attachment_id" = String, Path, description = "The attachment"),
