@@ -127,7 +127,7 @@ impl Attachments {
             .ok()
             .and_then(|state| Sha256::deserialize(&state).ok())
             .ok_or_else(|| Error::new(ErrorCode::Internal, "the upload's hash state is unreadable"))?;
-        let mut upload = Progress { record, buffer: Vec::new() };
+        let mut upload = Progress { record, buffer: Vec::with_capacity(held) };
         // A chunk the previous request left part-way is read back and completed.
         let within = upload.record.received % chunk_bytes;
         if within > 0 {
@@ -288,9 +288,13 @@ impl Attachments {
         upload.record.received = to;
         upload.record.hash_state = progress.hash_state;
         upload.record.completed_at = progress.completed_at;
-        // A chunk stored part-way stays in the buffer, to be completed by the next bytes.
+        // A chunk stored part-way stays in the buffer, to be completed by the next bytes; the
+        // next chunk reuses the memory once the stored one is released.
         if !to.is_multiple_of(chunk_bytes) && !complete {
             upload.buffer = bytes.to_vec();
+        } else {
+            drop(bytes);
+            upload.buffer.reserve(usize::try_from(chunk_bytes.min(upload.record.length - to)).unwrap_or(0));
         }
         Ok(())
     }
