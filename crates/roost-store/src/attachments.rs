@@ -189,3 +189,149 @@ pub mod sql {
     /// Deletes the byte counts of days before `$1`.
     pub const DELETE_OLD_USAGE: &str = "DELETE FROM attachment_usage WHERE day < $1";
 }
+
+/// Implements [`AttachmentStore`] for an sqlx store with the shared SQL: `$store` is the type,
+/// `$writer` and `$reader` its pools for writes and reads (the same pool on PostgreSQL). Both
+/// SQL backends use it, so the two implementations cannot drift apart.
+#[cfg(feature = "sqlx")]
+#[macro_export]
+macro_rules! sql_attachment_store {
+    ($store:ty, $writer:ident, $reader:ident) => {
+        #[async_trait::async_trait]
+        impl $crate::AttachmentStore for $store {
+            async fn create_attachment(&self, attachment: $crate::NewAttachment) -> $crate::StoreResult<()> {
+                $crate::timed("create_attachment", async {
+                    let mut tx = self.$writer.begin().await?;
+                    let member = sqlx::query($crate::attachment_sql::IS_MEMBER)
+                        .bind(attachment.conversation_id.as_bytes().as_slice())
+                        .bind(attachment.uploader.device_id.as_bytes().as_slice())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if member.is_none() {
+                        return Err($crate::StoreError::NotAMember);
+                    }
+                    let counted = sqlx::query($crate::attachment_sql::COUNT_BYTES)
+                        .bind(attachment.uploader.user_id.as_bytes().as_slice())
+                        .bind($crate::quota_day(attachment.now))
+                        .bind($crate::sql::to_i64(attachment.length))
+                        .bind($crate::sql::to_i64(attachment.daily_quota))
+                        .execute(&mut *tx)
+                        .await?;
+                    if counted.rows_affected() == 0 {
+                        return Err($crate::StoreError::QuotaExceeded);
+                    }
+                    sqlx::query($crate::attachment_sql::INSERT)
+                        .bind(attachment.id.as_bytes().as_slice())
+                        .bind(attachment.conversation_id.as_bytes().as_slice())
+                        .bind(attachment.uploader.user_id.as_bytes().as_slice())
+                        .bind(attachment.uploader.device_id.as_bytes().as_slice())
+                        .bind($crate::sql::to_i64(attachment.length))
+                        .bind(attachment.sha256.as_slice())
+                        .bind($crate::sql::to_i64(attachment.chunk_bytes))
+                        .bind(attachment.hash_state.as_slice())
+                        .bind(attachment.now)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
+                .await
+            }
+
+            async fn attachment(
+                &self,
+                id: &roost_proto::AttachmentId,
+            ) -> $crate::StoreResult<Option<$crate::AttachmentRecord>> {
+                $crate::timed("attachment", async {
+                    let row = sqlx::query($crate::attachment_sql::SELECT)
+                        .bind(id.as_bytes().as_slice())
+                        .fetch_optional(&self.$reader)
+                        .await?;
+                    row.as_ref().map($crate::rows::attachment_row).transpose()
+                })
+                .await
+            }
+
+            async fn record_upload(&self, progress: $crate::UploadProgress) -> $crate::StoreResult<()> {
+                $crate::timed("record_upload", async {
+                    let mut tx = self.$writer.begin().await?;
+                    let done = sqlx::query($crate::attachment_sql::ADVANCE)
+                        .bind(progress.id.as_bytes().as_slice())
+                        .bind($crate::sql::to_i64(progress.from))
+                        .bind($crate::sql::to_i64(progress.to))
+                        .bind(progress.hash_state.as_slice())
+                        .bind(progress.completed_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        let current: Option<i64> = sqlx::query_scalar("SELECT received FROM attachments WHERE id = $1")
+                            .bind(progress.id.as_bytes().as_slice())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        return Err(match current {
+                            Some(current) => {
+                                $crate::StoreError::OffsetMismatch { current: $crate::sql::to_u64(current) }
+                            }
+                            None => $crate::StoreError::NotFound,
+                        });
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+                .await
+            }
+
+            async fn record_fetch(
+                &self,
+                id: &roost_proto::AttachmentId,
+                device: &roost_proto::DeviceId,
+            ) -> $crate::StoreResult<()> {
+                $crate::timed("record_fetch", async {
+                    sqlx::query($crate::attachment_sql::FETCH)
+                        .bind(id.as_bytes().as_slice())
+                        .bind(device.as_bytes().as_slice())
+                        .execute(&self.$writer)
+                        .await?;
+                    Ok(())
+                })
+                .await
+            }
+
+            async fn expired_attachments(
+                &self,
+                now: i64,
+                max_age_ms: Option<i64>,
+                abandoned_before: i64,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<$crate::AttachmentRecord>> {
+                $crate::timed("expired_attachments", async {
+                    let rows = sqlx::query($crate::attachment_sql::EXPIRED)
+                        .bind(now)
+                        .bind(max_age_ms.map(|age| now.saturating_sub(age)))
+                        .bind(abandoned_before)
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.$reader)
+                        .await?;
+                    rows.iter().map($crate::rows::attachment_row).collect()
+                })
+                .await
+            }
+
+            async fn delete_attachment(&self, id: &roost_proto::AttachmentId, now: i64) -> $crate::StoreResult<()> {
+                $crate::timed("delete_attachment", async {
+                    let mut tx = self.$writer.begin().await?;
+                    for statement in [$crate::attachment_sql::DELETE_FETCHES, $crate::attachment_sql::DELETE] {
+                        sqlx::query(statement).bind(id.as_bytes().as_slice()).execute(&mut *tx).await?;
+                    }
+                    sqlx::query($crate::attachment_sql::DELETE_OLD_USAGE)
+                        .bind($crate::quota_day(now))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
+                .await
+            }
+        }
+    };
+}
