@@ -276,7 +276,25 @@ impl Connection<'_> {
             Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
         })?;
         self.order.start_from(positions);
+        // The queue first: a Welcome must reach the client before the entries it lets it read.
         let mut cursor = SyncCursor::default();
+        loop {
+            let items =
+                self.services.delivery.queue_after(&self.caller, cursor.queue_after, PAGE).await.map_err(|err| {
+                    tracing::warn!(error = %err, "initial drain failed");
+                    Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+                })?;
+            let more = items.len() == PAGE as usize;
+            for item in items {
+                cursor.queue_after = item.id;
+                self.queue_pushed = item.id;
+                self.send_frame(&ServerFrame::Queue(queue_view(item))).await?;
+            }
+            if !more {
+                break;
+            }
+        }
+        // Then the entries (and any queue item that arrived meanwhile).
         loop {
             let page = self.services.delivery.stored_page(&self.caller, cursor, PAGE).await.map_err(|err| {
                 tracing::warn!(error = %err, "initial drain failed");

@@ -420,6 +420,8 @@ async fn unacknowledged_entries_are_delivered_again_after_a_reconnect() {
         frames.iter().filter(|f| f["type"] == "entry").map(|f| f["seq"].as_u64().unwrap()).collect::<Vec<_>>()
     };
     assert_eq!(seqs(&first), vec![1, 2, 3]);
+    let kinds: Vec<&str> = first.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["queue", "entry", "entry", "entry"], "the Welcome before the entries it lets bob read");
     let welcome_id = first.iter().find(|f| f["type"] == "queue").unwrap()["id"].clone();
     drop(socket);
 
