@@ -91,7 +91,7 @@ pub struct AttachmentsConfig {
     /// Seconds an upload may stay incomplete before it is deleted.
     pub upload_expiry_secs: u64,
     /// Bytes per stored chunk: an upload resumes at a chunk boundary, and each upload in
-    /// progress holds up to one chunk in memory (counted in `http.max_body_memory_bytes`).
+    /// progress holds up to two chunks in memory (counted in `http.max_body_memory_bytes`).
     pub chunk_bytes: u64,
     /// The directory of attachment files (default: `attachments` under `data_dir`); unused
     /// with `s3`.
@@ -177,8 +177,10 @@ impl AttachmentsConfig {
         if self.chunk_bytes < 5 * 1024 * 1024 && self.s3.is_some() {
             tracing::debug!("attachments.chunk_bytes under 5 MiB makes many small objects in S3");
         }
-        if usize::try_from(self.chunk_bytes).map_or(true, |chunk| chunk > http.max_body_memory_bytes) {
-            return Err(ConfigError("attachments.chunk_bytes must fit in http.max_body_memory_bytes".into()));
+        // An upload holds two chunks: one arriving while the one before is written.
+        if usize::try_from(self.chunk_bytes).map_or(true, |chunk| chunk.saturating_mul(2) > http.max_body_memory_bytes)
+        {
+            return Err(ConfigError("attachments.chunk_bytes twice must fit in http.max_body_memory_bytes".into()));
         }
         if let Some(s3) = &self.s3 {
             if s3.bucket.is_empty() {

@@ -99,7 +99,8 @@ impl Attachments {
     /// Appends `body` to one of the caller device's uploads at `offset` (which must be the
     /// offset the server holds). Stores every complete chunk as it arrives and, at the end of the
     /// body (or where the connection was cut), what arrived of the next; checks the digest when
-    /// the last byte is in. `reserve` takes the memory for one chunk from the server's budget.
+    /// the last byte is in. `reserve` takes the memory for two chunks (one arriving while the one
+    /// before is stored) from the server's budget.
     pub async fn upload<S, E>(
         &self,
         caller: &Caller,
@@ -121,53 +122,70 @@ impl Attachments {
         }
         let _writing = self.claim(id)?;
         let chunk_bytes = record.chunk_bytes.max(1);
-        let held = usize::try_from(chunk_bytes.min(record.length)).unwrap_or(usize::MAX);
-        let _memory = reserve(held)?;
-        let mut hasher = SerializedState::<Sha256>::try_from(record.hash_state.as_slice())
+        let chunk = usize::try_from(chunk_bytes.min(record.length)).unwrap_or(usize::MAX);
+        // One chunk arriving while the one before is being stored.
+        let _memory = reserve(chunk.saturating_mul(2))?;
+        let hasher = SerializedState::<Sha256>::try_from(record.hash_state.as_slice())
             .ok()
             .and_then(|state| Sha256::deserialize(&state).ok())
             .ok_or_else(|| Error::new(ErrorCode::Internal, "the upload's hash state is unreadable"))?;
-        let mut upload = Progress { record, buffer: Vec::with_capacity(held) };
+        let length = record.length;
+        let mut start = record.received - record.received % chunk_bytes;
         // A chunk the previous request left part-way is read back and completed.
-        let within = upload.record.received % chunk_bytes;
-        if within > 0 {
-            let start = upload.record.received - within;
-            let mut earlier =
-                self.blobs.read(id, chunk_bytes, start..upload.record.received).await.map_err(blob_error)?;
+        let mut buffer = Vec::with_capacity(chunk);
+        if start < record.received {
+            let mut earlier = self.blobs.read(id, chunk_bytes, start..record.received).await.map_err(blob_error)?;
             while let Some(bytes) = earlier.next().await {
-                upload.buffer.extend_from_slice(&bytes.map_err(blob_error)?);
+                buffer.extend_from_slice(&bytes.map_err(blob_error)?);
             }
         }
-        let timeout = Duration::from_secs(self.ctx.config.http.body_read_timeout_secs);
+        let mut hashed = buffer.len();
+        let mut body = Chunker {
+            body: &mut body,
+            leftover: Bytes::new(),
+            timeout: Duration::from_secs(self.ctx.config.http.body_read_timeout_secs),
+            ended: false,
+        };
+        let mut state = Some(Stored { record, hasher });
+        let mut storing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<Stored>> + Send + '_>>> =
+            None;
         loop {
-            let frame = match tokio::time::timeout(timeout, body.next()).await {
-                Ok(Some(Ok(frame))) => frame,
-                // The end of the body, or a connection that was cut or went silent: keep what
-                // arrived.
-                Ok(None | Some(Err(_))) | Err(_) => break,
-            };
-            if upload.buffered_end() + frame.len() as u64 > upload.record.length {
-                self.discard(&upload.record).await;
+            let room = usize::try_from((length - start).min(chunk_bytes)).unwrap_or(usize::MAX);
+            let filling = body.fill(&mut buffer, room);
+            match storing.take() {
+                Some(store) => {
+                    let ((), stored) = tokio::join!(filling, store);
+                    state = Some(stored?);
+                }
+                None => filling.await,
+            }
+            let end = start + buffer.len() as u64;
+            if end == length && body.more().await {
+                if let Some(state) = &state {
+                    self.discard(&state.record).await;
+                }
                 return Err(Error::new(
                     ErrorCode::PayloadTooLarge,
                     "the bytes go past the length announced; the upload was deleted",
                 ));
             }
-            hasher.update(&frame);
-            let mut rest = frame;
-            while !rest.is_empty() {
-                let room = usize::try_from(chunk_bytes).unwrap_or(usize::MAX) - upload.buffer.len();
-                let take = room.min(rest.len());
-                upload.buffer.extend_from_slice(&rest.split_to(take));
-                if upload.buffer.len() as u64 == chunk_bytes {
-                    self.store_buffer(&mut upload, &hasher).await?;
-                }
+            let full = buffer.len() == room;
+            if (full || body.ended) && buffer.len() > hashed {
+                let current = state.take().ok_or_else(|| Error::new(ErrorCode::Internal, "upload state lost"))?;
+                let bytes = std::mem::replace(&mut buffer, Vec::with_capacity(chunk));
+                storing = Some(Box::pin(self.store_chunk(current, bytes, hashed, start)));
+                start = end;
+                hashed = 0;
+            }
+            if body.ended || end == length {
+                break;
             }
         }
-        if upload.buffered_end() > upload.record.received {
-            self.store_buffer(&mut upload, &hasher).await?;
+        if let Some(store) = storing {
+            state = Some(store.await?);
         }
-        self.status_of(&upload.record)
+        let state = state.ok_or_else(|| Error::new(ErrorCode::Internal, "upload state lost"))?;
+        self.status_of(&state.record)
     }
 
     /// The bytes in `range` of an attachment [`Attachments::readable`] returned; the range must
@@ -256,23 +274,32 @@ impl Attachments {
         }
     }
 
-    /// Stores the buffered bytes as their chunk and moves the offset past them; completes the
-    /// upload (or deletes it, if the digest does not match) once the last byte is in.
-    async fn store_buffer(&self, upload: &mut Progress, hasher: &Sha256) -> Result<()> {
-        let record = &upload.record;
+    /// Stores `bytes`, the chunk that starts at offset `start` (its first `hashed` bytes were
+    /// hashed before), and moves the offset past them; completes the upload (or deletes it, if
+    /// the digest does not match) once the last byte is in. Hashing and writing run off the
+    /// async threads, while the next chunk arrives.
+    async fn store_chunk(&self, stored: Stored, bytes: Vec<u8>, hashed: usize, start: u64) -> Result<Stored> {
+        let Stored { mut record, hasher } = stored;
         let chunk_bytes = record.chunk_bytes.max(1);
-        let index = record.received / chunk_bytes;
-        let to = upload.buffered_end();
+        let to = start + bytes.len() as u64;
         let complete = to == record.length;
-        if complete && hasher.clone().finalize().as_slice() != record.sha256.as_slice() {
-            self.discard(record).await;
+        let bytes = Bytes::from(bytes);
+        let (hasher, digest, bytes) = tokio::task::spawn_blocking(move || {
+            let mut hasher = hasher;
+            hasher.update(&bytes[hashed..]);
+            let digest = complete.then(|| hasher.clone().finalize());
+            (hasher, digest, bytes)
+        })
+        .await
+        .map_err(|_| Error::new(ErrorCode::Internal, "hashing an upload failed"))?;
+        if digest.is_some_and(|digest| digest.as_slice() != record.sha256.as_slice()) {
+            self.discard(&record).await;
             return Err(Error::new(
                 ErrorCode::DigestMismatch,
                 "the bytes do not match the announced sha256; the upload was deleted",
             ));
         }
-        let bytes = Bytes::from(std::mem::take(&mut upload.buffer));
-        self.blobs.put_chunk(&record.id, chunk_bytes, index, bytes.clone()).await.map_err(blob_error)?;
+        self.blobs.put_chunk(&record.id, chunk_bytes, start / chunk_bytes, bytes).await.map_err(blob_error)?;
         let progress = UploadProgress {
             id: record.id,
             from: record.received,
@@ -285,18 +312,10 @@ impl Attachments {
         if complete {
             ::metrics::counter!("roost_attachment_uploads_completed_total").increment(1);
         }
-        upload.record.received = to;
-        upload.record.hash_state = progress.hash_state;
-        upload.record.completed_at = progress.completed_at;
-        // A chunk stored part-way stays in the buffer, to be completed by the next bytes; the
-        // next chunk reuses the memory once the stored one is released.
-        if !to.is_multiple_of(chunk_bytes) && !complete {
-            upload.buffer = bytes.to_vec();
-        } else {
-            drop(bytes);
-            upload.buffer.reserve(usize::try_from(chunk_bytes.min(upload.record.length - to)).unwrap_or(0));
-        }
-        Ok(())
+        record.received = to;
+        record.hash_state = progress.hash_state;
+        record.completed_at = progress.completed_at;
+        Ok(Stored { record, hasher })
     }
 
     /// Deletes an upload that can never complete; a failure leaves it to pruning.
@@ -346,18 +365,54 @@ impl Attachments {
     }
 }
 
-/// An upload being written: the record as stored and the bytes of its current chunk.
-struct Progress {
+/// An upload as stored, with the SHA-256 state after its stored bytes.
+struct Stored {
     record: AttachmentRecord,
-    /// The current chunk from its start: bytes stored before this request, then new ones.
-    buffer: Vec<u8>,
+    hasher: Sha256,
 }
 
-impl Progress {
-    /// The offset after the buffered bytes.
-    fn buffered_end(&self) -> u64 {
-        let chunk_bytes = self.record.chunk_bytes.max(1);
-        self.record.received - self.record.received % chunk_bytes + self.buffer.len() as u64
+/// A request body cut at chunk boundaries.
+struct Chunker<'a, S> {
+    body: &'a mut S,
+    /// What arrived beyond the last chunk filled.
+    leftover: Bytes,
+    /// How long the body may stay silent.
+    timeout: Duration,
+    /// The body ended, was cut, or went silent: what arrived is all there is.
+    ended: bool,
+}
+
+impl<S, E> Chunker<'_, S>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    /// Appends to `buffer` until it holds `room` bytes or the body ends.
+    async fn fill(&mut self, buffer: &mut Vec<u8>, room: usize) {
+        while buffer.len() < room {
+            if self.leftover.is_empty() && !self.next().await {
+                return;
+            }
+            let take = (room - buffer.len()).min(self.leftover.len());
+            buffer.extend_from_slice(&self.leftover.split_to(take));
+        }
+    }
+
+    /// Whether any byte follows.
+    async fn more(&mut self) -> bool {
+        !self.leftover.is_empty() || self.next().await
+    }
+
+    /// Reads the next frame into `leftover`; false once the body ended.
+    async fn next(&mut self) -> bool {
+        while !self.ended && self.leftover.is_empty() {
+            match tokio::time::timeout(self.timeout, self.body.next()).await {
+                Ok(Some(Ok(frame))) => self.leftover = frame,
+                // The end of the body, or a connection that was cut or went silent: keep what
+                // arrived.
+                Ok(None | Some(Err(_))) | Err(_) => self.ended = true,
+            }
+        }
+        !self.leftover.is_empty()
     }
 }
 
