@@ -125,8 +125,8 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     }
 
     // The server sees ciphertext only: random bytes are as good as a sealed file.
-    let file: Arc<Vec<u8>> = Arc::new((0..size).map(|_| rand::random::<u8>()).collect());
-    let digest = Sha256::digest(file.as_slice());
+    let file = ::bytes::Bytes::from((0..size).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+    let digest = Sha256::digest(&file);
     let announced = http
         .post(format!("{base}/v1/conversations/{conversation}/attachments"))
         .bearer_auth(&device.token)
@@ -143,10 +143,11 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let sampler = Sampler::start(args.server_pid);
     let started = Instant::now();
     let body = {
+        // Slices of one buffer: the load generator copies nothing of its own.
         let file = file.clone();
         futures::stream::iter((0..size.div_ceil(BLOCK)).map(move |block| {
             let start = block * BLOCK;
-            Ok::<_, std::io::Error>(file[start..(start + BLOCK).min(file.len())].to_vec())
+            Ok::<_, std::io::Error>(file.slice(start..(start + BLOCK).min(file.len())))
         }))
     };
     let sent = http
