@@ -218,7 +218,7 @@ async fn run_command(client: &mut Client, id: &ConversationId, command: &str) ->
         }
         "file" => {
             let path = std::path::PathBuf::from(words.collect::<Vec<_>>().join(" ").trim());
-            let details = roost_client::FileDetails { media_type: crate::media_type_of(&path), ..Default::default() };
+            let details = crate::file_details(&path);
             let (seq, file) = client.send_file(id, &path, details, std::sync::Arc::new(|_, _| {})).await?;
             return Ok(format!("sent #{seq}: {} ({})", file.name, file.size_text()));
         }

@@ -526,7 +526,7 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
         Command::SendFile { conversation, path, name } => {
             client.sync().await?;
             let id = conversation_of(client, &conversation).await?;
-            let details = roost_client::FileDetails { name, media_type: media_type_of(&path), ..Default::default() };
+            let details = roost_client::FileDetails { name, ..file_details(&path) };
             let bar = progress_bar("sending");
             let progress = bar.clone();
             let (seq, file) = client
@@ -917,6 +917,36 @@ fn safe_file_name(name: &str) -> String {
     }
 }
 
+/// What the CLI tells recipients about a file: its media type and, for PNG and JPEG images,
+/// their dimensions and a small JPEG thumbnail (none if the image does not decode).
+fn file_details(path: &std::path::Path) -> roost_client::FileDetails {
+    let media_type = media_type_of(path);
+    let mut details = roost_client::FileDetails { media_type: media_type.clone(), ..Default::default() };
+    if matches!(media_type.as_deref(), Some("image/png" | "image/jpeg")) {
+        if let Ok((width, height)) = image::image_dimensions(path) {
+            details.width = Some(width);
+            details.height = Some(height);
+        }
+        details.thumbnail = thumbnail(path);
+    }
+    details
+}
+
+/// A JPEG of the image at most 160 pixels on its longer side (smaller if that does not fit in a
+/// message's thumbnail).
+fn thumbnail(path: &std::path::Path) -> Option<Vec<u8>> {
+    let picture = image::open(path).ok()?;
+    for (side, quality) in [(160, 70), (96, 60), (64, 50)] {
+        let small = picture.thumbnail(side, side).to_rgb8();
+        let mut encoded = Vec::new();
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut encoded, quality);
+        if small.write_with_encoder(encoder).is_ok() && encoded.len() <= roost_client::MAX_THUMBNAIL_BYTES {
+            return Some(encoded);
+        }
+    }
+    None
+}
+
 /// The media type of a file by its extension, for the kinds people send most.
 fn media_type_of(path: &std::path::Path) -> Option<String> {
     let extension = path.extension()?.to_str()?.to_ascii_lowercase();
@@ -1074,6 +1104,30 @@ fn short(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn images_go_with_their_dimensions_and_a_small_thumbnail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sunset.png");
+        let picture = image::RgbImage::from_fn(1200, 800, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+        picture.save(&path).unwrap();
+        let details = super::file_details(&path);
+        assert_eq!(details.media_type.as_deref(), Some("image/png"));
+        assert_eq!((details.width, details.height), (Some(1200), Some(800)));
+        let thumbnail = details.thumbnail.expect("a thumbnail");
+        assert!(thumbnail.len() <= roost_client::MAX_THUMBNAIL_BYTES, "{} bytes", thumbnail.len());
+        let small = image::load_from_memory(&thumbnail).unwrap();
+        assert_eq!((small.width(), small.height()), (160, 107));
+
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, "not an image").unwrap();
+        let details = super::file_details(&text);
+        assert_eq!((details.media_type.as_deref(), details.width, details.thumbnail), (Some("text/plain"), None, None));
+        // A file named like an image that is not one goes without them.
+        let fake = dir.path().join("fake.jpg");
+        std::fs::write(&fake, "not a jpeg").unwrap();
+        assert_eq!(super::file_details(&fake).thumbnail, None);
+    }
+
     #[test]
     fn file_names_from_senders_stay_in_the_directory() {
         use super::safe_file_name;

@@ -267,7 +267,10 @@ impl Content {
             Self::Reaction { to_seq, emoji, remove: true } => format!("(withdrew {emoji} from #{to_seq})"),
             Self::Edit { to_seq, body } => format!("(edited #{to_seq}) {body}"),
             Self::Delete { to_seq } => format!("(deleted #{to_seq})"),
-            Self::Attachment(file) => format!("(file {}, {})", file.name, file.size_text()),
+            Self::Attachment(file) => match (file.width, file.height) {
+                (Some(width), Some(height)) => format!("(file {}, {}, {width}×{height})", file.name, file.size_text()),
+                _ => format!("(file {}, {})", file.name, file.size_text()),
+            },
             Self::Location { latitude_e7, longitude_e7, label, .. } => {
                 let place = format!("{:.5}, {:.5}", degrees(*latitude_e7), degrees(*longitude_e7));
                 match label {

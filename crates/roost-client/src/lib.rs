@@ -22,7 +22,7 @@ pub mod store;
 pub mod timeline;
 pub mod tls;
 
-pub use client::{Client, Event, FileDetails, Message};
+pub use client::{Client, Event, FileDetails, MAX_THUMBNAIL_BYTES, Message};
 pub use content::{Attachment, Content};
 pub use error::{ClientError, Result};
 pub use timeline::{Timeline, TimelineItem};
