@@ -432,7 +432,11 @@ async fn burn_on_read_attachments_go_once_every_other_device_fetched_them() {
     let file = ciphertext(1_200, 6);
     let id = upload_all(&server, &alice.token(), &conversation, &file).await;
 
-    // A range short of the end is not a fetch.
+    // Neither a HEAD nor a range short of the end is a fetch.
+    let head = server.http.head(server.url(&format!("/v1/attachments/{id}"))).bearer_auth(bob.token()).send().await;
+    let head = head.unwrap();
+    let announced = head.headers()[reqwest::header::CONTENT_LENGTH].to_str().unwrap().to_owned();
+    assert_eq!((head.status(), announced), (StatusCode::OK, file.len().to_string()));
     assert_eq!(download(&server, &bob.token(), &id, Some("bytes=0-99")).await.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(download(&server, &alice.devices[1].token(), &id, None).await.status(), StatusCode::OK);
     server.services.attachments.prune().await.unwrap();

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use roost_proto::attachment::{AttachmentUpload, CreateAttachmentRequest, etag};
 use roost_proto::{AttachmentId, ConversationId, ErrorBody, ErrorCode};
@@ -135,6 +135,7 @@ pub async fn download(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Path(id): Path<AttachmentId>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response> {
     let attachments = &state.services.attachments;
@@ -172,8 +173,13 @@ pub async fn download(
         Some(range) => (StatusCode::PARTIAL_CONTENT, range),
         None => (StatusCode::OK, 0..length),
     };
-    let body = attachments.read(&caller, &record, served.clone()).await?;
-    let mut response = Response::new(Body::from_stream(body));
+    // A HEAD (answered by this route too) reads nothing and fetches nothing.
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from_stream(attachments.read(&caller, &record, served.clone()).await?)
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
