@@ -459,3 +459,77 @@ async fn an_instance_killed_under_load_loses_nothing_acknowledged_and_its_socket
     }
     assert_eq!(seen_after, (1..=total).collect::<Vec<_>>());
 }
+
+/// Attachments in an object store work wherever the load balancer sends each request: an upload
+/// started on one instance resumes on another, and a third serves it; a removal through one
+/// instance ends the removed device's access on every other at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_in_an_object_store_work_across_instances() {
+    use sha2::Digest;
+    let s3 = roost_testkit::s3::S3Server::start().await;
+    let settings = s3.config();
+    let Some((a, b, c)) = three_instances_with(move |config| {
+        config.attachments.s3 = Some(settings);
+        config.attachments.chunk_bytes = 1000;
+    })
+    .await
+    else {
+        return;
+    };
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let carol = a.user("carol").await;
+    let group = crate::api::conversations::create(
+        &a,
+        &alice.token(),
+        "group",
+        &[bob.devices[0].id(), carol.devices[0].id()],
+        None,
+    )
+    .await;
+    let file: Vec<u8> = (0..2_345u32).map(|i| (i * 7 % 251) as u8).collect();
+    let announce = json!({"length": file.len(), "sha256": roost_proto::bytes::encode(&sha2::Sha256::digest(&file))});
+    let (status, upload) =
+        a.post(&format!("/v1/conversations/{group}/attachments"), Some(&alice.token()), announce).await;
+    assert_eq!(status, StatusCode::CREATED, "{upload}");
+    let id = upload["attachment_id"].as_str().unwrap().to_owned();
+    let patch = |server: &TestServer, offset: usize| {
+        server
+            .http
+            .patch(server.url(&format!("/v1/attachments/{id}")))
+            .bearer_auth(alice.token())
+            .header("Upload-Offset", offset.to_string())
+            .body(
+                file[offset..].iter().take(if offset == 0 { 1_500 } else { usize::MAX }).copied().collect::<Vec<u8>>(),
+            )
+            .send()
+    };
+    assert_eq!(patch(&a, 0).await.unwrap().status(), StatusCode::OK);
+    let (_, status) = b.get(&format!("/v1/attachments/{id}/upload"), Some(&alice.token())).await;
+    assert_eq!(status["offset"], 1_500, "the other instance sees how far it got");
+    let done: serde_json::Value = patch(&b, 1_500).await.unwrap().json().await.unwrap();
+    assert_eq!(done["complete"], true, "{done}");
+
+    for server in [&a, &b, &c] {
+        let got = server
+            .http
+            .get(server.url(&format!("/v1/attachments/{id}")))
+            .bearer_auth(carol.token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), file.as_slice());
+    }
+
+    // Carol is removed through b; c refuses her at once.
+    let remove = json!({"epoch": 1, "commit": crate::api::conversations::b64("remove carol"),
+                        "group_info": crate::api::conversations::b64("g2"), "remove": [carol.devices[0].id()]});
+    let (status, _) = b.post(&format!("/v1/conversations/{group}/commits"), Some(&alice.token()), remove).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let refused = c.http.get(c.url(&format!("/v1/attachments/{id}"))).bearer_auth(carol.token()).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let kept = c.http.get(c.url(&format!("/v1/attachments/{id}"))).bearer_auth(bob.token()).send().await.unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
+    assert!(!a.config.data_dir.join("attachments").exists(), "nothing on any instance's disk");
+}
