@@ -383,3 +383,29 @@ pub struct Settings {
     /// Whether other members see this user's read positions.
     pub read_receipts: bool,
 }
+
+/// MLS wire formats (RFC 9420, section 6) that the server tells apart in what it relays.
+pub mod wire_format {
+    /// A PublicMessage: external commits.
+    pub const PUBLIC_MESSAGE: u16 = 1;
+    /// A PrivateMessage: member commits and application messages.
+    pub const PRIVATE_MESSAGE: u16 = 2;
+
+    /// The wire format of a TLS-serialised MLSMessage of protocol version mls10, read from its
+    /// first four bytes; `None` for bytes that do not start like one.
+    pub fn of(bytes: &[u8]) -> Option<u16> {
+        let [0, 1, high, low, ..] = bytes else { return None };
+        Some(u16::from_be_bytes([*high, *low]))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_wire_format_follows_the_version() {
+            assert_eq!(super::of(&[0, 1, 0, 2, 9, 9]), Some(super::PRIVATE_MESSAGE));
+            assert_eq!(super::of(&[0, 1, 0, 1]), Some(super::PUBLIC_MESSAGE));
+            assert_eq!(super::of(&[0, 2, 0, 1]), None, "another protocol version");
+            assert_eq!(super::of(&[0, 1, 0]), None);
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use roost_proto::conversation::{
     CommitAccepted, CommitRequest, ConversationKind, ConversationList, ConversationSummary, CreateConversationRequest,
     Entry, EntryKind, ExternalJoinRequest, GroupInfoResponse, HistoryResponse, LeaveRequest, Member, QueueKind,
-    RetentionPolicy, SendAccepted, SendRequest, Settings,
+    RetentionPolicy, SendAccepted, SendRequest, Settings, wire_format,
 };
 use roost_proto::socket::ServerFrame;
 use roost_proto::{Base64Bytes, ConversationId, DeviceId};
@@ -120,6 +120,14 @@ impl Conversations {
         if let Some(welcome) = &request.welcome {
             check_size("welcome", welcome.as_bytes(), limits.max_handshake_bytes)?;
         }
+        // Members process only encrypted handshakes: a PublicMessage commit would be stored, and
+        // every member would then refuse it and lose the group.
+        require_wire_format(
+            request.commit.as_bytes(),
+            wire_format::PRIVATE_MESSAGE,
+            "a member commit",
+            "private_message",
+        )?;
         let add = distinct(&request.add, "add")?;
         let remove = distinct(&request.remove, "remove")?;
         if add.iter().any(|d| remove.contains(d)) {
@@ -155,6 +163,13 @@ impl Conversations {
         let limits = &self.ctx.config.limits;
         check_size("commit", request.commit.as_bytes(), limits.max_handshake_bytes)?;
         check_size("group_info", request.group_info.as_bytes(), limits.max_handshake_bytes)?;
+        // A device that is not a member yet has no key to encrypt with.
+        require_wire_format(
+            request.commit.as_bytes(),
+            wire_format::PUBLIC_MESSAGE,
+            "an external commit",
+            "public_message",
+        )?;
         let conversation =
             self.ctx.store.conversation(id).await?.ok_or_else(|| Error::not_found("no such conversation"))?;
         let write = CommitWrite {
@@ -572,6 +587,15 @@ fn summary_of(view: ConversationView, caller: &Caller) -> ConversationSummary {
         unread: view.unread,
         retention: view.record.retention,
         joined_seq: view.joined_seq,
+    }
+}
+
+/// Refuses MLS bytes of another wire format than `expected`.
+fn require_wire_format(bytes: &[u8], expected: u16, what: &str, name: &str) -> Result<()> {
+    if wire_format::of(bytes) == Some(expected) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{what} must be a TLS-serialised MLSMessage (mls10) of wire format {name}")))
     }
 }
 

@@ -225,8 +225,7 @@ async fn only_member_devices_read_and_only_the_uploading_device_writes() {
     assert_eq!(download(&server, &carol.token(), &id, None).await.status(), StatusCode::OK);
 
     // Carol is removed: from then on she cannot download it.
-    let remove =
-        json!({"epoch": 1, "commit": b64("remove carol"), "group_info": b64("g2"), "remove": [carol.devices[0].id()]});
+    let remove = json!({"epoch": 1, "commit": super::conversations::member_commit("remove carol"), "group_info": b64("g2"), "remove": [carol.devices[0].id()]});
     let (status, removal) =
         server.post(&format!("/v1/conversations/{group}/commits"), Some(&alice.token()), remove).await;
     assert_eq!(status, StatusCode::CREATED, "{removal}");

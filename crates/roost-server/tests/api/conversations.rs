@@ -16,6 +16,17 @@ pub fn b64(text: &str) -> String {
     bytes::encode(text.as_bytes())
 }
 
+/// A member commit as the server sees one: an MLSMessage (mls10) of wire format
+/// private_message, with opaque test bytes after it.
+pub fn member_commit(text: &str) -> String {
+    bytes::encode(&[&[0, 1, 0, 2], text.as_bytes()].concat())
+}
+
+/// An external commit as the server sees one: wire format public_message.
+pub fn external_commit(text: &str) -> String {
+    bytes::encode(&[&[0, 1, 0, 1], text.as_bytes()].concat())
+}
+
 /// Creates a conversation from `creator`'s device `index` with the given other devices, at epoch 1.
 pub async fn create(
     server: &TestServer,
@@ -149,7 +160,7 @@ async fn a_direct_chat_reaches_every_device_in_the_same_order() {
 
     // A direct chat holds exactly two users.
     let carol = server.user("carol").await;
-    let commit = json!({"epoch": 1, "commit": b64("c"), "group_info": b64("g"), "add": [carol.devices[0].id()], "welcome": b64("w")});
+    let commit = json!({"epoch": 1, "commit": member_commit("c"), "group_info": b64("g"), "add": [carol.devices[0].id()], "welcome": b64("w")});
     let crowded = server.post(&format!("/v1/conversations/{id}/commits"), Some(&alice.token()), commit).await;
     assert_error(&crowded, StatusCode::CONFLICT, "member_limit_reached");
     let three = json!({"conversation_id": new_conversation_id(), "kind": "direct", "epoch": 1, "group_info": b64("g"),
@@ -240,13 +251,21 @@ async fn a_stale_commit_gets_409_and_succeeds_after_catching_up() {
     let id = create(&server, &alice.token(), "group", &devices(&bob), None).await;
     let path = format!("/v1/conversations/{id}/commits");
 
+    // A member commit that is not an encrypted MLS message would break the group for every
+    // member that processes it: refused, and nothing changes.
+    for wrong in [external_commit("a0"), b64("not mls at all")] {
+        let refused = server
+            .post(&path, Some(&alice.token()), json!({"epoch": 1, "commit": wrong, "group_info": b64("g")}))
+            .await;
+        assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument");
+    }
     let (status, accepted) = server
-        .post(&path, Some(&alice.token()), json!({"epoch": 1, "commit": b64("a1"), "group_info": b64("g2")}))
+        .post(&path, Some(&alice.token()), json!({"epoch": 1, "commit": member_commit("a1"), "group_info": b64("g2")}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{accepted}");
     assert_eq!((accepted["seq"].as_u64(), accepted["epoch"].as_u64()), (Some(1), Some(2)));
 
-    let bobs = json!({"epoch": 1, "commit": b64("b1"), "group_info": b64("g2b"), "add": [carol.devices[0].id()], "welcome": b64("w")});
+    let bobs = json!({"epoch": 1, "commit": member_commit("b1"), "group_info": b64("g2b"), "add": [carol.devices[0].id()], "welcome": b64("w")});
     let stale = server.post(&path, Some(&bob.token()), bobs).await;
     assert_error(&stale, StatusCode::CONFLICT, "stale_epoch");
     assert_eq!(stale.1["error"]["current_epoch"], 2);
@@ -258,12 +277,12 @@ async fn a_stale_commit_gets_409_and_succeeds_after_catching_up() {
     let commit = caught_up.entries.iter().find(|e| e.seq == 1).unwrap();
     assert_eq!(
         (commit.kind, commit.payload.as_bytes(), commit.epoch),
-        (roost_proto::conversation::EntryKind::Commit, b"a1".as_slice(), 1)
+        (roost_proto::conversation::EntryKind::Commit, b"\x00\x01\x00\x02a1".as_slice(), 1)
     );
     let (_, info) = server.get(&format!("/v1/conversations/{id}/group-info"), Some(&bob.token())).await;
     assert_eq!((info["epoch"].as_u64(), info["group_info"].clone()), (Some(2), json!(b64("g2"))));
 
-    let retried = json!({"epoch": 2, "commit": b64("b2"), "group_info": b64("g3"), "add": [carol.devices[0].id()], "welcome": b64("w")});
+    let retried = json!({"epoch": 2, "commit": member_commit("b2"), "group_info": b64("g3"), "add": [carol.devices[0].id()], "welcome": b64("w")});
     let (status, accepted) = server.post(&path, Some(&bob.token()), retried).await;
     assert_eq!(status, StatusCode::CREATED, "{accepted}");
     assert_eq!((accepted["seq"].as_u64(), accepted["epoch"].as_u64()), (Some(2), Some(3)));
@@ -293,13 +312,13 @@ async fn non_members_are_refused_everything() {
         "not_a_member",
     );
     assert_error(&ack(&server, &token, &id, 1).await, StatusCode::FORBIDDEN, "not_a_member");
-    let commit = json!({"epoch": 1, "commit": b64("c"), "group_info": b64("g"), "add": [mallory.devices[0].id()], "welcome": b64("w")});
+    let commit = json!({"epoch": 1, "commit": member_commit("c"), "group_info": b64("g"), "add": [mallory.devices[0].id()], "welcome": b64("w")});
     assert_error(
         &server.post(&format!("{base}/commits"), Some(&token), commit).await,
         StatusCode::FORBIDDEN,
         "not_a_member",
     );
-    let join = json!({"epoch": 1, "commit": b64("c"), "group_info": b64("g")});
+    let join = json!({"epoch": 1, "commit": external_commit("c"), "group_info": b64("g")});
     assert_error(
         &server.post(&format!("{base}/external-joins"), Some(&token), join).await,
         StatusCode::FORBIDDEN,
@@ -417,8 +436,7 @@ async fn a_removed_member_gets_nothing_after_its_removal() {
     let carol = server.user("carol").await;
     let id = create(&server, &alice.token(), "group", &[bob.devices[0].id(), carol.devices[0].id()], None).await;
     send_ok(&server, &alice.token(), &id, "before", 1).await;
-    let remove =
-        json!({"epoch": 1, "commit": b64("remove carol"), "group_info": b64("g2"), "remove": [carol.devices[0].id()]});
+    let remove = json!({"epoch": 1, "commit": member_commit("remove carol"), "group_info": b64("g2"), "remove": [carol.devices[0].id()]});
     let (status, removal) = server.post(&format!("/v1/conversations/{id}/commits"), Some(&alice.token()), remove).await;
     assert_eq!(status, StatusCode::CREATED, "{removal}");
     send_ok(&server, &alice.token(), &id, "after", 2).await;
@@ -451,7 +469,7 @@ async fn a_device_added_later_sees_nothing_before_its_join_point() {
     }
     // Alice's new device is added by her first device with a regular commit and Welcome.
     let new = server.link_device(&mut alice).await;
-    let add = json!({"epoch": 1, "commit": b64("add"), "group_info": b64("g2"), "add": [alice.devices[new].id()], "welcome": b64("w2")});
+    let add = json!({"epoch": 1, "commit": member_commit("add"), "group_info": b64("g2"), "add": [alice.devices[new].id()], "welcome": b64("w2")});
     let (status, added) = server.post(&format!("/v1/conversations/{id}/commits"), Some(&alice.token()), add).await;
     assert_eq!(status, StatusCode::CREATED, "{added}");
     send_ok(&server, &bob.token(), &id, "late", 2).await;
@@ -479,7 +497,13 @@ async fn a_new_device_of_a_member_user_joins_by_external_commit() {
     let (status, info) = server.get(&format!("/v1/conversations/{id}/group-info"), Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{info}");
     let path = format!("/v1/conversations/{id}/external-joins");
-    let join = json!({"epoch": info["epoch"], "commit": b64("external"), "group_info": b64("g2")});
+    let encrypted = json!({"epoch": info["epoch"], "commit": member_commit("external"), "group_info": b64("g2")});
+    assert_error(
+        &server.post(&path, Some(&token), encrypted).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_argument",
+    );
+    let join = json!({"epoch": info["epoch"], "commit": external_commit("external"), "group_info": b64("g2")});
     assert_error(
         &server.post(&path, Some(&stranger.token()), join.clone()).await,
         StatusCode::FORBIDDEN,

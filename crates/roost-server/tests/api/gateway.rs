@@ -240,8 +240,7 @@ async fn a_removed_members_socket_gets_its_removal_and_nothing_after_it() {
     let frame = carols.next_frame().await;
     assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(first)), "{frame}");
 
-    let remove =
-        json!({"epoch": 1, "commit": b64("remove carol"), "group_info": b64("g2"), "remove": [carol.devices[0].id()]});
+    let remove = json!({"epoch": 1, "commit": super::conversations::member_commit("remove carol"), "group_info": b64("g2"), "remove": [carol.devices[0].id()]});
     let (status, removal) =
         server.post(&format!("/v1/conversations/{group}/commits"), Some(&alice.token()), remove).await;
     assert_eq!(status, StatusCode::CREATED, "{removal}");

@@ -160,7 +160,7 @@ async fn a_member_removed_through_one_instance_gets_nothing_after_it_on_another_
     assert_eq!(carols.next_frame().await["seq"].as_u64(), Some(1));
 
     // Carol is removed through the first instance...
-    let remove = json!({"epoch": 1, "commit": crate::api::conversations::b64("remove carol"),
+    let remove = json!({"epoch": 1, "commit": crate::api::conversations::member_commit("remove carol"),
                         "group_info": crate::api::conversations::b64("g2"), "remove": [carol.devices[0].id()]});
     let (status, removal) = a.post(&format!("/v1/conversations/{id}/commits"), Some(&alice.token()), remove).await;
     assert_eq!(status, StatusCode::CREATED, "{removal}");
@@ -523,7 +523,7 @@ async fn attachments_in_an_object_store_work_across_instances() {
     }
 
     // Carol is removed through b; c refuses her at once.
-    let remove = json!({"epoch": 1, "commit": crate::api::conversations::b64("remove carol"),
+    let remove = json!({"epoch": 1, "commit": crate::api::conversations::member_commit("remove carol"),
                         "group_info": crate::api::conversations::b64("g2"), "remove": [carol.devices[0].id()]});
     let (status, _) = b.post(&format!("/v1/conversations/{group}/commits"), Some(&alice.token()), remove).await;
     assert_eq!(status, StatusCode::CREATED);
