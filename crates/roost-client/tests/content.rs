@@ -24,10 +24,10 @@ fn encoded(json: &Value) -> Vec<u8> {
     bytes
 }
 
-#[test]
-fn every_content_type_has_its_fixed_json() {
+/// One example of every content type, with its fixed JSON.
+fn content_vectors() -> Vec<(Content, Value)> {
     let user = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
-    let vectors = [
+    vec![
         (Content::Text { body: "hi".into() }, json!({"v": 1, "type": "text", "body": "hi"})),
         (
             Content::Reply { to_seq: 4, body: "yes".into() },
@@ -131,8 +131,12 @@ fn every_content_type_has_its_fixed_json() {
             Content::Profile { display_name: Some("Alice L.".into()) },
             json!({"v": 1, "type": "profile", "display_name": "Alice L."}),
         ),
-    ];
-    for (content, json) in vectors {
+    ]
+}
+
+#[test]
+fn every_content_type_has_its_fixed_json() {
+    for (content, json) in content_vectors() {
         assert_eq!(json_of(&content), json, "{content:?} encodes as fixed");
         assert_eq!(Content::decode(&encoded(&json)).unwrap(), content, "{json} decodes");
     }
@@ -170,4 +174,42 @@ fn files_are_sealed_exactly_as_documented() {
         assert_eq!(length, sealed_length);
         assert_eq!(roost_proto::bytes::encode(&sha256), digest);
     }
+}
+
+/// `tests/vectors.json` holds these vectors for other clients' tests (the TypeScript SDK's
+/// among them): the content examples with this SDK's padded encoding, a safety number and the
+/// file sealing examples. This test fails if the file is not exactly what this SDK produces;
+/// `ROOST_WRITE_VECTORS=1 cargo test -p roost-client --test content` rewrites it.
+#[test]
+fn the_shared_vectors_file_is_what_this_sdk_produces() {
+    use roost_proto::bytes::encode as b64;
+    let content: Vec<Value> = content_vectors()
+        .into_iter()
+        .map(|(content, json)| json!({"json": json, "encoded": b64(&content.encode().unwrap())}))
+        .collect();
+    let newer = json!({"v": 2, "type": "sticker", "pack": "cats"});
+    let (a, b) = (roost_proto::UserId::from_bytes([1; 32]), roost_proto::UserId::from_bytes([2; 32]));
+    let key: Vec<u8> = (0u8..32).collect();
+    let vectors = json!({
+        "about": "Shared test vectors of the Roost client protocol (docs/protocol.md), written by the Rust SDK's tests/content.rs.",
+        "content": content,
+        "unknown_content": {"encoded": b64(&encoded(&newer)), "type": "sticker"},
+        "safety_number": {"a": a, "b": b, "number": roost_client::keys::safety_number(&a, &b)},
+        "file_sealing": {
+            "key": b64(&key),
+            "chunk_bytes": roost_client::files::CHUNK,
+            "cases": [
+                {"plaintext": b64(b"hello"), "sealed": "013910b55edac89809baedce66eec68b2fa929a901",
+                 "sealed_length": 21, "sha256": "GSWcDj0po55A_lIN8Ixs4egY-NJwDgEjeQcwGpqltMw"},
+                {"plaintext_byte": 0x61, "plaintext_length": 65_537, "sealed_length": 65_569,
+                 "sha256": "ISbYl33xCAhzVNda3liqTldBzmMRIu13OHkA9iHiwz0"},
+            ],
+        },
+    });
+    let text = format!("{}\n", serde_json::to_string_pretty(&vectors).unwrap());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.json");
+    if std::env::var_os("ROOST_WRITE_VECTORS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text, "tests/vectors.json is stale: rewrite it");
 }

@@ -1,0 +1,6 @@
+/** The Roost client SDK for browsers and Node. */
+
+export { fromBase64Url, toBase64Url, toHex } from "./bytes.js";
+export { classify, decodeContent, encodeContent, KNOWN_TYPES, PAD_TO, VERSION } from "./content.js";
+export type { ContentJson, UnknownContent } from "./content.js";
+export { safetyNumber } from "./safety.js";
