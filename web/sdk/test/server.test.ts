@@ -1,61 +1,22 @@
-/**
- * The SDK against a real roostd: the binary cargo built (`target/debug/roostd`, or `ROOST_BIN`),
- * started on 127.0.0.1:0 with a temporary data directory. Without the binary the tests skip
- * with a notice.
- */
+/** The SDK's API client against a real roostd ([`Roostd`](./roostd.ts)). */
 
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 
 import { Api, deviceCertificateStatement, KeyPair, RoostError, toBase64Url } from "../src/index.js";
+import { available, Roostd } from "./roostd.js";
 
-const binary = process.env["ROOST_BIN"] ?? fileURLToPath(new URL("../../../../target/debug/roostd", import.meta.url));
-const available = existsSync(binary);
-if (!available) {
-  console.log(`notice: ${binary} does not exist (run cargo build); the server tests skip`);
-}
-
-let server: ChildProcess | undefined;
+let server: Roostd | undefined;
 let base = "";
-let dataDir = "";
 
 before(async () => {
-  if (!available) {
-    return;
+  if (available) {
+    server = await Roostd.start();
+    base = server.base;
   }
-  dataDir = mkdtempSync(join(tmpdir(), "roost-sdk-"));
-  server = spawn(binary, ["--listen", "127.0.0.1:0", "--data-dir", dataDir], {
-    env: { ...process.env, ROOST_LOG: "info", ROOST_LOG_FORMAT: "text", ROOST_SERVER_NAME: "roost.test" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  base = await new Promise<string>((resolve, reject) => {
-    let seen = "";
-    const look = (chunk: Buffer) => {
-      // The log may be coloured: drop the escape sequences before reading it.
-      seen += chunk.toString().replace(/\u001b\[[0-9;]*m/g, "");
-      const address = /roostd listening address=(\S+)/.exec(seen)?.[1];
-      if (address !== undefined) {
-        resolve(`http://${address}`);
-      }
-    };
-    server?.stdout?.on("data", look);
-    server?.stderr?.on("data", look);
-    server?.on("exit", (code) => reject(new Error(`roostd exited (${code}): ${seen}`)));
-    setTimeout(() => reject(new Error(`roostd did not say where it listens: ${seen}`)), 20_000);
-  });
 });
 
-after(() => {
-  server?.kill();
-  if (dataDir !== "") {
-    rmSync(dataDir, { recursive: true, force: true });
-  }
-});
+after(() => server?.stop());
 
 test("a user registers, logs in, sees its session and logs out", { skip: !available }, async () => {
   const api = new Api(base);
