@@ -76,7 +76,14 @@ impl Attachments {
             now,
             daily_quota: config.daily_bytes_per_user,
         };
-        let id = attachment.id;
+        let upload = AttachmentUpload {
+            attachment_id: attachment.id,
+            conversation_id: *conversation_id,
+            length: attachment.length,
+            offset: 0,
+            complete: false,
+            expires_at: self.expires_at(now),
+        };
         match self.ctx.store.create_attachment(attachment).await {
             Ok(()) => {}
             Err(StoreError::QuotaExceeded) => {
@@ -88,12 +95,12 @@ impl Attachments {
             Err(err) => return Err(err.into()),
         }
         ::metrics::counter!("roost_attachment_uploads_started_total").increment(1);
-        self.status_of(&self.uploaded(caller, &id).await?)
+        Ok(upload)
     }
 
     /// The state of one of the caller device's uploads.
     pub async fn status(&self, caller: &Caller, id: &AttachmentId) -> Result<AttachmentUpload> {
-        self.status_of(&self.uploaded(caller, id).await?)
+        Ok(self.status_of(&self.uploaded(caller, id).await?))
     }
 
     /// Appends `body` to one of the caller device's uploads at `offset` (which must be the
@@ -185,7 +192,7 @@ impl Attachments {
             state = Some(store.await?);
         }
         let state = state.ok_or_else(|| Error::new(ErrorCode::Internal, "upload state lost"))?;
-        self.status_of(&state.record)
+        Ok(self.status_of(&state.record))
     }
 
     /// The bytes in `range` of an attachment [`Attachments::readable`] returned; the range must
@@ -236,9 +243,7 @@ impl Attachments {
     pub async fn delete(&self, caller: &Caller, id: &AttachmentId) -> Result<()> {
         let record = self.uploaded(caller, id).await?;
         let _writing = self.claim(id)?;
-        self.blobs.delete(id, record.chunks()).await.map_err(blob_error)?;
-        self.ctx.store.delete_attachment(id, self.ctx.now()).await?;
-        Ok(())
+        self.remove(&record).await
     }
 
     /// Deletes the attachments retention, the maximum age, burn-on-read or the end of their
@@ -251,16 +256,19 @@ impl Attachments {
         loop {
             let expired =
                 self.ctx.store.expired_attachments(now, self.max_age_ms(), abandoned_before, PRUNE_BATCH).await?;
+            let mut this_pass = 0;
             for record in &expired {
-                if self.is_being_written(&record.id) {
-                    continue;
+                // An upload a request here is writing is left for the next interval.
+                if !self.is_being_written(&record.id) {
+                    self.remove(record).await?;
+                    this_pass += 1;
                 }
-                self.blobs.delete(&record.id, record.chunks()).await.map_err(blob_error)?;
-                self.ctx.store.delete_attachment(&record.id, now).await?;
-                deleted += 1;
             }
-            ::metrics::counter!("roost_attachments_deleted_total").increment(expired.len() as u64);
-            if expired.len() < PRUNE_BATCH as usize {
+            ::metrics::counter!("roost_attachments_deleted_total").increment(this_pass);
+            deleted += this_pass;
+            // A short page is the end; so is a page of uploads being written (asking again would
+            // return the same ones).
+            if expired.len() < PRUNE_BATCH as usize || this_pass == 0 {
                 return Ok(deleted);
             }
         }
@@ -320,24 +328,33 @@ impl Attachments {
 
     /// Deletes an upload that can never complete; a failure leaves it to pruning.
     async fn discard(&self, record: &AttachmentRecord) {
-        let deleted = match self.blobs.delete(&record.id, record.chunks()).await {
-            Ok(()) => self.ctx.store.delete_attachment(&record.id, self.ctx.now()).await.map_err(Error::from),
-            Err(err) => Err(blob_error(err)),
-        };
-        if let Err(err) = deleted {
+        if let Err(err) = self.remove(record).await {
             tracing::warn!(error = %err, "deleting a refused upload failed; pruning will");
         }
     }
 
-    fn status_of(&self, record: &AttachmentRecord) -> Result<AttachmentUpload> {
-        Ok(AttachmentUpload {
+    /// Deletes an attachment: its bytes first, then its record, so an interruption leaves a
+    /// record that pruning finds again rather than bytes nothing refers to.
+    async fn remove(&self, record: &AttachmentRecord) -> Result<()> {
+        self.blobs.delete(&record.id, record.chunks()).await.map_err(blob_error)?;
+        self.ctx.store.delete_attachment(&record.id, self.ctx.now()).await?;
+        Ok(())
+    }
+
+    fn status_of(&self, record: &AttachmentRecord) -> AttachmentUpload {
+        AttachmentUpload {
             attachment_id: record.id,
             conversation_id: record.conversation_id,
             length: record.length,
             offset: record.received,
             complete: record.completed_at.is_some(),
-            expires_at: record.created_at.saturating_add(secs_to_ms(self.ctx.config.attachments.upload_expiry_secs)),
-        })
+            expires_at: self.expires_at(record.created_at),
+        }
+    }
+
+    /// When an upload started at `created_at` is deleted if still incomplete.
+    fn expires_at(&self, created_at: i64) -> i64 {
+        created_at.saturating_add(secs_to_ms(self.ctx.config.attachments.upload_expiry_secs))
     }
 
     async fn not_a_member_or_unknown(&self, conversation_id: &ConversationId) -> Error {

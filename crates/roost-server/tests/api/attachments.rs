@@ -472,3 +472,45 @@ fn count_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.flatten().map(|entry| if entry.path().is_dir() { count_files(&entry.path()) } else { 1 }).sum()
 }
+
+#[tokio::test]
+async fn pruning_leaves_an_upload_being_written_and_takes_it_once_abandoned() {
+    let server = server!(small_chunks);
+    let (alice, _bob, conversation) = pair(&server).await;
+    let file = ciphertext(3_000, 2);
+    let id = start_ok(&server, &alice.token(), &conversation, &file).await;
+    // A PATCH that stays open: the request is writing the upload.
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "PATCH /v1/attachments/{id} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Upload-Offset: 0\r\nContent-Length: {}\r\n\r\n",
+        alice.token(),
+        file.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&file[..1_200]).await.unwrap();
+    let mut offset = 0;
+    for _ in 0..200 {
+        let (_, upload) = server.get(&format!("/v1/attachments/{id}/upload"), Some(&alice.token())).await;
+        offset = upload["offset"].as_u64().unwrap();
+        if offset == 1_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(offset, 1_000);
+    server.clock().advance_ms(86_400_000);
+    assert_eq!(server.services.attachments.prune().await.unwrap(), 0, "the upload in progress is left alone");
+    drop(socket);
+    let mut deleted = 0;
+    for _ in 0..200 {
+        deleted += server.services.attachments.prune().await.unwrap();
+        if deleted == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(deleted, 1, "once the request is gone the abandoned upload goes");
+    assert_eq!(count_files(&server.config.data_dir.join("attachments")), 0);
+}

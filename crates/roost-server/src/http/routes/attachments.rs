@@ -143,9 +143,10 @@ pub async fn download(
     let tag = etag(&record.sha256);
     let tag_value = HeaderValue::from_str(&tag).map_err(|_| Error::new(ErrorCode::Internal, "bad etag"))?;
     if let Some(wanted) = headers.get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok())
-        && wanted.split(',').any(|candidate| {
-            matches!(candidate.trim().trim_start_matches("W/"), "*") || candidate.trim().trim_start_matches("W/") == tag
-        })
+        && wanted
+            .split(',')
+            .map(|candidate| candidate.trim().trim_start_matches("W/"))
+            .any(|candidate| candidate == "*" || candidate == tag)
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag_value)]).into_response());
     }
