@@ -88,6 +88,9 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// 422: the uploaded bytes do not match the announced SHA-256; nothing of them was kept.
     DigestMismatch,
+    /// 422: the push endpoint is not one this server calls (not https, not a public address, or
+    /// not one of the push services the operator listed).
+    PushEndpointRefused,
     /// 429: too many requests; retry after the number of seconds in `Retry-After`.
     RateLimited,
     /// 429: the user's attachment bytes for today are used up; `Retry-After` says when the next
@@ -128,7 +131,7 @@ impl ErrorCode {
             | UploadIncomplete => 409,
             PayloadTooLarge => 413,
             RangeNotSatisfiable => 416,
-            InvalidArgument | SignatureInvalid | TimestampOutOfRange | DigestMismatch => 422,
+            InvalidArgument | SignatureInvalid | TimestampOutOfRange | DigestMismatch | PushEndpointRefused => 422,
             RateLimited | QuotaExceeded => 429,
             Internal => 500,
             Unavailable | TooManyConnections => 503,

@@ -12,6 +12,7 @@ pub mod bytes;
 pub mod conversation;
 pub mod error;
 pub mod ids;
+pub mod push;
 pub mod signing;
 pub mod socket;
 

@@ -78,6 +78,77 @@ pub struct Config {
     pub web: WebConfig,
     /// Encrypted files: sizes, the daily quota and where the bytes live.
     pub attachments: AttachmentsConfig,
+    /// Push notifications (Web Push wake-ups for devices without a socket).
+    pub push: PushConfig,
+}
+
+/// Web Push (RFC 8030, 8291, 8292): wake-ups for devices that hold no socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Whether devices may subscribe and are woken.
+    pub enabled: bool,
+    /// The contact the push services see in the VAPID token (`mailto:` or `https:`); default
+    /// `https://<server_name>`.
+    pub contact: Option<String>,
+    /// Push-service hosts endpoints may name (a listed host and its subdomains, such as
+    /// `fcm.googleapis.com`, `push.services.mozilla.com`); empty: any public host.
+    pub allowed_hosts: Vec<String>,
+    /// Whether endpoints may be plain `http://` on a loopback address (tests, a push service
+    /// on the same host); never for other addresses.
+    pub allow_http_loopback: bool,
+    /// Whether endpoints may resolve to private, loopback or link-local addresses (a push
+    /// service inside the operator's network).
+    pub allow_private_addresses: bool,
+    /// How long the push service keeps an undelivered wake-up (the `TTL` header), in seconds.
+    pub ttl_secs: u64,
+    /// How long one request to a push service may take, in seconds.
+    pub timeout_secs: u64,
+    /// Tries per wake-up when the push service answers 429 or 5xx (or cannot be reached).
+    pub max_attempts: u32,
+    /// Wake-ups waiting or in flight, at most; beyond that they are dropped (messages never are).
+    pub queue: usize,
+    /// Requests to push services in flight at once, at most.
+    pub concurrency: usize,
+    /// A woken device is not woken again until it connects or syncs, or this many seconds pass.
+    pub rewake_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            contact: None,
+            allowed_hosts: Vec::new(),
+            allow_http_loopback: false,
+            allow_private_addresses: false,
+            ttl_secs: 24 * 3600,
+            timeout_secs: 10,
+            max_attempts: 4,
+            queue: 10_000,
+            concurrency: 32,
+            rewake_secs: 300,
+        }
+    }
+}
+
+impl PushConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout_secs == 0 || self.max_attempts == 0 || self.queue == 0 || self.concurrency == 0 {
+            return Err(ConfigError(
+                "push.timeout_secs, max_attempts, queue and concurrency must be at least 1".into(),
+            ));
+        }
+        if let Some(contact) = &self.contact
+            && !(contact.starts_with("mailto:") || contact.starts_with("https://"))
+        {
+            return Err(ConfigError("push.contact must be a mailto: or https: URI".into()));
+        }
+        if self.allowed_hosts.iter().any(|host| host.is_empty() || host.contains(['/', ':', ' '])) {
+            return Err(ConfigError("push.allowed_hosts holds host names only (no scheme, port or path)".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Attachments: encrypted files members upload for a conversation.
@@ -450,6 +521,7 @@ impl Default for Config {
             cors: CorsConfig::default(),
             web: WebConfig::default(),
             attachments: AttachmentsConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -564,6 +636,7 @@ impl Config {
         // The defaults also give each key's type; optional sections are typed from theirs.
         let typed = Config {
             attachments: AttachmentsConfig { s3: Some(S3Config::default()), ..AttachmentsConfig::default() },
+            push: PushConfig { contact: Some(String::new()), ..PushConfig::default() },
             ..Config::default()
         };
         let defaults = toml::Table::try_from(typed).unwrap_or_default();
@@ -659,6 +732,7 @@ impl Config {
         }
         self.cors.validate()?;
         self.attachments.validate(&self.http)?;
+        self.push.validate()?;
         if let Some(dir) = &self.web.dir
             && !dir.join("index.html").is_file()
         {
@@ -744,6 +818,7 @@ impl fmt::Debug for Config {
             .field("cors", &shown.cors)
             .field("web", &shown.web)
             .field("attachments", &shown.attachments)
+            .field("push", &shown.push)
             .finish_non_exhaustive()
     }
 }

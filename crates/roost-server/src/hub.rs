@@ -86,7 +86,9 @@ pub enum LiveEvent {
 /// this instance's mailboxes and the instances sharing its database. Without one (SQLite, or
 /// PostgreSQL without Redis) every event stays in this process.
 pub trait Bus: Send + Sync + 'static {
-    /// Carries `event` to whichever instances hold sockets of `devices` (none of them held here).
+    /// Carries `event` to whichever instances hold sockets of `devices` (none of them held here);
+    /// for a durable event, hands the devices no instance holds (its author aside) to
+    /// [`Hub::wake`].
     fn forward(&self, devices: &[DeviceId], event: &LiveEvent);
     /// Ends the subscription of `device` on whichever instance holds it.
     fn kick(&self, device: DeviceId, reason: CloseReason);
@@ -113,6 +115,34 @@ pub trait Bus: Send + Sync + 'static {
     /// Gives a seat back; completes with how many of its user's connections are still visible
     /// on any instance, when the bus could tell.
     fn leave_seat(&self, seat: Seat) -> BoxFuture<'static, Option<u32>>;
+    /// Claims the device's next wake-up for `hold` (push notifications: one instance wakes a
+    /// device); completes with whether this instance got it, when the bus could tell.
+    fn claim_wake(&self, device: DeviceId, hold: std::time::Duration) -> BoxFuture<'static, Option<bool>>;
+    /// Gives the device's wake-up claim back (it connected or synced).
+    fn release_wake(&self, device: DeviceId);
+}
+
+/// Where devices that hold no socket here go when something durable (an entry, a queue item)
+/// was committed for them: the push notifier, which finds out whether they hold one elsewhere
+/// and wakes those that do not. Must return at once: it is called on the send path.
+pub trait Waker: Send + Sync + 'static {
+    /// Something was committed for these devices, none of which holds a socket here.
+    fn wake(&self, devices: Vec<DeviceId>);
+}
+
+impl LiveEvent {
+    /// Whether the event announces something stored (what an offline device is woken for).
+    pub fn is_durable(&self) -> bool {
+        matches!(self, LiveEvent::Entry(_) | LiveEvent::Queued | LiveEvent::Committed { .. })
+    }
+
+    /// The device whose action this event announces, if any.
+    pub fn author(&self) -> Option<DeviceId> {
+        match self {
+            LiveEvent::Entry(entry) => entry.author,
+            _ => None,
+        }
+    }
 }
 
 /// A connection counted against its user's cap over all instances, until given back.
@@ -136,6 +166,8 @@ pub struct PushedEntry {
     /// The devices whose membership ends with this entry (removed by this commit, or leaving):
     /// a connection of one of them pushes nothing of the conversation after it.
     pub ends_for: Vec<DeviceId>,
+    /// The device that sent it, when known here: it is never woken for its own entry.
+    pub author: Option<DeviceId>,
 }
 
 /// Why the hub ended a subscription.
@@ -268,6 +300,7 @@ pub struct Hub {
     next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
     bus: OnceLock<Arc<dyn Bus>>,
+    waker: OnceLock<Arc<dyn Waker>>,
 }
 
 impl Default for Hub {
@@ -277,6 +310,7 @@ impl Default for Hub {
             next_id: AtomicU64::new(0),
             shutdown: watch::Sender::new(false),
             bus: OnceLock::new(),
+            waker: OnceLock::new(),
         }
     }
 }
@@ -374,6 +408,17 @@ impl Hub {
         let _ = self.bus.set(bus);
     }
 
+    /// The bus to the other instances, if any.
+    pub fn bus(&self) -> Option<&Arc<dyn Bus>> {
+        self.bus.get()
+    }
+
+    /// Hands devices without a socket here to `waker` whenever something durable is published
+    /// for them. Set once, before serving.
+    pub fn set_waker(&self, waker: Arc<dyn Waker>) {
+        let _ = self.waker.set(waker);
+    }
+
     /// Waits until events for `device` from other instances will reach this instance (at once
     /// without a bus).
     pub async fn watch(&self, device: DeviceId) {
@@ -469,10 +514,11 @@ impl Hub {
         self.lock().devices.is_empty()
     }
 
-    /// Whether any device anywhere may be listening: one is subscribed here, or other
-    /// instances may hold sockets (lets callers skip looking up recipients when neither).
+    /// Whether any device anywhere may be listening or be woken: one is subscribed here, other
+    /// instances may hold sockets, or offline devices are woken (lets callers skip looking up
+    /// recipients when none of these).
     pub fn may_have_listeners(&self) -> bool {
-        self.bus.get().is_some() || !self.is_idle()
+        self.bus.get().is_some() || self.waker.get().is_some() || !self.is_idle()
     }
 
     /// Whether a device is subscribed.
@@ -486,22 +532,40 @@ impl Hub {
     }
 
     /// Offers `event` to each listed device: to its subscriber here, or through the bus to the
-    /// instance that holds it. A subscriber whose buffer is full is cut off as a slow consumer.
+    /// instance that holds it. A durable event for devices with no socket anywhere (other than
+    /// its author) goes to the waker: directly without a bus, else once the bus found that no
+    /// instance holds them. A subscriber whose buffer is full is cut off as a slow consumer.
     /// Returns how many subscribers here took the event.
     pub fn publish(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent) -> usize {
         let bus = self.bus.get();
+        let waker = self.waker.get().filter(|_| event.is_durable());
         let mut elsewhere = Vec::new();
         let delivered = self.offer(devices, &event, |device| {
-            if bus.is_some() {
+            if bus.is_some() || waker.is_some() {
                 elsewhere.push(device);
             }
         });
-        if let Some(bus) = bus
-            && !elsewhere.is_empty()
-        {
-            bus.forward(&elsewhere, &event);
+        if elsewhere.is_empty() {
+            return delivered;
+        }
+        match bus {
+            Some(bus) => bus.forward(&elsewhere, &event),
+            None => {
+                let author = event.author();
+                elsewhere.retain(|device| Some(*device) != author);
+                self.wake(elsewhere);
+            }
         }
         delivered
+    }
+
+    /// Hands devices without a socket anywhere to the waker, if there is one.
+    pub fn wake(&self, devices: Vec<DeviceId>) {
+        if let Some(waker) = self.waker.get()
+            && !devices.is_empty()
+        {
+            waker.wake(devices);
+        }
     }
 
     /// Offers `event` to the listed devices' subscribers here only (what arrives from other

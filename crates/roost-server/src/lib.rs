@@ -14,6 +14,7 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
+pub mod push;
 pub mod ratelimit;
 pub mod services;
 pub mod tls;
@@ -162,6 +163,17 @@ impl Server {
             }
             _ => None,
         };
+        if config.push.enabled {
+            // Made at the first start and kept in the store; browsers' subscriptions are bound to it.
+            match services.push.vapid().await {
+                Ok(vapid) => {
+                    tracing::info!(vapid_public_key = %push::base64url(&vapid.public_key()), "push notifications on")
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "push notifications cannot be sent until the VAPID key is stored")
+                }
+            }
+        }
         let state = AppState::new(services.clone(), crate::metrics::prometheus());
         let housekeeping = tokio::spawn(housekeeping(services, state.metrics.clone()));
         let app = http::router(state);

@@ -111,8 +111,8 @@ impl AccountStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
             // Everything that belongs to the device alone goes with it: its conversation
-            // positions, sessions, KeyPackages and queue (its user stays a member through its
-            // other devices, if any).
+            // positions, sessions, KeyPackages, push subscription and queue (its user stays a
+            // member through its other devices, if any).
             sqlx::query("DELETE FROM conversation_devices WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
             sqlx::query(
                 "DELETE FROM conversation_users cu WHERE cu.user_id = $1 AND NOT EXISTS (SELECT 1 FROM \
@@ -134,6 +134,7 @@ impl AccountStore for PostgresStore {
             for sql in [
                 "DELETE FROM sessions WHERE device_id = $1",
                 "DELETE FROM key_packages WHERE device_id = $1",
+                "DELETE FROM push_subscriptions WHERE device_id = $1",
                 "DELETE FROM device_queue WHERE device_id = $1",
             ] {
                 sqlx::query(sql).bind(id).execute(&mut *tx).await?;

@@ -19,7 +19,7 @@ use sqlx::{Arguments, AssertSqlSafe, ConnectOptions, PgConnection, Row};
 use crate::PostgresStore;
 
 /// The schema version (the last migration) of the SQLite backend this copier reads.
-const SQLITE_SCHEMA_VERSION: i64 = 4;
+const SQLITE_SCHEMA_VERSION: i64 = 5;
 /// Rows copied per statement.
 const PAGE: usize = 500;
 
@@ -48,6 +48,8 @@ impl Table {
             "message_ids" => "client_message_id, sender_device, conversation_id",
             "attachment_fetches" => "attachment_id, device_id",
             "attachment_usage" => "user_id, day",
+            "push_subscriptions" => "device_id",
+            "server_keys" => "name",
             _ => "rowid",
         }
     }
@@ -201,6 +203,20 @@ const TABLES: &[Table] = &[
     },
     Table { name: "attachment_fetches", columns: &[("attachment_id", Bytes), ("device_id", Bytes)], identity: false },
     Table { name: "attachment_usage", columns: &[("user_id", Bytes), ("day", Int), ("bytes", Int)], identity: false },
+    Table {
+        name: "push_subscriptions",
+        columns: &[
+            ("device_id", Bytes),
+            ("user_id", Bytes),
+            ("endpoint", Text),
+            ("p256dh", Bytes),
+            ("auth", Bytes),
+            ("created_at", Int),
+        ],
+        identity: false,
+    },
+    // The VAPID key: browsers' subscriptions are bound to it, so it moves with them.
+    Table { name: "server_keys", columns: &[("name", Text), ("secret", Bytes)], identity: false },
 ];
 
 /// What was copied: each table with its row count (the same in source and target).

@@ -29,6 +29,7 @@ mod codec;
 mod conversations;
 mod group_commit;
 mod import;
+mod push;
 mod run;
 
 use std::str::FromStr;

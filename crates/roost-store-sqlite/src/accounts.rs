@@ -123,11 +123,12 @@ impl AccountStore for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             // Everything that belongs to the device alone goes with it: sessions, KeyPackages, its
-            // queue and its conversation positions (its user stays a member through its other
-            // devices, if any).
+            // push subscription, its queue and its conversation positions (its user stays a
+            // member through its other devices, if any).
             for sql in [
                 "DELETE FROM sessions WHERE device_id = $1",
                 "DELETE FROM key_packages WHERE device_id = $1",
+                "DELETE FROM push_subscriptions WHERE device_id = $1",
                 "DELETE FROM device_queue WHERE device_id = $1",
                 "DELETE FROM conversation_devices WHERE device_id = $1",
             ] {

@@ -21,6 +21,7 @@ mod checkpoint;
 mod codec;
 mod conversations;
 mod group_commit;
+mod push;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -4,7 +4,8 @@
 //! Rules a backend must keep (the [`conformance`] suite checks them):
 //! - every method is one transaction: it either happens completely or not at all;
 //! - a one-time KeyPackage is handed out at most once, under any concurrency;
-//! - revoking a device removes its sessions and KeyPackages in the same transaction;
+//! - revoking a device removes its sessions, KeyPackages and push subscription in the same
+//!   transaction;
 //! - a device key, once registered, is never accepted again (even after revocation).
 //!
 //! Times are Unix milliseconds chosen by the caller, so services can run on an injected clock.
@@ -17,6 +18,7 @@ pub mod conformance;
 mod conversations;
 mod error;
 mod models;
+mod push;
 #[cfg(feature = "sqlx")]
 pub mod rows;
 pub mod sql;
@@ -30,15 +32,17 @@ pub use attachments::{
 pub use conversations::*;
 pub use error::StoreError;
 pub use models::*;
+pub use push::{PushStore, PushSubscriptionRecord, sql as push_sql};
 pub use timing::timed;
 
 /// A result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Persistent state of a Roost server: accounts and keys in [`AccountStore`], conversations in
-/// [`ConversationStore`], attachment records in [`AttachmentStore`].
+/// [`ConversationStore`], attachment records in [`AttachmentStore`], push subscriptions in
+/// [`PushStore`].
 #[async_trait]
-pub trait Store: AccountStore + ConversationStore + AttachmentStore {
+pub trait Store: AccountStore + ConversationStore + AttachmentStore + PushStore {
     /// Checks that the backend answers (used by `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 

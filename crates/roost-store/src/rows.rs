@@ -187,3 +187,15 @@ pub fn attachment_row(row: &impl Columns) -> StoreResult<crate::AttachmentRecord
         created_at: row.int("created_at")?,
     })
 }
+
+/// A push subscription from the columns of [`crate::push_sql::SELECT`].
+pub fn push_subscription_row(row: &impl Columns) -> StoreResult<crate::PushSubscriptionRecord> {
+    Ok(crate::PushSubscriptionRecord {
+        device_id: device_id_at(row, "device_id")?,
+        user_id: user_id_at(row, "user_id")?,
+        endpoint: row.text("endpoint")?,
+        p256dh: row.bytes("p256dh")?,
+        auth: row.bytes("auth")?,
+        created_at: row.int("created_at")?,
+    })
+}

@@ -11,6 +11,7 @@
 mod certificate;
 mod database;
 pub mod proxy;
+pub mod push;
 pub mod s3;
 pub mod server;
 

@@ -77,6 +77,10 @@ const UNRESPONSIVE: Duration = Duration::from_secs(3);
 #[error("connecting to Redis: {0}")]
 pub struct BusError(String);
 
+/// A publish waiting to be sent: the channel, the payload, and the device to wake if no instance
+/// receives it (it announces something stored for a device that holds no socket anywhere).
+type Outgoing = (String, Arc<str>, Option<DeviceId>);
+
 /// A change to the channels this instance listens on, applied in order by one task.
 enum Listen {
     Watch(DeviceId, oneshot::Sender<()>),
@@ -89,7 +93,7 @@ enum Listen {
 pub struct RedisBus {
     /// This instance on the bus (random per start).
     origin: u64,
-    outbox: mpsc::Sender<(String, Arc<str>)>,
+    outbox: mpsc::Sender<Outgoing>,
     listen: mpsc::UnboundedSender<Listen>,
     publisher: Client,
     subscriber: SubscriberClient,
@@ -134,7 +138,7 @@ impl RedisBus {
 
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let (listen, changes) = mpsc::unbounded_channel();
-        tokio::spawn(publish(publisher.clone(), queued));
+        tokio::spawn(publish(publisher.clone(), queued, Arc::downgrade(hub)));
         let bus = Arc::new(Self {
             origin,
             outbox,
@@ -168,11 +172,14 @@ impl RedisBus {
         let _ = self.publisher.quit().await;
     }
 
-    fn send(&self, devices: &[DeviceId], wire: &Wire) {
+    /// Publishes `wire` on each device's channel; `wake` says whether a device no instance
+    /// listens for is to be woken (push notifications), `author` is never woken.
+    fn send(&self, devices: &[DeviceId], wire: &Wire, wake: bool, author: Option<DeviceId>) {
         let Ok(payload) = serde_json::to_string(&Envelope { o: self.origin, w: wire.clone() }) else { return };
         let payload: Arc<str> = payload.into();
         for device in devices {
-            if self.outbox.try_send((self.names.device(device), payload.clone())).is_err() {
+            let wake = (wake && Some(*device) != author).then_some(*device);
+            if self.outbox.try_send((self.names.device(device), payload.clone(), wake)).is_err() {
                 // A wake-up lost while Redis is slow or away: the device's connection catches up
                 // at its instance's next resync or its own next reconnect.
                 metrics::counter!("roost_bus_dropped_total").increment(1);
@@ -196,7 +203,7 @@ impl Bus for RedisBus {
             // Wake-ups and resyncs are made by the receiving instance, never forwarded.
             LiveEvent::Committed { .. } | LiveEvent::Resync => return,
         };
-        self.send(devices, &wire);
+        self.send(devices, &wire, event.is_durable(), event.author());
     }
 
     fn kick(&self, device: DeviceId, reason: CloseReason) {
@@ -205,7 +212,7 @@ impl Bus for RedisBus {
             CloseReason::SlowConsumer => Kick::SlowConsumer,
             CloseReason::Revoked => Kick::Revoked,
         };
-        self.send(&[device], &Wire::Kick { r });
+        self.send(&[device], &Wire::Kick { r }, false, None);
     }
 
     fn watch(&self, device: DeviceId) -> BoxFuture<'static, ()> {
@@ -271,6 +278,14 @@ impl Bus for RedisBus {
         lock(&self.seats).remove(&seat.name);
         Box::pin(shared::leave_seat(self.publisher.clone(), self.names.clone(), seat))
     }
+
+    fn claim_wake(&self, device: DeviceId, hold: Duration) -> BoxFuture<'static, Option<bool>> {
+        Box::pin(shared::claim_wake(self.publisher.clone(), self.names.wake(&device), hold))
+    }
+
+    fn release_wake(&self, device: DeviceId) {
+        tokio::spawn(shared::release_wake(self.publisher.clone(), self.names.wake(&device)));
+    }
 }
 
 impl SharedLimits for RedisBus {
@@ -286,7 +301,7 @@ struct Local {
     hub: Weak<Hub>,
     ctx: Weak<Context>,
     /// For confirmations to other instances.
-    outbox: mpsc::Sender<(String, Arc<str>)>,
+    outbox: mpsc::Sender<Outgoing>,
     confirmations: Arc<Confirmations>,
 }
 
@@ -308,8 +323,10 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Sends what was queued for other instances, many publishes per round trip.
-async fn publish(publisher: Client, mut queued: mpsc::Receiver<(String, Arc<str>)>) {
+/// Sends what was queued for other instances, many publishes per round trip. A publish that no
+/// instance received went to a device without a socket anywhere: Redis's count of receivers
+/// says so exactly, and the device is handed to the hub's waker if the news was durable.
+async fn publish(publisher: Client, mut queued: mpsc::Receiver<Outgoing>, hub: Weak<Hub>) {
     while let Some(first) = queued.recv().await {
         let mut batch = vec![first];
         while batch.len() < PIPELINE {
@@ -319,15 +336,26 @@ async fn publish(publisher: Client, mut queued: mpsc::Receiver<(String, Arc<str>
             }
         }
         let pipeline = publisher.pipeline();
-        for (channel, payload) in &batch {
+        for (channel, payload, _) in &batch {
             let _: Result<(), _> = pipeline.publish(channel.as_str(), payload.as_ref()).await;
         }
-        match pipeline.all::<Vec<fred::types::Value>>().await {
-            Ok(_) => metrics::counter!("roost_bus_published_total").increment(batch.len() as u64),
+        let unheard: Vec<DeviceId> = match pipeline.all::<Vec<fred::types::Value>>().await {
+            Ok(receivers) => {
+                metrics::counter!("roost_bus_published_total").increment(batch.len() as u64);
+                let heard = receivers.iter().map(|count| count.as_i64().is_none_or(|count| count > 0));
+                batch.iter().zip(heard).filter(|(_, heard)| !heard).filter_map(|((_, _, wake), _)| *wake).collect()
+            }
             Err(err) => {
                 metrics::counter!("roost_bus_dropped_total").increment(batch.len() as u64);
                 tracing::warn!(error = %err, lost = batch.len(), "publishing live events to Redis failed");
+                // Whether anyone holds their sockets is unknown: a needless wake-up beats none.
+                batch.iter().filter_map(|(_, _, wake)| *wake).collect()
             }
+        };
+        if !unheard.is_empty()
+            && let Some(hub) = hub.upgrade()
+        {
+            hub.wake(unheard);
         }
     }
 }
@@ -351,7 +379,7 @@ async fn manage(
                     tracing::warn!(error = %err, "subscribing to a device's channel failed");
                 }
                 if let Some(bus) = bus.upgrade() {
-                    bus.send(&[device], &Wire::Kick { r: Kick::Replaced });
+                    bus.send(&[device], &Wire::Kick { r: Kick::Replaced }, false, None);
                 }
                 let _ = done.send(());
             }
@@ -412,7 +440,7 @@ async fn receive(subscriber: SubscriberClient, local: Local, listen: mpsc::Unbou
                                 if o != origin && let Some(stale) = f.stale() {
                                     ctx.forget(stale);
                                 }
-                                let _ = local.outbox.try_send((local.names.confirmations(o), i.to_string().into()));
+                                let _ = local.outbox.try_send((local.names.confirmations(o), i.to_string().into(), None));
                             }
                         }
                         Some(Channel::Confirmations) => {
@@ -464,6 +492,7 @@ fn deliver(hub: &Hub, device: DeviceId, wire: Wire) {
             seq: s,
             frame: EncodedFrame::from_text(frame),
             ends_for: e,
+            author: None,
         })),
         Wire::Entry { c, s, f: None, e } => LiveEvent::Committed { conversation_id: c, seq: s, ends_for: e },
         Wire::Frame { f } => LiveEvent::Frame(EncodedFrame::from_text(f)),

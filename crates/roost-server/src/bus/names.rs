@@ -48,6 +48,11 @@ impl Names {
         format!("{}seats:{user}", self.prefix)
     }
 
+    /// A device's wake-up claim (push notifications).
+    pub(super) fn wake(&self, device: &DeviceId) -> String {
+        format!("{}wake:{device}", self.prefix)
+    }
+
     /// A rate limit's bucket.
     pub(super) fn bucket(&self, bucket: &str) -> String {
         format!("{}limit:{bucket}", self.prefix)

@@ -110,6 +110,16 @@ redis.call('SET', KEYS[1], tostring(full_at), 'PX', math.ceil(full_at - now))
 return taken
 "#;
 
+/// Claims the wake-up of the device whose key is `KEYS[1]` for `ARGV[1]` ms: 1 if this caller
+/// got it, 0 if another holds it.
+const CLAIM_WAKE: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[1])) then return 1 end
+return 0
+"#;
+
+/// Gives a wake-up claim back.
+const RELEASE_WAKE: &str = "return redis.call('DEL', KEYS[1])";
+
 /// The scripts, hashed once (Redis runs them by hash and is sent the text when it lacks it).
 struct Scripts {
     take_seat: Script,
@@ -117,6 +127,8 @@ struct Scripts {
     set_visible: Script,
     renew_seats: Script,
     take_tokens: Script,
+    claim_wake: Script,
+    release_wake: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -125,6 +137,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     set_visible: Script::from_lua(format!("{SEATS_PRELUDE}{SET_VISIBLE}")),
     renew_seats: Script::from_lua(RENEW_SEATS),
     take_tokens: Script::from_lua(TAKE_TOKENS),
+    claim_wake: Script::from_lua(CLAIM_WAKE),
+    release_wake: Script::from_lua(RELEASE_WAKE),
 });
 
 /// The seats of the connections held by this instance (by name, with their user and whether
@@ -217,6 +231,26 @@ pub(super) async fn renew_seats(bus: Weak<RedisBus>) {
 
 fn lease_ms() -> String {
     SEAT_LEASE.as_millis().to_string()
+}
+
+/// Claims a device's wake-up for `hold`; `None` if Redis cannot answer.
+pub(super) async fn claim_wake(redis: Client, key: String, hold: Duration) -> Option<bool> {
+    let args = vec![hold.as_millis().max(1).to_string()];
+    match SCRIPTS.claim_wake.evalsha_with_reload::<i64, _, _>(&redis, key, args).await {
+        Ok(claimed) => Some(claimed == 1),
+        Err(err) => {
+            tracing::warn!(error = %err, "claiming a wake-up across instances failed");
+            None
+        }
+    }
+}
+
+/// Gives a device's wake-up claim back (it lapses by itself if this fails).
+pub(super) async fn release_wake(redis: Client, key: String) {
+    let released = SCRIPTS.release_wake.evalsha_with_reload::<i64, _, _>(&redis, key, Vec::<String>::new()).await;
+    if let Err(err) = released {
+        tracing::debug!(error = %err, "giving a wake-up claim back failed");
+    }
 }
 
 /// Takes up to `want` tokens (at least one) from the shared bucket `key` of a limit of

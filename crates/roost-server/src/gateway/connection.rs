@@ -72,6 +72,9 @@ pub(super) async fn run(upgrade: OnUpgrade, config: WebSocketConfig, services: A
     // Events for this device from other instances reach this one before the drain reads the
     // store, so nothing committed meanwhile falls between the two.
     Box::pin(services.hub.watch(caller.device_id)).await;
+    // Connected, the device reads everything: the next commit for it after this connection may
+    // wake it again.
+    services.push.seen(&caller.device_id);
     metrics::counter!("roost_gateway_connections_total").increment(1);
     // The connection borrows the socket: moving it in would leave a second, dead copy of its
     // state in this future (an async fn's arguments keep their place for its whole life).

@@ -168,6 +168,7 @@ mod tests {
             seq,
             frame: EncodedFrame::from_text(format!("{n}:{seq}")),
             ends_for: Vec::new(),
+            author: None,
         })
     }
 

@@ -91,7 +91,7 @@ fn api_router(
     bodies: impl Fn(OpenApiRouter<AppState>, usize) -> OpenApiRouter<AppState>,
     streams: impl Fn(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> OpenApiRouter<AppState> {
-    use routes::{accounts, attachments, auth, conversations, delivery, keys, ops};
+    use routes::{accounts, attachments, auth, conversations, delivery, keys, ops, push};
     // The upload streams its body to storage itself; the download and delete on its path take
     // none.
     let files = OpenApiRouter::new().routes(routes!(attachments::upload, attachments::download, attachments::delete));
@@ -129,6 +129,8 @@ fn api_router(
         .routes(routes!(delivery::ack))
         .routes(routes!(attachments::create))
         .routes(routes!(attachments::status))
+        .routes(routes!(push::server_key))
+        .routes(routes!(push::subscribe, push::status, push::unsubscribe))
         .routes(routes!(crate::gateway::upgrade));
     bodies(everything_else, limits.max_body_bytes)
         .merge(bodies(handshakes, limits.handshake_body_bytes()))

@@ -16,6 +16,7 @@ use super::cache::Stale;
 use super::{Context, secs_to_ms, signatures};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, LiveEvent};
+use crate::push::Push;
 
 /// How long a challenge is accepted.
 pub const CHALLENGE_TTL_MS: i64 = 60_000;
@@ -40,11 +41,12 @@ pub struct Caller {
 pub struct Auth {
     ctx: Arc<Context>,
     hub: Arc<Hub>,
+    push: Arc<Push>,
 }
 
 impl Auth {
-    pub(crate) fn new(ctx: Arc<Context>, hub: Arc<Hub>) -> Self {
-        Self { ctx, hub }
+    pub(crate) fn new(ctx: Arc<Context>, hub: Arc<Hub>, push: Arc<Push>) -> Self {
+        Self { ctx, hub, push }
     }
 
     /// Issues a challenge to an active device.
@@ -147,13 +149,15 @@ impl Auth {
         Ok(WhoAmI { user_id: caller.user_id, device_id: caller.device_id, handle, expires_at: caller.expires_at })
     }
 
-    /// Ends the session of `token` (logout), and the caller's socket if it authenticated with it.
+    /// Ends the session of `token` (logout), and the caller's socket if it authenticated with it;
+    /// the device's push subscription goes with it (a logged-out device is not woken).
     pub async fn close_session(&self, caller: &Caller, token: &str) -> Result<()> {
         let hash = token_hash(token);
         let deleted = self.ctx.store.delete_session(&hash).await;
         super::forget_everywhere(&self.ctx, &self.hub, Stale::Session(hash)).await;
         deleted?;
         self.hub.publish([caller.device_id], LiveEvent::SessionEnded(hash));
+        self.push.unsubscribe(&caller.device_id).await?;
         Ok(())
     }
 

@@ -476,9 +476,9 @@ impl Conversations {
     }
 
     fn publish_entry(&self, entry: Entry, recipients: Vec<DeviceId>, ends_for: Vec<DeviceId>) {
-        let (conversation_id, seq) = (entry.conversation_id, entry.seq);
+        let (conversation_id, seq, author) = (entry.conversation_id, entry.seq, Some(entry.sender_device));
         let frame = EncodedFrame::encode(&ServerFrame::Entry(entry));
-        let pushed = PushedEntry { conversation_id, seq, frame, ends_for };
+        let pushed = PushedEntry { conversation_id, seq, frame, ends_for, author };
         self.hub.publish(recipients, LiveEvent::Entry(Arc::new(pushed)));
     }
 

@@ -9,6 +9,7 @@ use roost_store::{EntryRecord, QueueRecord, QueueWrite, SyncCursor, SyncPage};
 use super::{Caller, Context};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, LiveEvent};
+use crate::push::Push;
 
 const DEFAULT_PAGE: u32 = 100;
 
@@ -17,11 +18,12 @@ const DEFAULT_PAGE: u32 = 100;
 pub struct Delivery {
     ctx: Arc<Context>,
     hub: Arc<Hub>,
+    push: Arc<Push>,
 }
 
 impl Delivery {
-    pub(crate) fn new(ctx: Arc<Context>, hub: Arc<Hub>) -> Self {
-        Self { ctx, hub }
+    pub(crate) fn new(ctx: Arc<Context>, hub: Arc<Hub>, push: Arc<Push>) -> Self {
+        Self { ctx, hub, push }
     }
 
     /// A page of every conversation entry after the device's acknowledged positions and of its
@@ -35,6 +37,8 @@ impl Delivery {
         };
         let start = cursor.map(decode_cursor).transpose()?.unwrap_or_default();
         let page = self.ctx.store.sync(&caller.device_id, start, limit).await?;
+        // Having synced, the device may be woken again by what arrives next.
+        self.push.seen(&caller.device_id);
         let full = page.entries.len() == limit as usize || page.queue.len() == limit as usize;
         let next = SyncCursor {
             queue_after: page.queue.last().map_or(start.queue_after, |q| q.id),

@@ -25,6 +25,7 @@ use self::cache::{MAX_MEMBER_DEVICES, MAX_SESSIONS, MemberCache, SHARED_TTL, Ses
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::push::Push;
 use crate::ratelimit::RateLimiters;
 
 /// What every service needs: the store, the clock, the configuration, the rate limiters and the
@@ -109,6 +110,8 @@ pub struct Services {
     pub delivery: Delivery,
     /// Encrypted files.
     pub attachments: Attachments,
+    /// Push subscriptions and wake-ups.
+    pub push: Arc<Push>,
     /// Live fan-out to connected devices.
     pub hub: Arc<Hub>,
     /// The shared context.
@@ -126,13 +129,15 @@ impl Services {
             tracing::error!(error = %err, "attachment storage cannot be used");
             Arc::new(crate::attachments::Unusable)
         });
+        let push = Push::new(ctx.clone(), hub.clone());
         Self {
             attachments: Attachments::new(ctx.clone(), blobs),
             accounts: Accounts::new(ctx.clone(), hub.clone()),
-            auth: Auth::new(ctx.clone(), hub.clone()),
+            auth: Auth::new(ctx.clone(), hub.clone(), push.clone()),
             keys: Keys::new(ctx.clone(), hub.clone()),
             conversations: Conversations::new(ctx.clone(), hub.clone()),
-            delivery: Delivery::new(ctx.clone(), hub.clone()),
+            delivery: Delivery::new(ctx.clone(), hub.clone(), push.clone()),
+            push,
             hub,
             ctx,
         }

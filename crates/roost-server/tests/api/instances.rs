@@ -533,3 +533,52 @@ async fn attachments_in_an_object_store_work_across_instances() {
     assert_eq!(kept.status(), StatusCode::OK);
     assert!(!a.config.data_dir.join("attachments").exists(), "nothing on any instance's disk");
 }
+
+/// Push across instances: a device whose socket is on another instance is not woken, and an
+/// offline one is woken once for a burst sent through several instances, then again after it
+/// synced through a third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_woken_once_across_instances_and_never_while_connected_to_any() {
+    let Some(receiver) = roost_testkit::push::PushReceiver::start().await else { return };
+    let Some((a, b, c)) = three_instances_with(|config| config.push.allow_http_loopback = true).await else {
+        return;
+    };
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let bobs = receiver.subscribe().await;
+    let (status, body) =
+        b.call(Method::PUT, "/v1/push/subscription", Some(&bob.token()), Some(bobs.body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let mut socket = Socket::connect(&b, &bob.token()).await;
+    socket.drain().await;
+    let id = direct(&a, &alice, &[&bob]).await;
+    let mut last = 0;
+    for n in 0..6 {
+        let through = if n % 2 == 0 { &a } else { &c };
+        last = send(through, &alice.token(), &id, &format!("online-{n}")).await;
+    }
+    loop {
+        let frame = socket.next_frame().await;
+        if frame["type"] == "entry" && frame["seq"] == last {
+            break;
+        }
+    }
+    drop(socket);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received(&bobs).await.len(), 0, "connected on b: no wake-up from a or c");
+
+    for n in 0..10 {
+        let through = if n % 2 == 0 { &a } else { &c };
+        send(through, &alice.token(), &id, &format!("offline-{n}")).await;
+    }
+    receiver.wait_for(&bobs, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received(&bobs).await.len(), 1, "one wake-up for the burst, whichever instance sent");
+
+    // Synced through c, bob is woken again by the next message through a.
+    assert_eq!(c.get("/v1/sync", Some(&bob.token())).await.0, StatusCode::OK);
+    send(&a, &alice.token(), &id, "after-sync").await;
+    let pushes = receiver.wait_for(&bobs, 2).await;
+    assert!(pushes.iter().all(|push| push["payload"] == r#"{"type":"wake"}"# && push["vapid_problems"] == json!([])));
+}

@@ -1,7 +1,7 @@
 //! `roostd migrate-store`: an operator moves a populated SQLite database to PostgreSQL and their
 //! users carry on, sessions and positions included.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use roost_proto::signing::HandleAction;
 use roost_testkit::{Backend, TestDatabase, config_for};
 use serde_json::{Value, json};
@@ -99,6 +99,12 @@ async fn a_sqlite_database_moves_to_postgres_and_its_users_carry_on() {
     for (token, id) in &users {
         before.push(view(&sqlite, token, &id.to_string()).await);
     }
+    // A push subscription, and the server key browsers' subscriptions are bound to.
+    let point = crate::api::push::valid_point();
+    let subscription = json!({"endpoint": "https://push.example.com/bob", "keys": {"p256dh": b64_bytes(&point), "auth": b64_bytes(&[7; 16])}});
+    let (status, _) = sqlite.call(Method::PUT, "/v1/push/subscription", Some(&bob.token()), Some(subscription)).await;
+    assert_eq!(status, StatusCode::OK);
+    let server_key = sqlite.get("/v1/push/server-key", None).await.1;
     let config = sqlite.config.clone();
     let source = sqlite.stop().await;
 
@@ -123,6 +129,9 @@ async fn a_sqlite_database_moves_to_postgres_and_its_users_carry_on() {
         .unwrap();
     assert_eq!(downloaded.status(), StatusCode::OK);
     assert_eq!(downloaded.bytes().await.unwrap().as_ref(), file.as_slice(), "the attachment moved along");
+    assert_eq!(postgres.get("/v1/push/server-key", None).await.1, server_key, "the VAPID key moved along");
+    let (_, push) = postgres.get("/v1/push/subscription", Some(&bob.token())).await;
+    assert_eq!(push["endpoint"], "https://push.example.com/bob", "{push}");
     assert_eq!(before[1][1]["entries"].as_array().unwrap().len(), 3, "bob had acknowledged 2 of 5");
     assert_eq!(before[2][1]["queue"][0]["kind"], "welcome", "carol's Welcome waits");
 
@@ -152,6 +161,10 @@ async fn a_sqlite_database_moves_to_postgres_and_its_users_carry_on() {
     let (_, synced) = postgres.get("/v1/sync", Some(&bob.token())).await;
     assert_eq!(synced["entries"].as_array().unwrap().len(), 4);
     drop(source);
+}
+
+fn b64_bytes(bytes: &[u8]) -> String {
+    roost_proto::bytes::encode(bytes)
 }
 
 /// The configuration of a server moved to `database` (everything else as before).

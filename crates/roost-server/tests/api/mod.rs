@@ -10,4 +10,5 @@ mod auth;
 pub mod conversations;
 pub mod gateway;
 mod keys;
+pub mod push;
 mod robustness;

@@ -18,9 +18,11 @@ use crate::{NewDevice, NewLinkRequest, SessionRecord, Store, StoreError};
 
 mod attachments;
 mod conversations;
+mod push;
 mod shared;
 pub use attachments::*;
 pub use conversations::*;
+pub use push::*;
 pub use shared::*;
 
 /// Generates one `#[tokio::test]` per conformance case for a backend.
@@ -55,7 +57,9 @@ macro_rules! conformance_tests {
             leaving_removes_all_devices_of_the_user,
             revoking_a_device_drops_its_queue_and_positions,
             uploads_check_membership_quota_and_offsets,
-            attachments_expire_with_retention_and_their_conversation
+            attachments_expire_with_retention_and_their_conversation,
+            push_subscriptions_follow_their_device,
+            the_first_vapid_key_is_kept
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

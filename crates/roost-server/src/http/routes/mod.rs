@@ -7,3 +7,4 @@ pub mod conversations;
 pub mod delivery;
 pub mod keys;
 pub mod ops;
+pub mod push;
