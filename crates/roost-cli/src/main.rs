@@ -276,6 +276,11 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         conversation: String,
     },
+    /// Push notifications: wake this device through a push endpoint while it is offline.
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+    },
     /// Set a conversation's retention: burn-on-read, ttl SECONDS, or permanent.
     Retention {
         /// Conversation id or @user.
@@ -302,6 +307,26 @@ enum DevicesCommand {
         /// The device id.
         #[arg(allow_hyphen_values = true)]
         device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PushCommand {
+    /// Show the server's push key and this device's subscription.
+    Status,
+    /// Subscribe this device with keys made here, at a Web Push endpoint (such as a UnifiedPush
+    /// distributor's URL): the server sends a wake-up there whenever something arrives while
+    /// this device is offline.
+    Subscribe {
+        /// The endpoint URL (https://).
+        endpoint: String,
+    },
+    /// Remove this device's subscription.
+    Unsubscribe,
+    /// Open a push message's body (a file, or - for standard input) with this device's keys.
+    Open {
+        /// The file holding the body as it arrived.
+        file: PathBuf,
     },
 }
 
@@ -405,12 +430,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         command => {
             let mut client = Client::open(&home)?;
             // Reading what is stored locally needs no server.
-            if !matches!(command, Command::History { .. } | Command::Conversations) {
+            let offline = matches!(
+                command,
+                Command::History { .. } | Command::Conversations | Command::Push { command: PushCommand::Open { .. } }
+            );
+            if !offline {
                 client.connect().await?;
             }
             run_with(&mut client, command).await
         }
     }
+}
+
+async fn push(client: &mut Client, command: PushCommand) -> anyhow::Result<()> {
+    match command {
+        PushCommand::Status => {
+            let key = client.push_server_key().await?;
+            say!("server push key  {}", roost_proto::bytes::encode(&key));
+            let status = client.push_status().await?;
+            match status.endpoint {
+                Some(endpoint) => {
+                    let since = status
+                        .created_at
+                        .and_then(|at| jiff::Timestamp::from_millisecond(at).ok())
+                        .map(|at| {
+                            format!(
+                                " (since {})",
+                                at.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M")
+                            )
+                        })
+                        .unwrap_or_default();
+                    say!("subscribed       {endpoint}{since}");
+                }
+                None => say!("subscribed       no"),
+            }
+            if client.push_endpoint()?.is_some() {
+                say!("keys             on this device (roost push open opens its wake-ups)");
+            }
+        }
+        PushCommand::Subscribe { endpoint } => {
+            client.subscribe_push_endpoint(&endpoint).await?;
+            say!("subscribed: wake-ups go to {endpoint} while this device is offline");
+        }
+        PushCommand::Unsubscribe => {
+            client.unsubscribe_push().await?;
+            say!("unsubscribed");
+        }
+        PushCommand::Open { file } => {
+            let body = if file.as_os_str() == "-" {
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)?;
+                body
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let opened = client.open_wake_up(&body)?;
+            say!("{}", String::from_utf8_lossy(&opened));
+        }
+    }
+    Ok(())
 }
 
 async fn link(home: &std::path::Path, server: Option<String>, no_wait: bool) -> anyhow::Result<()> {
@@ -477,6 +555,7 @@ async fn run_with(client: &mut Client, command: Command) -> anyhow::Result<()> {
             say!("sent #{seq} to {user} ({id})");
         }
         Command::Group { command } => group(client, command).await?,
+        Command::Push { command } => push(client, command).await?,
         Command::Send { conversation, text } => {
             client.sync().await?;
             let id = conversation_of(client, &conversation).await?;

@@ -11,6 +11,7 @@ use roost_proto::conversation::{
     AckRequest, CommitAccepted, CommitRequest, ConversationAck, ConversationSummary, CreateConversationRequest,
     ExternalJoinRequest, GroupInfoResponse, LeaveRequest, ReadMarkerRequest, SendAccepted, SendRequest, SyncResponse,
 };
+use roost_proto::push::{PushServerKey, PushStatus, PushSubscription};
 use roost_proto::{AttachmentId, ConversationId, DeviceId, ErrorBody, ErrorCode, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -197,6 +198,28 @@ impl Api {
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(Method::GET, path, None).await
+    }
+
+    /// `GET /v1/push/server-key`: the server's VAPID public key.
+    pub async fn push_server_key(&self) -> Result<PushServerKey> {
+        self.get("/v1/push/server-key").await
+    }
+
+    /// `PUT /v1/push/subscription`: registers this device's Web Push subscription.
+    pub async fn set_push_subscription(&self, subscription: &PushSubscription) -> Result<PushStatus> {
+        let body = serde_json::to_value(subscription).map_err(|err| ClientError::Protocol(err.to_string()))?;
+        self.call(Method::PUT, "/v1/push/subscription", Some(&body)).await
+    }
+
+    /// `GET /v1/push/subscription`: this device's subscription.
+    pub async fn push_status(&self) -> Result<PushStatus> {
+        self.get("/v1/push/subscription").await
+    }
+
+    /// `DELETE /v1/push/subscription`.
+    pub async fn delete_push_subscription(&self) -> Result<()> {
+        let _: Value = self.call(Method::DELETE, "/v1/push/subscription", None).await?;
+        Ok(())
     }
 
     /// `POST /v1/users`.

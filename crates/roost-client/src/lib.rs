@@ -18,6 +18,7 @@ pub mod error;
 pub mod files;
 pub mod keys;
 pub mod mls;
+pub mod push;
 pub mod store;
 pub mod timeline;
 pub mod tls;

@@ -53,6 +53,16 @@ pub struct LocalStore {
     connection: Mutex<Connection>,
 }
 
+/// The keys of this device's own push subscription, as kept.
+pub struct SavedPushKeys {
+    /// The endpoint they were made for.
+    pub endpoint: String,
+    /// The subscriber's secret key.
+    pub secret: Zeroizing<Vec<u8>>,
+    /// The authentication secret.
+    pub auth: Vec<u8>,
+}
+
 impl LocalStore {
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -73,7 +83,10 @@ impl LocalStore {
                  sender_device BLOB NOT NULL, created_at INTEGER NOT NULL, content TEXT NOT NULL,
                  PRIMARY KEY (conversation_id, seq));
              CREATE TABLE IF NOT EXISTS names (
-                 user_id BLOB PRIMARY KEY, handle TEXT, learned_at INTEGER NOT NULL);",
+                 user_id BLOB PRIMARY KEY, handle TEXT, learned_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS push_keys (
+                 id INTEGER PRIMARY KEY CHECK (id = 1), endpoint TEXT NOT NULL, secret BLOB NOT NULL,
+                 auth BLOB NOT NULL);",
         )?;
         Ok(Self { connection: Mutex::new(connection) })
     }
@@ -158,6 +171,32 @@ impl LocalStore {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// Keeps the keys of this device's own push subscription (replacing any before).
+    pub fn save_push_keys(&self, endpoint: &str, secret: &[u8], auth: &[u8]) -> Result<()> {
+        self.lock()?.execute(
+            "INSERT OR REPLACE INTO push_keys (id, endpoint, secret, auth) VALUES (1, ?1, ?2, ?3)",
+            params![endpoint, secret, auth],
+        )?;
+        Ok(())
+    }
+
+    /// The kept push keys.
+    pub fn push_keys(&self) -> Result<Option<SavedPushKeys>> {
+        let row: Option<(String, Vec<u8>, Vec<u8>)> = self
+            .lock()?
+            .query_row("SELECT endpoint, secret, auth FROM push_keys WHERE id = 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?;
+        Ok(row.map(|(endpoint, secret, auth)| SavedPushKeys { endpoint, secret: Zeroizing::new(secret), auth }))
+    }
+
+    /// Forgets the push keys.
+    pub fn clear_push_keys(&self) -> Result<()> {
+        self.lock()?.execute("DELETE FROM push_keys", [])?;
+        Ok(())
     }
 
     /// Remembers a device key waiting for its link to be approved.

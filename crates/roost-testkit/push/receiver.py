@@ -7,6 +7,8 @@ payload (RFC 8291, aes128gcm) with the subscriber's private key, using the `cryp
 `http_ece` packages. Each endpoint answers with the statuses the test asked for (201 by default).
 
 Control API (JSON): POST /subscriptions -> {id, endpoint, keys: {p256dh, auth}};
+POST /endpoints -> {id, endpoint}: an endpoint for keys the subscriber made itself (as with a
+UnifiedPush distributor), whose pushes are kept undecrypted (`body`, base64url);
 GET /received/<id> -> [push, ...]; POST /statuses/<id> {"statuses": [503, 201]} (the last one
 stays). Prints "listening <port>" once it accepts connections.
 """
@@ -35,7 +37,7 @@ def unb64url(text: str) -> bytes:
 
 
 LOCK = threading.Lock()
-SUBSCRIPTIONS = {}  # id -> {"key": private key, "auth": bytes}
+SUBSCRIPTIONS = {}  # id -> {"key": private key, "auth": bytes}, or None for a bare endpoint
 RECEIVED = {}  # id -> [push]
 STATUSES = {}  # id -> [status, ...]
 
@@ -122,6 +124,13 @@ class Handler(BaseHTTPRequestHandler):
                 "endpoint": f"http://127.0.0.1:{port}/push/{sid}",
                 "keys": {"p256dh": b64url(point), "auth": b64url(auth)},
             })
+        if self.path == "/endpoints":
+            sid = b64url(os.urandom(9))
+            with LOCK:
+                SUBSCRIPTIONS[sid] = None
+                RECEIVED[sid] = []
+            port = self.server.server_address[1]
+            return self.reply(200, {"id": sid, "endpoint": f"http://127.0.0.1:{port}/push/{sid}"})
         if self.path.startswith("/statuses/"):
             with LOCK:
                 STATUSES[self.path.rsplit("/", 1)[1]] = json.loads(body)["statuses"]
@@ -132,22 +141,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def push(self, sid, body):
         with LOCK:
+            known = sid in SUBSCRIPTIONS
             subscription = SUBSCRIPTIONS.get(sid)
             statuses = STATUSES.get(sid, [201])
             status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
-        if subscription is None:
+        if not known:
             return self.reply(404, {})
         origin = f"http://127.0.0.1:{self.server.server_address[1]}"
         problems, vapid_key = check_vapid(self.headers.get("Authorization", ""), origin)
         payload, error = None, None
         if self.headers.get("Content-Encoding") != "aes128gcm":
             problems.append("Content-Encoding is not aes128gcm")
-        try:
-            payload = http_ece.decrypt(
-                body, private_key=subscription["key"], auth_secret=subscription["auth"], version="aes128gcm"
-            ).decode()
-        except Exception as err:  # any failure to decrypt is what the test looks for
-            error = repr(err)
+        if subscription is not None:
+            try:
+                payload = http_ece.decrypt(
+                    body, private_key=subscription["key"], auth_secret=subscription["auth"], version="aes128gcm"
+                ).decode()
+            except Exception as err:  # any failure to decrypt is what the test looks for
+                error = repr(err)
         record = {
             "status": status,
             "payload": payload,
@@ -158,6 +169,7 @@ class Handler(BaseHTTPRequestHandler):
             "urgency": self.headers.get("Urgency"),
             "topic": self.headers.get("Topic"),
             "body_bytes": len(body),
+            "body": b64url(body),
         }
         with LOCK:
             RECEIVED[sid].append(record)

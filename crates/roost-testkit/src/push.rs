@@ -78,9 +78,19 @@ impl PushReceiver {
         ReceiverSubscription { id, body }
     }
 
+    /// A bare endpoint, for keys the subscriber makes itself: its pushes are kept as they came
+    /// (`body`, base64url), VAPID-checked but not decrypted.
+    pub async fn endpoint(&self) -> ReceiverSubscription {
+        let body: Value =
+            self.http.post(format!("{}/endpoints", self.base)).send().await.unwrap().json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_owned();
+        ReceiverSubscription { id, body: json!({"endpoint": body["endpoint"]}) }
+    }
+
     /// Every push the subscription received so far, as the receiver checked and decrypted it:
     /// `payload` (decrypted text), `decrypt_error`, `vapid_problems` (empty when the token
-    /// checks out), `vapid_key`, `ttl`, `urgency`, `topic`, `status` (what it answered).
+    /// checks out), `vapid_key`, `ttl`, `urgency`, `topic`, `status` (what it answered), `body`
+    /// (as received, base64url).
     pub async fn received(&self, subscription: &ReceiverSubscription) -> Vec<Value> {
         let url = format!("{}/received/{}", self.base, subscription.id);
         let body: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();

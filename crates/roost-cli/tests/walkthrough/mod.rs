@@ -377,3 +377,49 @@ async fn the_chat_screen_shows_handles_reactions_edits_and_what_was_read() {
     .await
     .unwrap();
 }
+
+/// `roost push`: a device subscribes at an endpoint (the tests' push service), is woken while
+/// offline, and opens the wake-up with its own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_wake_ups_through_the_cli() {
+    let Some(receiver) = roost_testkit::push::PushReceiver::start().await else { return };
+    let Some(running) =
+        TestServer::on(crate::BACKEND).configure(|config| config.push.allow_http_loopback = true).start().await
+    else {
+        return;
+    };
+    let server = running.base.clone();
+    let homes = tempfile::tempdir().unwrap();
+    let (alice, bob) = (homes.path().join("alice"), homes.path().join("bob"));
+    let endpoint = receiver.endpoint().await;
+    let url = endpoint.body["endpoint"].as_str().unwrap().to_owned();
+    let (alice_home, bob_home, subscribe_url) = (alice.clone(), bob.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        roost(&alice_home, &["init", "--server", &server, "--handle", "alice"]);
+        roost(&bob_home, &["init", "--server", &server, "--handle", "bob"]);
+        assert!(roost(&bob_home, &["push", "status"]).contains("subscribed       no"));
+        let refused = roost_fails(&bob_home, &["push", "subscribe", "http://10.0.0.1/push"]);
+        assert!(refused.contains("PushEndpointRefused") && refused.contains("loopback"), "{refused}");
+        assert!(roost(&bob_home, &["push", "subscribe", &subscribe_url]).starts_with("subscribed"));
+        let status = roost(&bob_home, &["push", "status"]);
+        assert!(status.contains(&subscribe_url) && status.contains("keys"), "{status}");
+        roost(&alice_home, &["dm", "@bob", "wake up"]);
+    })
+    .await
+    .unwrap();
+
+    let pushes = receiver.wait_for(&endpoint, 1).await;
+    let body = roost_proto::bytes::decode(pushes[0]["body"].as_str().unwrap()).unwrap();
+    let file = homes.path().join("wake-up.bin");
+    std::fs::write(&file, body).unwrap();
+    let (bob_home, file_path) = (bob.clone(), file.clone());
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(roost(&bob_home, &["push", "open", file_path.to_str().unwrap()]).trim(), r#"{"type":"wake"}"#);
+        assert!(roost(&bob_home, &["sync"]).contains("wake up"));
+        assert_eq!(roost(&bob_home, &["push", "unsubscribe"]).trim(), "unsubscribed");
+        assert!(roost(&bob_home, &["push", "status"]).contains("subscribed       no"));
+        roost_fails(&bob_home, &["push", "open", file_path.to_str().unwrap()]);
+    })
+    .await
+    .unwrap();
+}

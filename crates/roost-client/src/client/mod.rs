@@ -25,6 +25,7 @@ mod join;
 mod linking;
 mod live;
 mod membership;
+mod push;
 
 pub use self::attachments::{FileDetails, MAX_THUMBNAIL_BYTES};
 pub use self::live::{next_frame, send_frame};

@@ -18,6 +18,7 @@ macro_rules! server {
 }
 
 mod files;
+mod push;
 
 fn texts(events: &[Event]) -> Vec<String> {
     events

@@ -295,3 +295,36 @@ pub fn valid_point() -> Vec<u8> {
     }
     point
 }
+
+/// A full wake-up queue drops wake-ups, counted in /metrics, never messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_wake_ups_and_counts_them_but_no_message() {
+    let Some(receiver) = PushReceiver::start().await else { return };
+    let server = server!(|config| {
+        config.push.allow_http_loopback = true;
+        config.push.queue = 1;
+    });
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let dave = server.user("dave").await;
+    let subscriptions = [receiver.subscribe().await, receiver.subscribe().await, receiver.subscribe().await];
+    for (user, subscription) in [&bob, &carol, &dave].into_iter().zip(&subscriptions) {
+        subscribe(&server, &user.token(), subscription).await;
+    }
+    // Whoever's push service is busy holds the one place, retrying.
+    for subscription in &subscriptions {
+        receiver.answer_with(subscription, &[503]).await;
+    }
+
+    let id = direct(&server, &alice, &[&bob, &carol, &dave]).await;
+    let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let dropped = metrics.lines().find(|line| line.starts_with("roost_push_dropped_total")).unwrap_or_default();
+    assert_eq!(dropped.split_whitespace().last(), Some("2"), "two of three wake-ups found no place: {metrics}");
+    // Every Welcome is stored all the same, and messages still go through.
+    for user in [&bob, &carol, &dave] {
+        let (_, synced) = server.get("/v1/sync", Some(&user.token())).await;
+        assert_eq!(synced["queue"][0]["kind"], "welcome", "{synced}");
+    }
+    send(&server, &alice.token(), &id, "still-sent").await;
+}
