@@ -7,6 +7,23 @@ import { fromBase64Url, toBase64Url } from "./bytes.js";
 import { KeyPair } from "./keys.js";
 import { authStatement, deviceCertificateStatement } from "./statements.js";
 
+/**
+ * A Web Push subscription, in the shape a browser's `PushSubscription.toJSON()` gives: pass that
+ * as it is to {@link Api.subscribePush}.
+ */
+export interface PushSubscriptionJSON {
+  endpoint: string;
+  expirationTime?: number | null;
+  keys: { p256dh: string; auth: string };
+}
+
+/** The calling device's push subscription, as the server has it. */
+export interface PushStatus {
+  subscribed: boolean;
+  endpoint?: string;
+  created_at?: number;
+}
+
 /** A refused or failed request: the HTTP status and the server's stable code. */
 export class RoostError extends Error {
   constructor(
@@ -99,9 +116,38 @@ export class Api {
     return this.call("GET", "/v1/auth/session");
   }
 
-  /** Ends the session; the token stops working at once. */
+  /** Ends the session; the token stops working at once (and the device's push subscription is gone). */
   async logout(): Promise<void> {
     await this.call("DELETE", "/v1/auth/session");
     this.token = undefined;
+  }
+
+  /**
+   * The server's VAPID public key (65 bytes): what `pushManager.subscribe({ userVisibleOnly: true,
+   * applicationServerKey })` takes in a browser.
+   */
+  async pushServerKey(): Promise<Uint8Array> {
+    const key = await this.call<{ vapid_public_key: string }>("GET", "/v1/push/server-key");
+    return fromBase64Url(key.vapid_public_key);
+  }
+
+  /**
+   * Registers this device's Web Push subscription (replacing any earlier one): while the device
+   * holds no socket, whatever arrives for it sends one wake-up there, `{"type":"wake"}`, until it
+   * connects or syncs again.
+   */
+  async subscribePush(subscription: PushSubscriptionJSON): Promise<PushStatus> {
+    const { endpoint, keys } = subscription;
+    return this.call("PUT", "/v1/push/subscription", { endpoint, keys });
+  }
+
+  /** This device's push subscription. */
+  async pushStatus(): Promise<PushStatus> {
+    return this.call("GET", "/v1/push/subscription");
+  }
+
+  /** Removes this device's push subscription. */
+  async unsubscribePush(): Promise<void> {
+    await this.call("DELETE", "/v1/push/subscription");
   }
 }

@@ -1,7 +1,7 @@
 /** The Roost client SDK for browsers and Node. */
 
 export { Api, RoostError } from "./api.js";
-export type { Session } from "./api.js";
+export type { PushStatus, PushSubscriptionJSON, Session } from "./api.js";
 export { fromBase64Url, toBase64Url, toHex } from "./bytes.js";
 export { classify, decodeContent, encodeContent, KNOWN_TYPES, PAD_TO, VERSION } from "./content.js";
 export type { ContentJson, UnknownContent } from "./content.js";

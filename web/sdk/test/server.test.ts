@@ -54,3 +54,31 @@ test("the server refuses what does not verify, with stable codes", { skip: !avai
   const stranger = await KeyPair.generate();
   await assert.rejects(api.login(stranger), (err: unknown) => err instanceof RoostError && err.code === "device_unknown");
 });
+
+test("a device registers, reads and removes its push subscription", { skip: !available }, async () => {
+  const api = new Api(base);
+  const identity = await KeyPair.generate();
+  const device = await KeyPair.generate();
+  await api.register(identity, device);
+  await api.login(device);
+  assert.equal((await api.pushServerKey()).length, 65, "an uncompressed P-256 point");
+
+  // What a browser's PushSubscription.toJSON() holds.
+  const subscriber = await crypto.subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, true, ["deriveBits"]);
+  const p256dh = new Uint8Array(await crypto.subtle.exportKey("raw", subscriber.publicKey));
+  const subscription = {
+    endpoint: "https://push.example.com/send/abc",
+    expirationTime: null,
+    keys: { p256dh: toBase64Url(p256dh), auth: toBase64Url(crypto.getRandomValues(new Uint8Array(16))) },
+  };
+  assert.deepEqual(await api.pushStatus(), { subscribed: false });
+  const stored = await api.subscribePush(subscription);
+  assert.equal(stored.subscribed, true);
+  assert.equal((await api.pushStatus()).endpoint, subscription.endpoint);
+  await assert.rejects(
+    api.subscribePush({ ...subscription, endpoint: "http://10.0.0.1/push" }),
+    (err: unknown) => err instanceof RoostError && err.status === 422 && err.code === "push_endpoint_refused",
+  );
+  await api.unsubscribePush();
+  assert.equal((await api.pushStatus()).subscribed, false);
+});
