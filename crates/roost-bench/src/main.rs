@@ -26,6 +26,7 @@ mod connections;
 mod cpu;
 mod durability;
 mod fanout;
+mod push;
 mod receivers;
 mod sender;
 mod server;
@@ -56,6 +57,8 @@ enum Mode {
     Durability(durability::Args),
     /// One message to a large group with every device online: time until every device has it.
     Fanout(fanout::Args),
+    /// Sends to offline receivers with and without push subscriptions: the send path's cost and wake-ups per second.
+    Push(push::Args),
     /// Every performance target (docs/benchmarks.md) in one run against fresh servers; ratios of measured to target.
     Targets(targets::Args),
     /// Pairs for a load generator of your own: writes the senders' endpoints and tokens to a
@@ -96,6 +99,7 @@ fn main() -> std::process::ExitCode {
             Mode::Throughput(args) => throughput::run(args).await,
             Mode::Durability(args) => durability::run(args).await,
             Mode::Fanout(args) => fanout::run(args).await,
+            Mode::Push(args) => push::run(args).await,
             Mode::Targets(args) => targets::run(args).await,
             Mode::Receivers(args) => receivers::run(args).await,
         }

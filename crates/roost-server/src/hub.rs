@@ -87,9 +87,9 @@ pub enum LiveEvent {
 /// PostgreSQL without Redis) every event stays in this process.
 pub trait Bus: Send + Sync + 'static {
     /// Carries `event` to whichever instances hold sockets of `devices` (none of them held here);
-    /// for a durable event, hands the devices no instance holds (its author aside) to
-    /// [`Hub::wake`].
-    fn forward(&self, devices: &[DeviceId], event: &LiveEvent);
+    /// with `wake`, for a durable event, hands the devices no instance holds (its author aside)
+    /// to [`Hub::wake`].
+    fn forward(&self, devices: &[DeviceId], event: &LiveEvent, wake: bool);
     /// Ends the subscription of `device` on whichever instance holds it.
     fn kick(&self, device: DeviceId, reason: CloseReason);
     /// Starts receiving the device's events from other instances, then tells them that this
@@ -537,8 +537,20 @@ impl Hub {
     /// instance holds them. A subscriber whose buffer is full is cut off as a slow consumer.
     /// Returns how many subscribers here took the event.
     pub fn publish(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent) -> usize {
+        self.publish_with(devices, event, true)
+    }
+
+    /// [`publish`](Self::publish) for news no device should be woken for (a read position
+    /// synced from another of the user's devices, a low KeyPackage stock): a device learns it
+    /// when it next connects.
+    pub fn publish_without_waking(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent) -> usize {
+        self.publish_with(devices, event, false)
+    }
+
+    fn publish_with(&self, devices: impl IntoIterator<Item = DeviceId>, event: LiveEvent, wake: bool) -> usize {
         let bus = self.bus.get();
-        let waker = self.waker.get().filter(|_| event.is_durable());
+        let wake = wake && event.is_durable();
+        let waker = self.waker.get().filter(|_| wake);
         let mut elsewhere = Vec::new();
         let delivered = self.offer(devices, &event, |device| {
             if bus.is_some() || waker.is_some() {
@@ -549,7 +561,7 @@ impl Hub {
             return delivered;
         }
         match bus {
-            Some(bus) => bus.forward(&elsewhere, &event),
+            Some(bus) => bus.forward(&elsewhere, &event, wake),
             None => {
                 let author = event.author();
                 elsewhere.retain(|device| Some(*device) != author);

@@ -189,7 +189,7 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn forward(&self, devices: &[DeviceId], event: &LiveEvent) {
+    fn forward(&self, devices: &[DeviceId], event: &LiveEvent, wake: bool) {
         let wire = match event {
             LiveEvent::Entry(entry) => Wire::Entry {
                 c: entry.conversation_id,
@@ -203,7 +203,7 @@ impl Bus for RedisBus {
             // Wake-ups and resyncs are made by the receiving instance, never forwarded.
             LiveEvent::Committed { .. } | LiveEvent::Resync => return,
         };
-        self.send(devices, &wire, event.is_durable(), event.author());
+        self.send(devices, &wire, wake && event.is_durable(), event.author());
     }
 
     fn kick(&self, device: DeviceId, reason: CloseReason) {

@@ -400,7 +400,7 @@ impl Conversations {
             .collect();
         if !sync_to_own.is_empty() {
             store.enqueue(sync_to_own, self.ctx.now()).await?;
-            self.hub.publish(own.iter().map(|m| m.device_id), LiveEvent::Queued);
+            self.hub.publish_without_waking(own.iter().map(|m| m.device_id), LiveEvent::Queued);
         }
         if store.read_receipts(&caller.user_id).await? {
             let receipt = ServerFrame::ReadReceipt { conversation_id: *id, user_id: caller.user_id, seq: read_seq };

@@ -124,7 +124,7 @@ impl Keys {
             payload,
         };
         self.ctx.store.enqueue(vec![warning], self.ctx.now()).await?;
-        self.hub.publish([*device], LiveEvent::Queued);
+        self.hub.publish_without_waking([*device], LiveEvent::Queued);
         Ok(())
     }
 

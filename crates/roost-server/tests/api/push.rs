@@ -328,3 +328,34 @@ async fn a_full_queue_drops_wake_ups_and_counts_them_but_no_message() {
     }
     send(&server, &alice.token(), &id, "still-sent").await;
 }
+
+/// A read position synced from another of the user's devices is stored for the device but wakes
+/// nothing: there is nothing to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_positions_from_the_users_other_devices_wake_nothing() {
+    let Some(receiver) = PushReceiver::start().await else { return };
+    let server = server!(|config| config.push.allow_http_loopback = true);
+    let alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let laptop = server.link_device(&mut bob).await;
+    let phones = receiver.subscribe().await;
+    subscribe(&server, &bob.token(), &phones).await;
+
+    let id = direct(&server, &alice, &[&bob]).await;
+    let seq = send(&server, &alice.token(), &id, "hello").await;
+    receiver.wait_for(&phones, 1).await;
+    assert_eq!(server.get("/v1/sync", Some(&bob.token())).await.0, StatusCode::OK);
+
+    // Bob reads on his laptop: his phone gets the read position in its queue, and no wake-up.
+    let laptop_token = bob.devices[laptop].token();
+    let (status, body) =
+        server.post(&format!("/v1/conversations/{id}/read"), Some(&laptop_token), json!({"seq": seq})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    settle().await;
+    assert_eq!(receiver.received(&phones).await.len(), 1);
+    let (_, synced) = server.get("/v1/sync", Some(&bob.token())).await;
+    assert!(synced["queue"].as_array().unwrap().iter().any(|item| item["kind"] == "read_marker"), "{synced}");
+    // The next message does wake the phone.
+    send(&server, &alice.token(), &id, "again").await;
+    receiver.wait_for(&phones, 2).await;
+}
