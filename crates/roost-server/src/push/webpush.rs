@@ -7,8 +7,9 @@
 //! relay and the device's native token) and the encrypted payload, so roostd keeps speaking only
 //! Web Push. See docs/operations.md, "Push notifications".
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -28,6 +29,10 @@ pub const WAKE_PAYLOAD: &[u8] = br#"{"type":"wake"}"#;
 const TOPIC: &str = "roost-wake";
 /// How long a VAPID token is valid (RFC 8292 allows at most 24 hours).
 const VAPID_VALIDITY_HOURS: u64 = 12;
+/// How long a signed VAPID token is reused, well inside its validity.
+const TOKEN_REUSE: Duration = Duration::from_secs(3600);
+/// Push-service origins whose tokens are kept, at most (browsers use a handful).
+const MAX_TOKENS: usize = 1024;
 /// The longest wait a push service's `Retry-After` is honoured for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -100,6 +105,9 @@ pub struct WebPush {
     contact: String,
     ttl: Duration,
     policy: Arc<EndpointPolicy>,
+    /// VAPID headers by push-service origin, with when they were signed: one signature serves
+    /// every request to that service for [`TOKEN_REUSE`].
+    tokens: std::sync::Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl WebPush {
@@ -126,7 +134,26 @@ impl WebPush {
             tracing::error!(error = %err, "the HTTP client for push requests cannot be built");
             reqwest::Client::new()
         });
-        Self { http, vapid, contact, ttl, policy }
+        Self { http, vapid, contact, ttl, policy, tokens: std::sync::Mutex::default() }
+    }
+
+    /// The VAPID header for `origin`: signed once per [`TOKEN_REUSE`], not per request.
+    fn authorization(&self, origin: &str) -> Result<String, String> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((signed, header)) = tokens.get(origin)
+            && signed.elapsed() < TOKEN_REUSE
+        {
+            return Ok(header.clone());
+        }
+        if tokens.len() >= MAX_TOKENS {
+            tokens.retain(|_, (signed, _)| signed.elapsed() < TOKEN_REUSE);
+            if tokens.len() >= MAX_TOKENS {
+                tokens.clear();
+            }
+        }
+        let header = self.vapid.authorization(origin, &self.contact)?;
+        tokens.insert(origin.to_owned(), (Instant::now(), header.clone()));
+        Ok(header)
     }
 
     async fn send(&self, subscription: &PushSubscriptionRecord) -> Outcome {
@@ -141,11 +168,18 @@ impl WebPush {
         let Ok(auth) = <[u8; 16]>::try_from(subscription.auth.as_slice()).map(Auth::from) else {
             return Outcome::Refused("unusable auth secret".into());
         };
-        let request = match WebPushBuilder::new(uri, public, auth).with_valid_duration(self.ttl).build(WAKE_PAYLOAD) {
-            Ok(request) => request,
+        // Encrypting takes two P-256 operations: off the async threads, which serve the sends.
+        let ttl = self.ttl;
+        let built = tokio::task::spawn_blocking(move || {
+            WebPushBuilder::new(uri, public, auth).with_valid_duration(ttl).build(WAKE_PAYLOAD)
+        })
+        .await;
+        let request = match built {
+            Ok(Ok(request)) => request,
+            Ok(Err(err)) => return Outcome::Refused(format!("encrypting: {err}")),
             Err(err) => return Outcome::Refused(format!("encrypting: {err}")),
         };
-        let authorization = match self.vapid.authorization(&url.origin().ascii_serialization(), &self.contact) {
+        let authorization = match self.authorization(&url.origin().ascii_serialization()) {
             Ok(authorization) => authorization,
             Err(err) => return Outcome::Refused(format!("signing: {err}")),
         };
@@ -232,6 +266,21 @@ mod tests {
         assert_eq!(outcome_of(429, &headers), Outcome::Retry(Some(MAX_RETRY_AFTER)));
         assert!(matches!(outcome_of(400, &headers), Outcome::Refused(_)));
         assert!(matches!(outcome_of(301, &headers), Outcome::Refused(_)), "redirects are not followed");
+    }
+
+    #[test]
+    fn one_signed_token_serves_each_push_service_for_a_while() {
+        let policy = Arc::new(EndpointPolicy::new(&crate::config::PushConfig::default()));
+        let push = WebPush::new(
+            Vapid::generate(),
+            "mailto:ops@example.com".into(),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            policy,
+        );
+        let first = push.authorization("https://fcm.googleapis.com").unwrap();
+        assert_eq!(push.authorization("https://fcm.googleapis.com").unwrap(), first, "reused, not signed again");
+        assert_ne!(push.authorization("https://push.services.mozilla.com").unwrap(), first, "one per audience");
     }
 
     #[test]
