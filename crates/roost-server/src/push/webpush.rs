@@ -108,6 +108,46 @@ pub struct WebPush {
     /// VAPID headers by push-service origin, with when they were signed: one signature serves
     /// every request to that service for [`TOKEN_REUSE`].
     tokens: std::sync::Mutex<HashMap<String, (Instant, String)>>,
+    sealer: Sealer,
+}
+
+/// A job for the sealing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread that encrypts wake-ups (two P-256 operations each), at a lower scheduling priority
+/// than the rest of the server: on a busy machine the sends come first and wake-ups wait.
+struct Sealer {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Sealer {
+    fn start() -> Self {
+        let (jobs, queued) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new().name("roost-push-seal".into()).spawn(move || {
+            // On Linux this lowers this thread alone (nice 10); elsewhere it may do nothing.
+            if let Err(err) = rustix::process::setpriority_process(None, 10) {
+                tracing::debug!(error = %err, "the push sealing thread keeps the server's priority");
+            }
+            while let Ok(job) = queued.recv() {
+                job();
+            }
+        });
+        if let Err(err) = started {
+            tracing::error!(error = %err, "the push sealing thread cannot start: wake-ups cannot be sent");
+        }
+        Self { jobs }
+    }
+
+    /// Runs `work` on the sealing thread; `None` if the thread is gone.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .ok()?;
+        result.await.ok()
+    }
 }
 
 impl WebPush {
@@ -134,7 +174,7 @@ impl WebPush {
             tracing::error!(error = %err, "the HTTP client for push requests cannot be built");
             reqwest::Client::new()
         });
-        Self { http, vapid, contact, ttl, policy, tokens: std::sync::Mutex::default() }
+        Self { http, vapid, contact, ttl, policy, tokens: std::sync::Mutex::default(), sealer: Sealer::start() }
     }
 
     /// The VAPID header for `origin`: signed once per [`TOKEN_REUSE`], not per request.
@@ -168,16 +208,15 @@ impl WebPush {
         let Ok(auth) = <[u8; 16]>::try_from(subscription.auth.as_slice()).map(Auth::from) else {
             return Outcome::Refused("unusable auth secret".into());
         };
-        // Encrypting takes two P-256 operations: off the async threads, which serve the sends.
         let ttl = self.ttl;
-        let built = tokio::task::spawn_blocking(move || {
-            WebPushBuilder::new(uri, public, auth).with_valid_duration(ttl).build(WAKE_PAYLOAD)
-        })
-        .await;
+        let built = self
+            .sealer
+            .run(move || WebPushBuilder::new(uri, public, auth).with_valid_duration(ttl).build(WAKE_PAYLOAD))
+            .await;
         let request = match built {
-            Ok(Ok(request)) => request,
-            Ok(Err(err)) => return Outcome::Refused(format!("encrypting: {err}")),
-            Err(err) => return Outcome::Refused(format!("encrypting: {err}")),
+            Some(Ok(request)) => request,
+            Some(Err(err)) => return Outcome::Refused(format!("encrypting: {err}")),
+            None => return Outcome::Retry(None),
         };
         let authorization = match self.authorization(&url.origin().ascii_serialization()) {
             Ok(authorization) => authorization,
