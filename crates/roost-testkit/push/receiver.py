@@ -10,7 +10,8 @@ Control API (JSON): POST /subscriptions -> {id, endpoint, keys: {p256dh, auth}};
 POST /endpoints -> {id, endpoint}: an endpoint for keys the subscriber made itself (as with a
 UnifiedPush distributor), whose pushes are kept undecrypted (`body`, base64url);
 GET /received/<id> -> [push, ...]; POST /statuses/<id> {"statuses": [503, 201]} (the last one
-stays). Prints "listening <port>" once it accepts connections.
+stays; 0 never answers, a 3xx redirects to the same endpoint). Prints "listening <port>" once it
+accepts connections.
 """
 
 import base64
@@ -173,7 +174,13 @@ class Handler(BaseHTTPRequestHandler):
         }
         with LOCK:
             RECEIVED[sid].append(record)
-        self.reply(status, {}, [("Retry-After", "1")] if status in (429, 503) else [])
+        if status == 0:
+            time.sleep(30)
+            return
+        headers = [("Retry-After", "1")] if status in (429, 503) else []
+        if 300 <= status < 400:
+            headers.append(("Location", self.path))
+        self.reply(status, {}, headers)
 
 
 def main():
