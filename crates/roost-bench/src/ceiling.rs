@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::server::remove_data_dir;
 
 /// The server's migrations, in order (a test checks none is missing).
-const MIGRATIONS: [(&str, &str); 4] = [
+const MIGRATIONS: [(&str, &str); 5] = [
     ("0001_accounts_and_keys.sql", include_str!("../../roost-store-sqlite/migrations/0001_accounts_and_keys.sql")),
     ("0002_conversations.sql", include_str!("../../roost-store-sqlite/migrations/0002_conversations.sql")),
     (
@@ -28,6 +28,7 @@ const MIGRATIONS: [(&str, &str); 4] = [
         include_str!("../../roost-store-sqlite/migrations/0003_message_ids_by_client_id.sql"),
     ),
     ("0004_attachments.sql", include_str!("../../roost-store-sqlite/migrations/0004_attachments.sql")),
+    ("0005_push.sql", include_str!("../../roost-store-sqlite/migrations/0005_push.sql")),
 ];
 
 /// Messages per commit measured.
