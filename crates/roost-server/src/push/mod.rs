@@ -37,6 +37,8 @@ use crate::error::{Error, Result};
 use crate::hub::{Hub, Waker};
 use crate::services::{Caller, Context};
 
+/// Claims held in memory past which the lapsed ones are dropped.
+const QUIET_PRUNE_AT: usize = 65_536;
 /// The first wait before a retry; each further retry waits twice as long.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -195,7 +197,13 @@ impl Push {
                 return;
             }
             let Some(bus) = self.hub.bus() else {
-                lock(&self.quiet).insert(device, Instant::now() + rewake);
+                let mut quiet = lock(&self.quiet);
+                if quiet.len() >= QUIET_PRUNE_AT {
+                    // Devices that never came back: their claims lapsed.
+                    let now = Instant::now();
+                    quiet.retain(|_, until| *until > now);
+                }
+                quiet.insert(device, Instant::now() + rewake);
                 break;
             };
             // Unreachable Redis (None) wakes the device rather than risk missing it.

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use roost_testkit::push::{PushReceiver, ReceiverSubscription};
 use serde_json::{Value, json};
 
-use super::common::{TestServer, assert_error};
+use super::common::{TestServer, TestUser, assert_error};
 use super::gateway::{Socket, direct, send};
 
 async fn subscribe(server: &TestServer, token: &str, subscription: &ReceiverSubscription) {
@@ -41,6 +41,20 @@ async fn server_key(server: &TestServer) -> String {
     let key = body["vapid_public_key"].as_str().unwrap().to_owned();
     assert_eq!(roost_proto::bytes::decode(&key).unwrap().len(), 65, "an uncompressed P-256 point");
     key
+}
+
+/// Alice, and bob and carol subscribed at the receiver (their subscriptions returned).
+async fn bob_and_carol_subscribed(
+    server: &TestServer,
+    receiver: &PushReceiver,
+) -> (TestUser, TestUser, TestUser, ReceiverSubscription, ReceiverSubscription) {
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let (bobs, carols) = (receiver.subscribe().await, receiver.subscribe().await);
+    subscribe(server, &bob.token(), &bobs).await;
+    subscribe(server, &carol.token(), &carols).await;
+    (alice, bob, carol, bobs, carols)
 }
 
 /// Lets wake-ups that are not supposed to come have the time to come anyway.
@@ -119,12 +133,7 @@ async fn a_connected_device_and_the_sender_get_no_wake_up() {
 async fn a_gone_subscription_is_deleted_and_failures_are_retried() {
     let Some(receiver) = PushReceiver::start().await else { return };
     let server = server!(|config| config.push.allow_http_loopback = true);
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let (bobs, carols) = (receiver.subscribe().await, receiver.subscribe().await);
-    subscribe(&server, &bob.token(), &bobs).await;
-    subscribe(&server, &carol.token(), &carols).await;
+    let (alice, bob, carol, bobs, carols) = bob_and_carol_subscribed(&server, &receiver).await;
     receiver.answer_with(&bobs, &[410]).await;
     receiver.answer_with(&carols, &[503, 429, 201]).await;
 
@@ -370,12 +379,7 @@ async fn requests_are_time_bound_and_follow_no_redirect() {
         config.push.timeout_secs = 1;
         config.push.max_attempts = 2;
     });
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let (bobs, carols) = (receiver.subscribe().await, receiver.subscribe().await);
-    subscribe(&server, &bob.token(), &bobs).await;
-    subscribe(&server, &carol.token(), &carols).await;
+    let (alice, bob, carol, bobs, carols) = bob_and_carol_subscribed(&server, &receiver).await;
     receiver.answer_with(&bobs, &[0]).await;
     receiver.answer_with(&carols, &[307]).await;
 
