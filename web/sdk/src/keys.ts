@@ -3,7 +3,9 @@
  * device's key. Ids are the raw 32-byte public keys in base64url.
  */
 
-import { toBase64Url } from "./bytes.js";
+import { fromBase64Url, toBase64Url } from "./bytes.js";
+
+const PKCS8_PREFIX = Uint8Array.of(0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20);
 
 /** An Ed25519 key pair. */
 export class KeyPair {
@@ -25,6 +27,26 @@ export class KeyPair {
     // An Ed25519 PKCS#8 document ends with the 32-byte seed.
     const seed = extractable ? new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey)).slice(-32) : undefined;
     return new KeyPair(pair.privateKey, raw, seed);
+  }
+
+  /**
+   * The key pair of a 32-byte Ed25519 seed (as {@link KeyPair.seed} gave it): how a device's
+   * saved state brings its keys back.
+   */
+  static async fromSeed(seed: Uint8Array): Promise<KeyPair> {
+    if (seed.length !== 32) {
+      throw new Error("an Ed25519 seed is 32 bytes");
+    }
+    // The PKCS#8 document of an Ed25519 key is this fixed prefix, then the seed (RFC 8410).
+    const pkcs8 = new Uint8Array(PKCS8_PREFIX.length + 32);
+    pkcs8.set(PKCS8_PREFIX, 0);
+    pkcs8.set(seed, PKCS8_PREFIX.length);
+    const privateKey = await crypto.subtle.importKey("pkcs8", pkcs8 as BufferSource, { name: "Ed25519" }, true, ["sign"]);
+    const jwk = await crypto.subtle.exportKey("jwk", privateKey);
+    if (jwk.x === undefined) {
+      throw new Error("the key has no public part");
+    }
+    return new KeyPair(privateKey, fromBase64Url(jwk.x), seed.slice());
   }
 
   /** The id this key is known by: its public key in base64url. */

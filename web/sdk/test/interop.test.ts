@@ -15,7 +15,10 @@ import { test } from "node:test";
 
 import {
   Api,
+  Client,
   decodeContent,
+  type Event,
+  MemoryStore,
   deviceCertificateStatement,
   encodeContent,
   fromBase64Url,
@@ -28,6 +31,10 @@ import { available, cargoBinary, Roostd } from "./roostd.js";
 interface Synced {
   entries: { conversation_id: string; seq: number; kind: string; payload: string }[];
   queue: { id: number; kind: string; conversation_id?: string; payload: string }[];
+}
+
+function texts(events: Event[]): string[] {
+  return events.flatMap((event) => (event.type === "message" ? [String(event.message.content["body"])] : []));
 }
 
 function roost(home: string, args: string[]): string {
@@ -75,6 +82,134 @@ test("a Rust user starts a direct chat; the TypeScript user joins by Welcome, re
     assert.equal(accepted.seq, message.seq + 1);
     const read = roost(join(home, "alice"), ["sync"]);
     assert.match(read, /hello from typescript/);
+  } finally {
+    server.stop();
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+/** The user id `roost whoami` prints for the account in `home`. */
+function rustUser(home: string): string {
+  const shown = /^user\s+(\S+)$/m.exec(roost(home, ["whoami"]))?.[1];
+  assert.ok(shown, "whoami names the user");
+  return shown;
+}
+
+test("a TypeScript user creates a group; Rust users join, commit, remove and are removed", { skip: !available }, async () => {
+  const server = await Roostd.start();
+  const home = mkdtempSync(join(tmpdir(), "roost-cli-"));
+  try {
+    const [alice, bob] = [join(home, "alice"), join(home, "bob")];
+    roost(alice, ["init", "--server", server.base, "--handle", "alice"]);
+    roost(bob, ["init", "--server", server.base, "--handle", "bob"]);
+    const aliceId = rustUser(alice);
+    const web = await Client.register(new MemoryStore(), server.base);
+
+    // TypeScript creates; Rust joins by the Welcome and reads.
+    const id = await web.createConversation("group", [aliceId]);
+    await web.sendText(id, "hello from typescript");
+    const aliceRead = roost(alice, ["sync"]);
+    assert.match(aliceRead, /joined/);
+    assert.match(aliceRead, /hello from typescript/);
+
+    // A Rust commit (alice adds bob) is processed by TypeScript, which then writes to both.
+    assert.match(roost(alice, ["group", "add", id, "@bob"]), /added/);
+    const webSaw = await web.sync();
+    assert.deepEqual(
+      webSaw.map((event) => event.type),
+      ["members_changed"],
+    );
+    await web.sendText(id, "welcome bob");
+    assert.match(roost(bob, ["sync"]), /welcome bob/);
+    roost(bob, ["send", id, "hi from bob"]);
+    assert.deepEqual(texts(await web.sync()), ["hi from bob"]);
+    assert.match(roost(alice, ["sync"]), /hi from bob/);
+
+    // A TypeScript commit removes alice: both Rust users process it; alice reads nothing after.
+    await web.removeUsers(id, [aliceId]);
+    assert.match(roost(alice, ["sync"]), /no longer a member/);
+    await web.sendText(id, "alice is gone");
+    assert.match(roost(bob, ["sync"]), /alice is gone/);
+    assert.doesNotMatch(roost(alice, ["sync"]), /alice is gone/);
+
+    // And a Rust commit removes the TypeScript user, who sees it and can send no more.
+    assert.match(roost(bob, ["group", "remove", id, web.userId]), /removed/);
+    const removed = await web.sync();
+    assert.ok(
+      removed.some((event) => event.type === "removed" && event.conversationId === id),
+      JSON.stringify(removed),
+    );
+    roost(bob, ["send", id, "after the removal"]);
+    assert.deepEqual(texts(await web.sync()), []);
+    await assert.rejects(web.sendText(id, "still here?"));
+  } finally {
+    server.stop();
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+test("a Rust device joins by external commit from a GroupInfo the TypeScript SDK made", { skip: !available }, async () => {
+  // Fails without withRfcExternalPub: OpenMLS cannot read ts-mls's bare external_pub.
+  const server = await Roostd.start();
+  const home = mkdtempSync(join(tmpdir(), "roost-cli-"));
+  try {
+    const [bob, bobPhone] = [join(home, "bob"), join(home, "bob-phone")];
+    roost(bob, ["init", "--server", server.base, "--handle", "bob"]);
+    const web = await Client.register(new MemoryStore(), server.base);
+    const id = await web.createConversation("direct", [rustUser(bob)]);
+    assert.match(roost(bob, ["sync"]), /joined/);
+
+    const code = roost(bobPhone, ["link", "--server", server.base, "--no-wait"]).trim();
+    roost(bob, ["devices", "approve", code]);
+    assert.match(roost(bobPhone, ["link"]), /linked/);
+    // The newest GroupInfo of the conversation is the one TypeScript made when creating it.
+    assert.match(roost(bobPhone, ["join", id]), /joined/);
+
+    const webSaw = await web.sync();
+    assert.deepEqual(
+      webSaw.map((event) => event.type),
+      ["members_changed"],
+      JSON.stringify(webSaw),
+    );
+    await web.sendText(id, "to both of bob's devices");
+    assert.match(roost(bobPhone, ["sync"]), /to both of bob's devices/);
+    assert.match(roost(bob, ["sync"]), /to both of bob's devices/);
+  } finally {
+    server.stop();
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+test("a TypeScript device is linked to a Rust user and added to its conversations by Welcome", { skip: !available }, async () => {
+  const server = await Roostd.start();
+  const home = mkdtempSync(join(tmpdir(), "roost-cli-"));
+  try {
+    const [alice, bob] = [join(home, "alice"), join(home, "bob")];
+    roost(alice, ["init", "--server", server.base, "--handle", "alice"]);
+    roost(bob, ["init", "--server", server.base, "--handle", "bob"]);
+    roost(alice, ["dm", "@bob", "before the web device"]);
+    roost(bob, ["sync"]);
+
+    // The Rust CLI recomputes the code from the key the server returns: the SDK's link code
+    // must be the same function of the device key.
+    const store = new MemoryStore();
+    const code = await Client.startLink(store, server.base);
+    assert.match(roost(alice, ["devices", "approve", code]), /approved|linked|device/i);
+    const web = await Client.finishLink(store);
+    assert.ok(web);
+    assert.equal(web.userId, rustUser(alice));
+
+    // Alice's next sync adds the new device to her conversations (upkeep), by Welcome.
+    roost(alice, ["sync"]);
+    const joined = await web.sync();
+    assert.deepEqual(
+      joined.map((event) => event.type),
+      ["joined"],
+    );
+    roost(bob, ["sync"]);
+    roost(bob, ["dm", "@alice", "to every device of alice"]);
+    assert.deepEqual(texts(await web.sync()), ["to every device of alice"]);
+    assert.match(roost(alice, ["sync"]), /to every device of alice/);
   } finally {
     server.stop();
     rmSync(home, { recursive: true, force: true });
