@@ -125,6 +125,8 @@ interface ConversationRecord {
   kind: ConversationKind;
   /** The last entry applied (decrypted and kept, or skipped as this device's own). */
   processedSeq: number;
+  /** The server said this device was removed (or its user left); a Welcome starts it over. */
+  removed?: boolean;
 }
 
 interface Claimed {
@@ -722,6 +724,20 @@ export class Client {
     }
   }
 
+  /** The server's list of this device's conversations, every page: kinds, member users with
+   * their read positions (read receipts), last sequence numbers and unread counts. */
+  async listConversations(): Promise<ConversationSummary[]> {
+    const found: ConversationSummary[] = [];
+    let cursor: string | undefined;
+    do {
+      const query = cursor === undefined ? "" : `?cursor=${encodeURIComponent(cursor)}`;
+      const page = await this.api.call<{ conversations: ConversationSummary[]; cursor?: string }>("GET", `/v1/conversations${query}`);
+      found.push(...page.conversations);
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    return found;
+  }
+
   /** Moves this user's read position in a conversation forward to `seq`. */
   async markRead(conversationId: string, seq: number): Promise<void> {
     await this.api.call("POST", `/v1/conversations/${conversationId}/read`, { seq });
@@ -784,7 +800,8 @@ export class Client {
         if (item.conversation_id === undefined || item.seq === undefined) {
           return;
         }
-        if ((await this.store.get(keys.conversation(item.conversation_id))) !== undefined) {
+        const known = await this.store.get(keys.conversation(item.conversation_id));
+        if (known !== undefined && parse<ConversationRecord>(known).removed !== true) {
           const held = await this.group(item.conversation_id);
           if (isActive(held)) {
             return; // Already joined (this Welcome came again).
@@ -801,11 +818,21 @@ export class Client {
       case "keys_low":
         events.push({ type: "keys_replenished", count: await this.uploadKeyPackages(KEY_PACKAGE_BATCH, false) });
         return;
-      case "removed":
-        if (item.conversation_id !== undefined) {
-          events.push({ type: "removed", conversationId: item.conversation_id });
+      case "removed": {
+        if (item.conversation_id === undefined) {
+          return;
         }
+        const record = await this.store.get(keys.conversation(item.conversation_id));
+        if (record !== undefined && parse<ConversationRecord>(record).removed === true) {
+          return; // Known already, from the commit that removed this device.
+        }
+        if (record !== undefined) {
+          const kept: ConversationRecord = { ...parse<ConversationRecord>(record), removed: true };
+          await this.store.write([[keys.conversation(item.conversation_id), json(kept)]]);
+        }
+        events.push({ type: "removed", conversationId: item.conversation_id });
         return;
+      }
       case "read_marker":
         if (item.conversation_id !== undefined) {
           const { seq } = parse<{ seq: number }>(fromBase64Url(item.payload));
@@ -898,9 +925,31 @@ export class Client {
         return;
       }
       if (entry.kind === "commit") {
-        const next = await this.mls.applyCommit(state, fromBase64Url(entry.payload));
-        await this.store.write([[keys.group(id), saveGroup(next)], position]);
-        events.push({ type: isActive(next) ? "members_changed" : "removed", conversationId: id });
+        let next: ClientState;
+        try {
+          next = await this.mls.applyCommit(state, fromBase64Url(entry.payload));
+        } catch (error) {
+          // ts-mls cannot process a commit that removes this device when it carries a path
+          // (every OpenMLS removal does): the server's queue says whether that is what it was.
+          if (record.removed === true || (await this.removedAt(id, entry.seq))) {
+            await this.store.write([[keys.conversation(id), json({ ...record, processedSeq: entry.seq, removed: true })]]);
+            if (record.removed !== true) {
+              events.push({ type: "removed", conversationId: id });
+            }
+            return;
+          }
+          throw error;
+        }
+        const removed = !isActive(next);
+        await this.store.write([
+          [keys.group(id), saveGroup(next)],
+          [keys.conversation(id), json({ ...record, processedSeq: entry.seq, ...(removed ? { removed } : {}) })],
+        ]);
+        if (!removed) {
+          events.push({ type: "members_changed", conversationId: id });
+        } else if (record.removed !== true) {
+          events.push({ type: "removed", conversationId: id });
+        }
         return;
       }
       this.upkeepDue = true;
@@ -909,6 +958,24 @@ export class Client {
       events.push({ type: "rejected", conversationId: id, reason: String(error) });
     }
     await this.store.write([position]);
+  }
+
+  /** Whether the device's queue holds a `removed` item for the conversation at `seq` (a
+   * read-only look: nothing is acknowledged). */
+  private async removedAt(conversationId: string, seq: number): Promise<boolean> {
+    let cursor: string | undefined;
+    for (let page = 0; page < 10; page++) {
+      const query = cursor === undefined ? "" : `?cursor=${encodeURIComponent(cursor)}`;
+      const found = await this.api.call<{ queue: QueueFrame[]; cursor?: string }>("GET", `/v1/sync${query}`);
+      if (found.queue.some((item) => item.kind === "removed" && item.conversation_id === conversationId && item.seq === seq)) {
+        return true;
+      }
+      cursor = found.cursor;
+      if (cursor === undefined || found.queue.length === 0) {
+        return false;
+      }
+    }
+    return false;
   }
 
   // ---- The live stream ----------------------------------------------------------------------
@@ -1005,7 +1072,8 @@ export class Client {
     for (const conversationId of await this.conversationIds()) {
       const record = await this.store.get(keys.conversation(conversationId));
       if (record !== undefined) {
-        found.push({ conversationId, kind: parse<ConversationRecord>(record).kind, active: isActive(await this.group(conversationId)) });
+        const { kind, removed } = parse<ConversationRecord>(record);
+        found.push({ conversationId, kind, active: removed !== true && isActive(await this.group(conversationId)) });
       }
     }
     return found;
