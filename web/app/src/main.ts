@@ -13,6 +13,8 @@ import {
   type Message,
   RoostError,
   type Stream,
+  itemText,
+  timeline,
 } from "../../sdk/src/index.js";
 
 const params = new URLSearchParams(location.search);
@@ -146,7 +148,7 @@ function onEvent(event: Event): void {
     case "message":
       typing.get(event.message.conversationId)?.delete(event.message.senderUser);
       if (event.message.conversationId === current) {
-        appendMessage(event.message);
+        void renderMessages(current).catch((error: unknown) => say(failure(error)));
         showTyping();
       }
       scheduleRefresh();
@@ -260,12 +262,7 @@ async function showConversation(): Promise<void> {
   for (const item of $("conversations").children) {
     item.classList.toggle("current", (item as HTMLElement).dataset["id"] === current);
   }
-  const messages = $("messages");
-  messages.replaceChildren();
-  const history = await client.history(current);
-  for (const message of history) {
-    appendMessage(message);
-  }
+  const history = await renderMessages(current);
   if (summary === undefined) {
     return;
   }
@@ -321,34 +318,55 @@ function showMembers(summary: ConversationSummary): void {
   $("safety").textContent = "";
 }
 
-function appendMessage(message: Message): void {
-  const item = document.createElement("li");
-  item.dataset["seq"] = String(message.seq);
-  const mine = message.senderUser === client.userId;
-  item.classList.toggle("mine", mine);
-  const who = document.createElement("div");
-  who.className = "who";
-  who.textContent = nameOf(message.senderUser);
-  const bubble = document.createElement("span");
-  bubble.className = "bubble";
-  bubble.textContent = shown(message);
-  item.append(who, bubble);
-  if (mine) {
-    const status = document.createElement("span");
-    status.className = "status";
-    item.append(status);
+/**
+ * Shows a conversation's messages as people read them (edits, deletions, reactions, polls and
+ * display names applied by the SDK's timeline); returns the kept history.
+ */
+async function renderMessages(conversationId: string): Promise<Message[]> {
+  const history = await client.history(conversationId);
+  if (conversationId !== current) {
+    return history;
   }
-  $("messages").append(item);
-  item.scrollIntoView({ block: "end" });
-}
-
-/** What a message shows: its text, or what kind of content it is. */
-function shown(message: Message): string {
-  const content = message.content;
-  if (typeof content["body"] === "string") {
-    return content["body"];
+  const shown = timeline(history);
+  const list = $("messages");
+  list.replaceChildren();
+  for (const entry of shown.items) {
+    const item = document.createElement("li");
+    item.dataset["seq"] = String(entry.seq);
+    const mine = entry.senderUser === client.userId;
+    item.classList.toggle("mine", mine);
+    const who = document.createElement("div");
+    who.className = "who";
+    who.textContent = shown.displayNames.get(entry.senderUser) ?? nameOf(entry.senderUser);
+    item.append(who);
+    if (entry.quote !== undefined) {
+      const quote = document.createElement("div");
+      quote.className = "quote";
+      quote.textContent = `${nameOf(entry.quote.senderUser)}: ${entry.quote.text}`;
+      item.append(quote);
+    }
+    const bubble = document.createElement("span");
+    bubble.className = "bubble";
+    bubble.textContent = itemText(entry);
+    item.append(bubble);
+    if (entry.reactions.size > 0) {
+      const reactions = document.createElement("div");
+      reactions.className = "reactions";
+      reactions.textContent = [...entry.reactions]
+        .map(([emoji, users]) => `${emoji} ${users.map(nameOf).join(", ")}`)
+        .join("  ");
+      item.append(reactions);
+    }
+    if (mine) {
+      const status = document.createElement("span");
+      status.className = "status";
+      item.append(status);
+    }
+    list.append(item);
   }
-  return `a ${String(content.type)} message this version cannot show`;
+  list.lastElementChild?.scrollIntoView({ block: "end" });
+  showReceipts();
+  return history;
 }
 
 /** Own messages show who has read them (from members' read positions and live receipts). */
@@ -392,14 +410,8 @@ $("composer").addEventListener("submit", (event) => {
   typingSent = 0;
   stream?.typing(conversationId, false);
   act(async () => {
-    const seq = await client.sendText(conversationId, text);
-    if (conversationId === current) {
-      const [sent] = (await client.history(conversationId)).filter((message) => message.seq === seq);
-      if (sent !== undefined) {
-        appendMessage(sent);
-        showReceipts();
-      }
-    }
+    await client.sendText(conversationId, text);
+    await renderMessages(conversationId);
   });
 });
 

@@ -197,6 +197,12 @@ test("a browser user chats with a roost CLI user", { skip }, async () => {
     await fay.locator("#messages .bubble", { hasText: "hello from the terminal" }).waitFor();
     // The CLI marked what it printed as read: the browser shows it.
     await fay.locator("#messages li.mine .status", { hasText: "read by @cli" }).waitFor();
+    // Reactions and edits from the CLI show as the CLI shows them (the same timeline rules).
+    roost(["react", id, "1", "👍"]);
+    roost(["edit", id, "2", "hello from the terminal, edited"]);
+    await fay.locator("#messages li.mine .reactions", { hasText: "👍 @cli" }).waitFor();
+    await fay.locator("#messages .bubble", { hasText: "hello from the terminal, edited (edited)" }).waitFor();
+    assert.match(roost(["history", id]), /hello from the terminal, edited \(edited\)/);
   } finally {
     rmSync(home, { recursive: true, force: true });
   }

@@ -18,6 +18,7 @@ import { isActive, loadGroup, loadKeyPackage, members, MlsDevice, type OwnKeyPac
 import { safetyNumber } from "./safety.js";
 import { deviceCertificateStatement, handleStatement, linkCode, revokeDeviceStatement } from "./statements.js";
 import type { StateStore, Write } from "./store.js";
+import { type Timeline, timeline } from "./timeline.js";
 
 /** One-time KeyPackages uploaded at registration and on `keys_low`. */
 export const KEY_PACKAGE_BATCH = 20;
@@ -1093,6 +1094,12 @@ export class Client {
       }
     }
     return found;
+  }
+
+  /** The conversation as people read it: its messages with edits, deletions, reactions, poll
+   * votes and profiles applied (see `timeline.ts`). */
+  async timeline(conversationId: string): Promise<Timeline> {
+    return timeline(await this.history(conversationId));
   }
 
   /** The users in a conversation, from its verified leaves. */

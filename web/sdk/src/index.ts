@@ -1,5 +1,4 @@
 /** The Roost client SDK for browsers and Node. */
-
 export { Api, RoostError } from "./api.js";
 export type { PushStatus, PushSubscriptionJSON, Session } from "./api.js";
 export { fromBase64Url, toBase64Url, toHex } from "./bytes.js";
@@ -14,3 +13,5 @@ export { Client, KEY_PACKAGE_BATCH, Stream } from "./client.js";
 export type { ConversationKind, ConversationSummary, EntryFrame, Event, Message, QueueFrame, ServerFrame } from "./client.js";
 export { IndexedDbStore, MemoryStore } from "./store.js";
 export type { StateStore, Write } from "./store.js";
+export { byteSize, display, itemText, timeline } from "./timeline.js";
+export type { Timeline, TimelineItem } from "./timeline.js";
