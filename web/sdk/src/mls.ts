@@ -95,6 +95,16 @@ export interface OwnKeyPackage {
   encoded: Uint8Array;
 }
 
+/**
+ * A KeyPackage's lifetime as docs/protocol.md gives it (OpenMLS's default, what the Rust SDK
+ * makes): from an hour before now until 84 days after. ts-mls's own default ends after 15
+ * days, too soon for a last-resort package that may wait months to be claimed.
+ */
+export function keyPackageLifetime(now = Date.now()): { notBefore: bigint; notAfter: bigint } {
+  const seconds = Math.floor(now / 1000);
+  return { notBefore: BigInt(seconds - 3600), notAfter: BigInt(seconds + 84 * 86400) };
+}
+
 /** The extension that marks a last-resort KeyPackage (RFC 9420, section 17.3). */
 const LAST_RESORT_EXTENSION = 0x000a;
 
@@ -275,6 +285,7 @@ export class MlsDevice {
       signatureKeyPair: this.signatureKeyPair(),
       cipherSuite: this.context.cipherSuite,
       capabilities,
+      lifetime: keyPackageLifetime(),
       // No GREASE extension in the KeyPackage: ts-mls would add one without listing it in the
       // leaf's capabilities, and OpenMLS (the Rust SDK) then refuses the package.
       extensions: lastResort ? [makeCustomExtension({ extensionType: LAST_RESORT_EXTENSION, extensionData: new Uint8Array() })] : [],

@@ -1,8 +1,8 @@
 /**
- * The one correction the SDK makes to ts-mls's output: the GroupInfo `external_pub` extension
- * in RFC 9420's encoding (the HPKE public key with its varint length). Removing
- * `withRfcExternalPub` fails these tests (and the interop test in which a Rust device joins by
- * external commit from a GroupInfo made here).
+ * What the SDK makes with ts-mls that the Rust SDK reads: GroupInfo with the `external_pub`
+ * extension in RFC 9420's encoding (the HPKE public key with its varint length; removing
+ * `withRfcExternalPub` fails these tests and the interop test in which a Rust device joins by
+ * external commit from a GroupInfo made here), and KeyPackages with the Rust SDK's lifetime.
  */
 
 import assert from "node:assert/strict";
@@ -58,4 +58,18 @@ test("a GroupInfo that already has the prefix is left as it is", async () => {
   }
   const again = await withRfcExternalPub(message.groupInfo, new Uint8Array(32), mls.context);
   assert.equal(again, message.groupInfo);
+});
+
+test("KeyPackages live as the Rust SDK's do: from an hour ago for 84 days", async () => {
+  const { mls } = await device();
+  const before = BigInt(Math.floor(Date.now() / 1000));
+  const own = await mls.keyPackage(true);
+  const lifetime = own.publicPackage.leafNode.lifetime;
+  assert.ok(lifetime, "a KeyPackage's leaf has a lifetime");
+  assert.ok(lifetime.notBefore <= before - 3600n && lifetime.notBefore >= before - 3602n);
+  assert.ok(lifetime.notAfter >= before + 84n * 86400n && lifetime.notAfter <= before + 84n * 86400n + 2n);
+  assert.ok(
+    own.publicPackage.extensions.some((extension) => extension.extensionType === 0x000a),
+    "and a last-resort one says so",
+  );
 });
