@@ -11,6 +11,7 @@ import {
   type Event,
   IndexedDbStore,
   type Message,
+  type PushSubscriptionJSON,
   RoostError,
   type Stream,
   itemText,
@@ -136,6 +137,7 @@ async function enter(): Promise<void> {
   const me = await client.devices(client.userId);
   $("me").textContent = me.handle === undefined ? client.userId.slice(0, 8) : `@${me.handle}`;
   $("approve-form").classList.toggle("hidden", !client.holdsIdentity);
+  await renewPush();
   stream = client.listen(onEvent, (code) => say(`disconnected (${code}); reload to connect again`));
   await stream.ready;
   await refresh();
@@ -498,5 +500,41 @@ $("approve-form").addEventListener("submit", (event) => {
     }
   });
 });
+
+// ---- Push notifications ---------------------------------------------------------------------
+
+/**
+ * Subscribes this browser to Web Push through the service worker (`sw.js`), which shows a
+ * notification for each wake-up roostd sends while the app has no socket open.
+ */
+$("notify").addEventListener("click", () => {
+  act(async () => {
+    if (!("serviceWorker" in navigator) || !("PushManager" in window)) {
+      throw new Error("this browser cannot receive push notifications");
+    }
+    if ((await Notification.requestPermission()) !== "granted") {
+      throw new Error("notifications are not allowed for this page");
+    }
+    const registration = await navigator.serviceWorker.register("sw.js");
+    await navigator.serviceWorker.ready;
+    const applicationServerKey = await client.api.pushServerKey();
+    const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: applicationServerKey as BufferSource });
+    await client.api.subscribePush(subscription.toJSON() as PushSubscriptionJSON);
+    say("notifications on: this browser is told when messages arrive while the app is closed");
+  });
+});
+
+/** Gives roostd this browser's push subscription again (it drops one the push service
+ * refuses, and one of a device that logged out), when the browser holds one. */
+async function renewPush(): Promise<void> {
+  if (!("serviceWorker" in navigator)) {
+    return;
+  }
+  const registration = await navigator.serviceWorker.getRegistration();
+  const subscription = await registration?.pushManager.getSubscription();
+  if (subscription !== null && subscription !== undefined) {
+    await client.api.subscribePush(subscription.toJSON() as PushSubscriptionJSON).catch(() => undefined);
+  }
+}
 
 start().catch((error: unknown) => say(failure(error), "setup-status"));

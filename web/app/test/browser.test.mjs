@@ -207,3 +207,34 @@ test("a browser user chats with a roost CLI user", { skip }, async () => {
     rmSync(home, { recursive: true, force: true });
   }
 });
+
+test("the service worker shows a notification for a push wake-up", { skip }, async () => {
+  // Subscribing needs the browser's push service, which this machine cannot reach; the push
+  // itself is delivered the way the browser would, through the DevTools protocol.
+  const context = await browser.newContext();
+  await context.grantPermissions(["notifications"], { origin: server.base });
+  const page = await context.newPage();
+  await page.goto(server.base);
+  await page.evaluate(async () => {
+    await navigator.serviceWorker.register("sw.js");
+    await navigator.serviceWorker.ready;
+  });
+  const cdp = await context.newCDPSession(page);
+  const registered = new Promise((resolve) => {
+    cdp.on("ServiceWorker.workerRegistrationUpdated", ({ registrations }) => {
+      const found = registrations.find((registration) => registration.scopeURL === `${server.base}/`);
+      if (found !== undefined) {
+        resolve(found.registrationId);
+      }
+    });
+  });
+  await cdp.send("ServiceWorker.enable");
+  const registrationId = await registered;
+  await cdp.send("ServiceWorker.deliverPushMessage", { origin: server.base, registrationId, data: '{"type":"wake"}' });
+  const shown = await page.waitForFunction(async () => {
+    const notifications = await (await navigator.serviceWorker.ready).getNotifications();
+    return notifications.length > 0 ? notifications.map((notification) => [notification.title, notification.body, notification.tag]) : false;
+  });
+  assert.deepEqual(await shown.jsonValue(), [["Roost", "New messages", "roost-wake"]]);
+  await context.close();
+});
