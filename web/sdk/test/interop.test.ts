@@ -41,10 +41,20 @@ function roost(home: string, args: string[]): string {
   return execFileSync(cargoBinary("roost"), ["--home", home, ...args], { encoding: "utf8" });
 }
 
-test("a Rust user starts a direct chat; the TypeScript user joins by Welcome, reads it and answers", { skip: !available }, async () => {
+/** Runs `body` against a fresh roostd, with a temporary directory for the CLI users' homes. */
+async function withServer(body: (server: Roostd, home: string) => Promise<void>): Promise<void> {
   const server = await Roostd.start();
   const home = mkdtempSync(join(tmpdir(), "roost-cli-"));
   try {
+    await body(server, home);
+  } finally {
+    server.stop();
+    rmSync(home, { recursive: true, force: true });
+  }
+}
+
+test("a Rust user starts a direct chat; the TypeScript user joins by Welcome, reads it and answers", { skip: !available }, async () => {
+  await withServer(async (server, home) => {
     const api = new Api(server.base);
     const identity = await KeyPair.generate();
     const device = await KeyPair.generate(true);
@@ -70,22 +80,19 @@ test("a Rust user starts a direct chat; the TypeScript user joins by Welcome, re
     await api.call("POST", "/v1/ack", {
       conversations: [{ conversation_id: message.conversation_id, seq: message.seq }],
       queue_up_to: welcome.id,
-    });
+  });
 
-    // And back: the TypeScript user answers; the Rust user reads it.
-    const reply = await mls.seal(opened.state, encodeContent({ type: "text", body: "hello from typescript" }));
-    const accepted = await api.call<{ seq: number }>("POST", `/v1/conversations/${message.conversation_id}/messages`, {
-      client_message_id: "ts-1",
-      epoch: Number(reply.epoch),
-      ciphertext: toBase64Url(reply.bytes),
-    });
-    assert.equal(accepted.seq, message.seq + 1);
-    const read = roost(join(home, "alice"), ["sync"]);
-    assert.match(read, /hello from typescript/);
-  } finally {
-    server.stop();
-    rmSync(home, { recursive: true, force: true });
-  }
+  // And back: the TypeScript user answers; the Rust user reads it.
+  const reply = await mls.seal(opened.state, encodeContent({ type: "text", body: "hello from typescript" }));
+  const accepted = await api.call<{ seq: number }>("POST", `/v1/conversations/${message.conversation_id}/messages`, {
+    client_message_id: "ts-1",
+    epoch: Number(reply.epoch),
+    ciphertext: toBase64Url(reply.bytes),
+  });
+  assert.equal(accepted.seq, message.seq + 1);
+  const read = roost(join(home, "alice"), ["sync"]);
+  assert.match(read, /hello from typescript/);
+  });
 });
 
 /** The user id `roost whoami` prints for the account in `home`. */
@@ -96,9 +103,7 @@ function rustUser(home: string): string {
 }
 
 test("a TypeScript user creates a group; Rust users join, commit, remove and are removed", { skip: !available }, async () => {
-  const server = await Roostd.start();
-  const home = mkdtempSync(join(tmpdir(), "roost-cli-"));
-  try {
+  await withServer(async (server, home) => {
     const [alice, bob] = [join(home, "alice"), join(home, "bob")];
     roost(alice, ["init", "--server", server.base, "--handle", "alice"]);
     roost(bob, ["init", "--server", server.base, "--handle", "bob"]);
@@ -139,17 +144,12 @@ test("a TypeScript user creates a group; Rust users join, commit, remove and are
     roost(bob, ["send", id, "after the removal"]);
     assert.deepEqual(texts(await web.sync()), []);
     await assert.rejects(web.sendText(id, "still here?"));
-  } finally {
-    server.stop();
-    rmSync(home, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a Rust device joins by external commit from a GroupInfo the TypeScript SDK made", { skip: !available }, async () => {
   // Fails without withRfcExternalPub: OpenMLS cannot read ts-mls's bare external_pub.
-  const server = await Roostd.start();
-  const home = mkdtempSync(join(tmpdir(), "roost-cli-"));
-  try {
+  await withServer(async (server, home) => {
     const [bob, bobPhone] = [join(home, "bob"), join(home, "bob-phone")];
     roost(bob, ["init", "--server", server.base, "--handle", "bob"]);
     const web = await Client.register(new MemoryStore(), server.base);
@@ -171,16 +171,11 @@ test("a Rust device joins by external commit from a GroupInfo the TypeScript SDK
     await web.sendText(id, "to both of bob's devices");
     assert.match(roost(bobPhone, ["sync"]), /to both of bob's devices/);
     assert.match(roost(bob, ["sync"]), /to both of bob's devices/);
-  } finally {
-    server.stop();
-    rmSync(home, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a TypeScript device is linked to a Rust user and added to its conversations by Welcome", { skip: !available }, async () => {
-  const server = await Roostd.start();
-  const home = mkdtempSync(join(tmpdir(), "roost-cli-"));
-  try {
+  await withServer(async (server, home) => {
     const [alice, bob] = [join(home, "alice"), join(home, "bob")];
     roost(alice, ["init", "--server", server.base, "--handle", "alice"]);
     roost(bob, ["init", "--server", server.base, "--handle", "bob"]);
@@ -207,8 +202,5 @@ test("a TypeScript device is linked to a Rust user and added to its conversation
     roost(bob, ["dm", "@alice", "to every device of alice"]);
     assert.deepEqual(texts(await web.sync()), ["to every device of alice"]);
     assert.match(roost(alice, ["sync"]), /to every device of alice/);
-  } finally {
-    server.stop();
-    rmSync(home, { recursive: true, force: true });
-  }
+  });
 });
