@@ -474,12 +474,17 @@ impl ConversationStore for PostgresStore {
 
     async fn prune_retention(&self, now: i64, max_age_ms: Option<i64>, batch: u32) -> StoreResult<u64> {
         // Each statement deletes at most `batch` rows in a transaction of its own, so no lock is
-        // held over a big table for long.
+        // held over a big table for long. Each walks its table's `created_at` index from the
+        // oldest row (`ORDER BY created_at`), so a pass that finds nothing to delete reads
+        // nothing: without that, PostgreSQL may plan a scan of the whole table every pass, which
+        // on a busy server stalls the sends committing meanwhile (benchmark-log.md).
         let mut pruned = self
             .delete_in_batches(
-                "DELETE FROM entries WHERE ctid = ANY(ARRAY(SELECT e.ctid FROM entries e JOIN conversations c \
-                 ON c.id = e.conversation_id WHERE c.retention = 'ttl' AND e.created_at <= $1 - c.retention_ttl_ms \
-                 LIMIT $2))",
+                "DELETE FROM entries WHERE ctid = ANY(ARRAY(SELECT e.ctid FROM entries e \
+                 WHERE e.created_at <= $1 - (SELECT min(retention_ttl_ms) FROM conversations WHERE retention = 'ttl') \
+                 AND e.created_at <= $1 - (SELECT c.retention_ttl_ms FROM conversations c \
+                                           WHERE c.id = e.conversation_id AND c.retention = 'ttl') \
+                 ORDER BY e.created_at LIMIT $2))",
                 Some(now),
                 batch,
             )
@@ -487,9 +492,12 @@ impl ConversationStore for PostgresStore {
         if let Some(max_age) = max_age_ms {
             let cutoff = now.saturating_sub(max_age);
             for sql in [
-                "DELETE FROM entries WHERE ctid = ANY(ARRAY(SELECT ctid FROM entries WHERE created_at <= $1 LIMIT $2))",
-                "DELETE FROM message_ids WHERE ctid = ANY(ARRAY(SELECT ctid FROM message_ids WHERE created_at <= $1 LIMIT $2))",
-                "DELETE FROM device_queue WHERE ctid = ANY(ARRAY(SELECT ctid FROM device_queue WHERE created_at <= $1 LIMIT $2))",
+                "DELETE FROM entries WHERE ctid = ANY(ARRAY(SELECT ctid FROM entries WHERE created_at <= $1 \
+                 ORDER BY created_at LIMIT $2))",
+                "DELETE FROM message_ids WHERE ctid = ANY(ARRAY(SELECT ctid FROM message_ids WHERE created_at <= $1 \
+                 ORDER BY created_at LIMIT $2))",
+                "DELETE FROM device_queue WHERE ctid = ANY(ARRAY(SELECT ctid FROM device_queue WHERE created_at <= $1 \
+                 ORDER BY created_at LIMIT $2))",
             ] {
                 pruned += self.delete_in_batches(sql, Some(cutoff), batch).await?;
             }
