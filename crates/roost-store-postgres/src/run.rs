@@ -27,9 +27,6 @@ pub(crate) enum Failure {
     Store(StoreError),
     /// The database refused or failed.
     Sql(sqlx::Error),
-    /// Another transaction got in the way in a way the database did not report as an error (a
-    /// write found a row it should not have); running again can succeed.
-    Conflict,
 }
 
 impl From<sqlx::Error> for Failure {
@@ -179,7 +176,7 @@ impl Attempts {
     /// gave a domain answer, or met a conflict (the transaction rolled back cleanly).
     pub(crate) fn connection_intact<T>(outcome: &Work<T>) -> bool {
         match outcome {
-            Ok(_) | Err(Failure::Conflict) => true,
+            Ok(_) => true,
             Err(Failure::Sql(err)) => classify(err) == Class::Conflict,
             Err(Failure::Store(_)) => false,
         }
@@ -191,8 +188,7 @@ impl Attempts {
         let (class, err) = match outcome {
             Ok(value) => return Next::Done(Ok(value)),
             Err(Failure::Store(err)) => return Next::Done(Err(err)),
-            Err(Failure::Conflict) => (Class::Conflict, None),
-            Err(Failure::Sql(err)) => (classify(&err), Some(err)),
+            Err(Failure::Sql(err)) => (classify(&err), err),
         };
         match class {
             Class::Conflict if self.conflicts + 1 < CONFLICT_ATTEMPTS => {
@@ -207,10 +203,7 @@ impl Attempts {
                 metrics::counter!("roost_store_retries_total", "op" => op, "reason" => "connection").increment(1);
                 Next::Again
             }
-            _ => Next::Done(Err(match err {
-                Some(err) => backend(op, &err),
-                None => StoreError::Backend(format!("{op}: gave up after repeated conflicts")),
-            })),
+            _ => Next::Done(Err(backend(op, &err))),
         }
     }
 }

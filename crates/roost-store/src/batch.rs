@@ -3,9 +3,10 @@
 //!
 //! A backend reads what the checks need for the whole batch (each conversation's head, whether
 //! each sender is a current member, an earlier result of each client message id), hands it to
-//! [`plan`], writes what the plan accepted and commits; each send is answered only after that
-//! commit, so "acknowledged = durable" holds while many sends share one transaction and one
-//! flush of the log.
+//! [`plan`], writes what the plan accepted and commits (PostgreSQL applies the same rules inside
+//! the database, in one call per batch, and the store conformance suite holds both backends to
+//! the same answers); each send is answered only after that commit, so "acknowledged = durable"
+//! holds while many sends share one transaction and one flush of the log.
 
 use std::collections::HashMap;
 

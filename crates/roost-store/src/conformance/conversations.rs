@@ -243,6 +243,43 @@ pub async fn bursts_across_conversations_keep_each_log_and_retry_exact<S: Store>
     }
 }
 
+/// Within one burst, an id is decided message by message as lone sends would be: sent first
+/// with a stale epoch it is refused, sent again with the current one it is stored, and sent
+/// once more, even with a stale epoch, it is a retry answered with that stored message.
+pub async fn retries_inside_a_burst_are_decided_in_order<S: Store>(store: &S) {
+    people(store).await;
+    create(store, 1, ConversationKind::Direct, &[(2, 20)], RetentionPolicy::Permanent).await;
+    store.append_message(message(1, member(1, 10), "before", 1, NOW)).await.unwrap();
+    let writes = vec![
+        message(1, member(1, 10), "x", 0, NOW + 1),
+        message(1, member(1, 10), "y", 1, NOW + 2),
+        message(1, member(1, 10), "x", 1, NOW + 3),
+        message(1, member(1, 10), "y", 0, NOW + 4),
+        message(1, member(1, 10), "x", 0, NOW + 5),
+        message(1, member(1, 10), "before", 0, NOW + 6),
+    ];
+    let results = join_all(writes.into_iter().map(|w| store.append_message(w))).await;
+    let answered: Vec<Result<(u64, i64, bool), String>> = results
+        .into_iter()
+        .map(|r| r.map(|a| (a.seq, a.created_at, a.duplicate)).map_err(|e| format!("{e:?}")))
+        .collect();
+    let stale = Err(format!("{:?}", StoreError::StaleEpoch { current: 1 }));
+    assert_eq!(
+        answered,
+        vec![
+            stale,
+            Ok((2, NOW + 2, false)),
+            Ok((3, NOW + 3, false)),
+            Ok((2, NOW + 2, true)),
+            Ok((3, NOW + 3, true)),
+            Ok((1, NOW, true)),
+        ]
+    );
+    let page = everything(store, 20).await;
+    assert_eq!(seqs(&page), vec![1, 2, 3]);
+    assert_eq!(store.conversation(&conversation(1)).await.unwrap().unwrap().last_seq, 3);
+}
+
 /// A retry with the same client message id returns the original result and stores nothing.
 pub async fn retried_client_message_ids_store_nothing_new<S: Store>(store: &S) {
     people(store).await;

@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             concurrent_sends_get_gap_free_sequence_numbers,
             refused_sends_in_a_burst_leave_no_trace,
             retried_client_message_ids_store_nothing_new,
+            retries_inside_a_burst_are_decided_in_order,
             bursts_across_conversations_keep_each_log_and_retry_exact,
             commits_check_the_epoch_and_change_membership_atomically,
             removed_devices_get_entries_up_to_their_removal_only,
