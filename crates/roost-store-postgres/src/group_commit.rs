@@ -81,7 +81,15 @@ async fn commit_batch(conn: &mut PgConnection, messages: &[&MessageWrite]) -> Wo
             StoreError::Backend(format!("{} messages were answered with {} rows", messages.len(), rows.len())).into()
         );
     }
-    rows.iter().map(|row| Ok(decided(row)?)).collect()
+    let mut results = Vec::with_capacity(rows.len());
+    for (position, row) in (1i64..).zip(&rows) {
+        let message: i64 = row.try_get("message").map_err(|_| corrupt("message"))?;
+        if message != position {
+            return Err(StoreError::Backend(format!("message {position} was answered by row {message}")).into());
+        }
+        results.push(decided(row)?);
+    }
+    Ok(results)
 }
 
 /// One message's result, from its row of `roost_append_messages`.
