@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use fred::clients::{Client, SubscriberClient};
+use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
 use fred::types::config::UnresponsiveConfig;
@@ -37,11 +37,13 @@ use roost_proto::{DeviceId, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 mod confirm;
+mod link;
 mod names;
 mod shared;
 mod wire;
 
 use self::confirm::Confirmations;
+use self::link::Link;
 use self::names::{Channel, Names};
 use self::wire::{Change, Envelope, Forget, Kick, Wire, hex, unhex};
 use crate::hub::{Bus, CloseReason, EncodedFrame, Hub, LiveEvent, PushedEntry, Seat, TooManyConnections};
@@ -95,7 +97,7 @@ pub struct RedisBus {
     origin: u64,
     outbox: mpsc::Sender<Outgoing>,
     listen: mpsc::UnboundedSender<Listen>,
-    publisher: Client,
+    publisher: Link,
     subscriber: SubscriberClient,
     /// Set by [`close`](Self::close): the heartbeat stops.
     closed: AtomicBool,
@@ -138,6 +140,7 @@ impl RedisBus {
 
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let (listen, changes) = mpsc::unbounded_channel();
+        let publisher = Link::new(publisher);
         tokio::spawn(publish(publisher.clone(), queued, Arc::downgrade(hub)));
         let bus = Arc::new(Self {
             origin,
@@ -169,7 +172,7 @@ impl RedisBus {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         let _ = self.subscriber.quit().await;
-        let _ = self.publisher.quit().await;
+        let _ = self.publisher.client().quit().await;
     }
 
     /// Publishes `wire` on each device's channel; `wake` says whether a device no instance
@@ -239,7 +242,7 @@ impl Bus for RedisBus {
             // change; the change is answered only then, so no instance serves from a stale value
             // after that. An instance that does not listen now distrusts its caches until it
             // listens again.
-            match publisher.publish::<i64, _, _>(channel, payload).await {
+            match publisher.ask(|redis| async move { redis.publish::<i64, _, _>(channel, payload).await }).await {
                 Ok(receivers) => {
                     metrics::counter!("roost_bus_published_total").increment(1);
                     confirmations.expect(id, receivers);
@@ -252,7 +255,7 @@ impl Bus for RedisBus {
                     // The other instances trust what they cached for the shared TTL at most, and
                     // empty their caches when their own link to Redis is lost and comes back.
                     metrics::counter!("roost_bus_dropped_total").increment(1);
-                    tracing::warn!(error = %err, "telling other instances of a cache change failed");
+                    tracing::debug!(error = %err, "telling other instances of a cache change failed");
                 }
             }
             confirmations.close(id);
@@ -315,7 +318,9 @@ async fn heartbeat(bus: Weak<RedisBus>) {
         if bus.closed.load(Ordering::Relaxed) {
             return;
         }
-        let (_, _): (Result<(), _>, Result<(), _>) = tokio::join!(bus.publisher.ping(None), bus.subscriber.ping(None));
+        let (published, _): (Result<(), _>, Result<(), _>) =
+            tokio::join!(bus.publisher.client().ping(None), bus.subscriber.ping(None));
+        bus.publisher.note(&published);
     }
 }
 
@@ -326,7 +331,7 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Sends what was queued for other instances, many publishes per round trip. A publish that no
 /// instance received went to a device without a socket anywhere: Redis's count of receivers
 /// says so exactly, and the device is handed to the hub's waker if the news was durable.
-async fn publish(publisher: Client, mut queued: mpsc::Receiver<Outgoing>, hub: Weak<Hub>) {
+async fn publish(publisher: Link, mut queued: mpsc::Receiver<Outgoing>, hub: Weak<Hub>) {
     while let Some(first) = queued.recv().await {
         let mut batch = vec![first];
         while batch.len() < PIPELINE {
@@ -335,11 +340,18 @@ async fn publish(publisher: Client, mut queued: mpsc::Receiver<Outgoing>, hub: W
                 Err(_) => break,
             }
         }
-        let pipeline = publisher.pipeline();
-        for (channel, payload, _) in &batch {
-            let _: Result<(), _> = pipeline.publish(channel.as_str(), payload.as_ref()).await;
-        }
-        let unheard: Vec<DeviceId> = match pipeline.all::<Vec<fred::types::Value>>().await {
+        let sent = publisher
+            .ask(|redis| {
+                let (pipeline, batch) = (redis.pipeline(), &batch);
+                async move {
+                    for (channel, payload, _) in batch {
+                        let _: Result<(), _> = pipeline.publish(channel.as_str(), payload.as_ref()).await;
+                    }
+                    pipeline.all::<Vec<fred::types::Value>>().await
+                }
+            })
+            .await;
+        let unheard: Vec<DeviceId> = match sent {
             Ok(receivers) => {
                 metrics::counter!("roost_bus_published_total").increment(batch.len() as u64);
                 let heard = receivers.iter().map(|count| count.as_i64().is_none_or(|count| count > 0));
@@ -347,7 +359,7 @@ async fn publish(publisher: Client, mut queued: mpsc::Receiver<Outgoing>, hub: W
             }
             Err(err) => {
                 metrics::counter!("roost_bus_dropped_total").increment(batch.len() as u64);
-                tracing::warn!(error = %err, lost = batch.len(), "publishing live events to Redis failed");
+                tracing::debug!(error = %err, lost = batch.len(), "publishing live events to Redis failed");
                 // Whether anyone holds their sockets is unknown: a needless wake-up beats none.
                 batch.iter().filter_map(|(_, _, wake)| *wake).collect()
             }
@@ -374,8 +386,11 @@ async fn manage(
     while let Some(change) = changes.recv().await {
         match change {
             Listen::Watch(device, done) => {
-                if let Err(err) = subscriber.subscribe(local.names.device(&device)).await {
-                    // Redis is away: the reconnect listens again for every device held here.
+                // While the connection is down the reconnect listens again for every device held
+                // here (this one is held already), so the socket need not wait for Redis.
+                if subscriber.is_connected()
+                    && let Err(err) = subscriber.subscribe(local.names.device(&device)).await
+                {
                     tracing::warn!(error = %err, "subscribing to a device's channel failed");
                 }
                 if let Some(bus) = bus.upgrade() {

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{LazyLock, Mutex, Weak};
 use std::time::Duration;
 
-use fred::clients::Client;
 use fred::types::scripts::Script;
 use roost_proto::{DeviceId, UserId};
 
+use super::link::Link;
 use super::names::Names;
 use super::{RedisBus, lock};
 use crate::hub::{Seat, TooManyConnections};
@@ -141,6 +141,14 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release_wake: Script::from_lua(RELEASE_WAKE),
 });
 
+/// Runs `script` unless Redis is known not to answer this instance now (see [`Link`]).
+async fn run<K>(redis: &Link, script: &'static Script, keys: K, args: Vec<String>) -> Result<i64, fred::error::Error>
+where
+    K: Into<fred::types::MultipleKeys> + Send,
+{
+    redis.ask(|client| async move { script.evalsha_with_reload(&client, keys, args).await }).await
+}
+
 /// The seats of the connections held by this instance (by name, with their user and whether
 /// they are visible), renewed while they last.
 pub(super) type HeldSeats = Mutex<HashMap<String, (UserId, bool)>>;
@@ -152,7 +160,7 @@ fn member(name: &str, visible: bool) -> String {
 
 /// Counts `seat` against its user's cap of `max` devices, unless that is reached.
 pub(super) async fn take_seat(
-    redis: Client,
+    redis: Link,
     names: Names,
     held: std::sync::Arc<HeldSeats>,
     seat: Seat,
@@ -160,12 +168,13 @@ pub(super) async fn take_seat(
     max: u32,
 ) -> Result<Seat, TooManyConnections> {
     let args = vec![device.to_string(), seat.name.clone(), max.to_string(), lease_ms()];
-    match SCRIPTS.take_seat.evalsha_with_reload::<i64, _, _>(&redis, names.seats(&seat.user), args).await {
+    let key = names.seats(&seat.user);
+    match run(&redis, &SCRIPTS.take_seat, key, args).await {
         Ok(0) => return Err(TooManyConnections),
         Ok(_) => {}
         // Redis is away: admitted, and counted by the renewal once it is back (until then the
         // cap holds per instance).
-        Err(err) => tracing::warn!(error = %err, "counting a connection across instances failed"),
+        Err(err) => tracing::debug!(error = %err, "counting a connection across instances failed"),
     }
     lock(&held).insert(seat.name.clone(), (seat.user, false));
     Ok(seat)
@@ -174,7 +183,7 @@ pub(super) async fn take_seat(
 /// Marks a seat visible for presence or not; returns how many of its user's connections are
 /// visible anywhere after.
 pub(super) async fn set_visible(
-    redis: Client,
+    redis: Link,
     names: Names,
     held: std::sync::Arc<HeldSeats>,
     seat: Seat,
@@ -184,22 +193,24 @@ pub(super) async fn set_visible(
         entry.1 = visible;
     }
     let args = vec![seat.name, u8::from(visible).to_string(), lease_ms()];
-    match SCRIPTS.set_visible.evalsha_with_reload::<i64, _, _>(&redis, names.seats(&seat.user), args).await {
+    let key = names.seats(&seat.user);
+    match run(&redis, &SCRIPTS.set_visible, key, args).await {
         Ok(count) => u32::try_from(count).ok(),
         Err(err) => {
-            tracing::warn!(error = %err, "recording a connection's presence across instances failed");
+            tracing::debug!(error = %err, "recording a connection's presence across instances failed");
             None
         }
     }
 }
 
 /// Gives a seat back; returns how many of its user's connections are still visible anywhere.
-pub(super) async fn leave_seat(redis: Client, names: Names, seat: Seat) -> Option<u32> {
-    match SCRIPTS.leave_seat.evalsha_with_reload::<i64, _, _>(&redis, names.seats(&seat.user), vec![seat.name]).await {
+pub(super) async fn leave_seat(redis: Link, names: Names, seat: Seat) -> Option<u32> {
+    let (key, args) = (names.seats(&seat.user), vec![seat.name]);
+    match run(&redis, &SCRIPTS.leave_seat, key, args).await {
         Ok(count) => u32::try_from(count).ok(),
         Err(err) => {
             // Its lease ends it.
-            tracing::warn!(error = %err, "giving a connection's seat back failed");
+            tracing::debug!(error = %err, "giving a connection's seat back failed");
             None
         }
     }
@@ -221,8 +232,9 @@ pub(super) async fn renew_seats(bus: Weak<RedisBus>) {
             let keys: Vec<String> = batch.iter().map(|(_, user)| bus.names.seats(user)).collect();
             let args: Vec<String> =
                 std::iter::once(lease_ms()).chain(batch.iter().map(|(name, _)| name.clone())).collect();
-            if let Err(err) = SCRIPTS.renew_seats.evalsha_with_reload::<i64, _, _>(&bus.publisher, keys, args).await {
-                tracing::warn!(error = %err, "renewing connections' seats failed");
+            let renewed = run(&bus.publisher, &SCRIPTS.renew_seats, keys, args).await;
+            if let Err(err) = renewed {
+                tracing::debug!(error = %err, "renewing connections' seats failed");
                 break;
             }
         }
@@ -234,20 +246,20 @@ fn lease_ms() -> String {
 }
 
 /// Claims a device's wake-up for `hold`; `None` if Redis cannot answer.
-pub(super) async fn claim_wake(redis: Client, key: String, hold: Duration) -> Option<bool> {
+pub(super) async fn claim_wake(redis: Link, key: String, hold: Duration) -> Option<bool> {
     let args = vec![hold.as_millis().max(1).to_string()];
-    match SCRIPTS.claim_wake.evalsha_with_reload::<i64, _, _>(&redis, key, args).await {
+    match run(&redis, &SCRIPTS.claim_wake, key, args).await {
         Ok(claimed) => Some(claimed == 1),
         Err(err) => {
-            tracing::warn!(error = %err, "claiming a wake-up across instances failed");
+            tracing::debug!(error = %err, "claiming a wake-up across instances failed");
             None
         }
     }
 }
 
 /// Gives a device's wake-up claim back (it lapses by itself if this fails).
-pub(super) async fn release_wake(redis: Client, key: String) {
-    let released = SCRIPTS.release_wake.evalsha_with_reload::<i64, _, _>(&redis, key, Vec::<String>::new()).await;
+pub(super) async fn release_wake(redis: Link, key: String) {
+    let released = run(&redis, &SCRIPTS.release_wake, key, Vec::new()).await;
     if let Err(err) = released {
         tracing::debug!(error = %err, "giving a wake-up claim back failed");
     }
@@ -255,14 +267,14 @@ pub(super) async fn release_wake(redis: Client, key: String) {
 
 /// Takes up to `want` tokens (at least one) from the shared bucket `key` of a limit of
 /// `per_minute`; `Err(())` if Redis cannot answer.
-pub(super) async fn take_tokens(redis: Client, key: String, per_minute: u32, want: u32) -> Result<Taken, ()> {
+pub(super) async fn take_tokens(redis: Link, key: String, per_minute: u32, want: u32) -> Result<Taken, ()> {
     let interval = 60_000.0 / f64::from(per_minute.max(1));
     let args = vec![interval.to_string(), per_minute.to_string(), want.max(1).to_string()];
-    match SCRIPTS.take_tokens.evalsha_with_reload::<i64, _, _>(&redis, key, args).await {
+    match run(&redis, &SCRIPTS.take_tokens, key, args).await {
         Ok(taken) if taken > 0 => Ok(Taken::Tokens(u32::try_from(taken).unwrap_or(1))),
         Ok(wait_ms) => Ok(Taken::Wait(Duration::from_millis(wait_ms.unsigned_abs()))),
         Err(err) => {
-            tracing::warn!(error = %err, "a shared rate limit could not be checked; this instance's applies");
+            tracing::debug!(error = %err, "a shared rate limit could not be checked; this instance's applies");
             Err(())
         }
     }
@@ -270,6 +282,7 @@ pub(super) async fn take_tokens(redis: Client, key: String, per_minute: u32, wan
 
 #[cfg(test)]
 mod tests {
+    use fred::clients::Client;
     use fred::prelude::ClientLike as _;
 
     use super::*;
@@ -279,6 +292,7 @@ mod tests {
         let Some(url) = roost_testkit::redis_url() else { return };
         let redis = Client::new(fred::types::config::Config::from_url(&url).expect("a Redis URL"), None, None, None);
         redis.init().await.expect("connect to Redis");
+        let redis = Link::new(redis);
         // A fresh key, gone by itself within a minute.
         let key = format!("roost:test:{}:limit", rand::random::<u64>());
         // Three a minute (one every 20 s): two of two asked, then the one left, then none.

@@ -125,6 +125,53 @@ async fn losing_redis_delays_live_events_but_loses_none() {
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(7));
 }
 
+/// With its Redis away, an instance stops asking it: the sends and sockets that would ask it (for
+/// rate-limit tokens, for a seat under the connection cap) are served at once by what the
+/// instance holds itself, rather than each waiting for a Redis command's timeout (2 s). What
+/// was sent meanwhile reaches the other instance's socket with the next entry it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
+    let Some(redis) = redis_url() else { return };
+    let (proxy, through_proxy) = {
+        let (_, target) = roost_testkit::proxy::redirect(&redis, "127.0.0.1:1".parse().unwrap());
+        let proxy = roost_testkit::proxy::Proxy::start(target).await;
+        let (url, _) = roost_testkit::proxy::redirect(&redis, proxy.address());
+        (proxy, url)
+    };
+    let Some((first, second)) = two_instances(Some(through_proxy)).await else { return };
+    let alice = first.user("alice").await;
+    let bob = first.user("bob").await;
+    let id = direct(&first, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&first, &bob.token()).await;
+    bobs.drain().await;
+    assert_eq!(send(&second, &alice.token(), &id, "before").await, 1);
+    assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(1));
+
+    proxy.cut();
+    // The send tokens the second instance took ahead lapse within a second; after that each send
+    // would ask Redis for more.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let started = std::time::Instant::now();
+    for i in 2..=6 {
+        assert_eq!(send(&second, &alice.token(), &id, &format!("during{i}")).await, i);
+    }
+    let mut alices = Socket::connect(&second, &alice.token()).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "five sends and a socket took {waited:?}: one of them waited for Redis"
+    );
+    alices.drain().await;
+
+    // The first instance heard nothing of 2 to 6; its socket reads them when 7 comes.
+    proxy.restore();
+    assert_eq!(send(&first, &alice.token(), &id, "after").await, 7);
+    for i in 2..=7 {
+        let frame = bobs.next_frame().await;
+        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(i)), "{frame}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_devices_new_connection_on_another_instance_replaces_its_old_one() {
     let Some((first, second)) = two_instances(None).await else { return };
