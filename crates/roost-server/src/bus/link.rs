@@ -36,21 +36,31 @@ impl Link {
         &self.client
     }
 
-    /// Whether Redis is expected to answer a command now: the connection is up and the last
-    /// command was answered.
-    pub(super) fn answering(&self) -> bool {
-        self.answering.load(Ordering::Relaxed) && self.client.is_connected()
-    }
-
-    /// Runs `command` on the client and notes its outcome; while Redis is not answering, fails
-    /// at once instead (with a `Canceled` error).
+    /// Runs `command` on the client and notes its outcome; fails at once instead (with a
+    /// `Canceled` error) while the last command went unanswered or the connection is down. For
+    /// what has an answer without Redis (rate-limit tokens, seats, presence, wake-up claims).
     pub(super) async fn ask<T, F, Fut>(&self, command: F) -> Result<T, Error>
     where
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        if !self.answering() {
-            return Err(Error::new(ErrorKind::Canceled, "Redis is not answering this instance"));
+        if !self.client.is_connected() {
+            return Err(away());
+        }
+        self.tell(command).await
+    }
+
+    /// Like [`ask`](Self::ask), but waits for a connection being made again (the client holds
+    /// commands meanwhile, up to its timeout) and fails at once only while the last command went
+    /// unanswered. For what has no answer without Redis (live events, cache invalidations,
+    /// renewing seats), which a short reconnect should not lose.
+    pub(super) async fn tell<T, F, Fut>(&self, command: F) -> Result<T, Error>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        if !self.answering.load(Ordering::Relaxed) {
+            return Err(away());
         }
         let outcome = command(self.client.clone()).await;
         self.note(&outcome);
@@ -80,6 +90,10 @@ impl Link {
             Err(err) => tracing::warn!(error = %err, "Redis refused a command"),
         }
     }
+}
+
+fn away() -> Error {
+    Error::new(ErrorKind::Canceled, "Redis is not answering this instance")
 }
 
 /// Whether an error means no answer came (rather than an answer that was an error).

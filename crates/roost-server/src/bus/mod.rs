@@ -242,7 +242,7 @@ impl Bus for RedisBus {
             // change; the change is answered only then, so no instance serves from a stale value
             // after that. An instance that does not listen now distrusts its caches until it
             // listens again.
-            match publisher.ask(|redis| async move { redis.publish::<i64, _, _>(channel, payload).await }).await {
+            match publisher.tell(|redis| async move { redis.publish::<i64, _, _>(channel, payload).await }).await {
                 Ok(receivers) => {
                     metrics::counter!("roost_bus_published_total").increment(1);
                     confirmations.expect(id, receivers);
@@ -341,7 +341,7 @@ async fn publish(publisher: Link, mut queued: mpsc::Receiver<Outgoing>, hub: Wea
             }
         }
         let sent = publisher
-            .ask(|redis| {
+            .tell(|redis| {
                 let (pipeline, batch) = (redis.pipeline(), &batch);
                 async move {
                     for (channel, payload, _) in batch {

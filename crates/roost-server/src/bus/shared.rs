@@ -141,7 +141,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release_wake: Script::from_lua(RELEASE_WAKE),
 });
 
-/// Runs `script` unless Redis is known not to answer this instance now (see [`Link`]).
+/// Runs `script` unless Redis is known not to answer this instance now ([`Link::ask`]).
 async fn run<K>(redis: &Link, script: &'static Script, keys: K, args: Vec<String>) -> Result<i64, fred::error::Error>
 where
     K: Into<fred::types::MultipleKeys> + Send,
@@ -232,7 +232,10 @@ pub(super) async fn renew_seats(bus: Weak<RedisBus>) {
             let keys: Vec<String> = batch.iter().map(|(_, user)| bus.names.seats(user)).collect();
             let args: Vec<String> =
                 std::iter::once(lease_ms()).chain(batch.iter().map(|(name, _)| name.clone())).collect();
-            let renewed = run(&bus.publisher, &SCRIPTS.renew_seats, keys, args).await;
+            let renewed: Result<i64, _> = bus
+                .publisher
+                .tell(|client| async move { SCRIPTS.renew_seats.evalsha_with_reload(&client, keys, args).await })
+                .await;
             if let Err(err) = renewed {
                 tracing::debug!(error = %err, "renewing connections' seats failed");
                 break;
