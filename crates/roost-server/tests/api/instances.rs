@@ -91,16 +91,20 @@ async fn a_socket_on_one_instance_gets_what_is_sent_through_another_live_and_in_
     assert_eq!(bobs.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
 }
 
+/// Two servers as [`two_instances`], the second reaching Redis through a proxy that can cut it
+/// off.
+async fn second_behind_a_proxy() -> Option<(roost_testkit::proxy::Proxy, TestServer, TestServer)> {
+    let redis = redis_url()?;
+    let (_, target) = roost_testkit::proxy::redirect(&redis, "127.0.0.1:1".parse().unwrap());
+    let proxy = roost_testkit::proxy::Proxy::start(target).await;
+    let (through_proxy, _) = roost_testkit::proxy::redirect(&redis, proxy.address());
+    let (first, second) = two_instances(Some(through_proxy)).await?;
+    Some((proxy, first, second))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_delays_live_events_but_loses_none() {
-    let Some(redis) = redis_url() else { return };
-    let (proxy, through_proxy) = {
-        let (_, target) = roost_testkit::proxy::redirect(&redis, "127.0.0.1:1".parse().unwrap());
-        let proxy = roost_testkit::proxy::Proxy::start(target).await;
-        let (url, _) = roost_testkit::proxy::redirect(&redis, proxy.address());
-        (proxy, url)
-    };
-    let Some((first, second)) = two_instances(Some(through_proxy)).await else { return };
+    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
     let alice = first.user("alice").await;
     let bob = first.user("bob").await;
     let id = direct(&first, &alice, &[&bob]).await;
@@ -131,14 +135,7 @@ async fn losing_redis_delays_live_events_but_loses_none() {
 /// was sent meanwhile reaches the other instance's socket with the next entry it gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
-    let Some(redis) = redis_url() else { return };
-    let (proxy, through_proxy) = {
-        let (_, target) = roost_testkit::proxy::redirect(&redis, "127.0.0.1:1".parse().unwrap());
-        let proxy = roost_testkit::proxy::Proxy::start(target).await;
-        let (url, _) = roost_testkit::proxy::redirect(&redis, proxy.address());
-        (proxy, url)
-    };
-    let Some((first, second)) = two_instances(Some(through_proxy)).await else { return };
+    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
     let alice = first.user("alice").await;
     let bob = first.user("bob").await;
     let id = direct(&first, &alice, &[&bob]).await;
