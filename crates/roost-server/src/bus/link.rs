@@ -21,13 +21,16 @@ use fred::interfaces::ClientLike;
 pub(super) struct Link {
     client: Client,
     answering: Arc<AtomicBool>,
+    /// Whether something told went unsent since Redis last came back: the other instances may
+    /// have missed live events or invalidations from this one.
+    lost: Arc<AtomicBool>,
 }
 
 impl Link {
     /// A link over `client`, connected and answering.
     pub(super) fn new(client: Client) -> Self {
         metrics::gauge!("roost_bus_redis_answering").set(1.0);
-        Self { client, answering: Arc::new(AtomicBool::new(true)) }
+        Self { client, answering: Arc::new(AtomicBool::new(true)), lost: Arc::new(AtomicBool::new(false)) }
     }
 
     /// The client, whether or not Redis answers (for the heartbeat, which finds it back, and for
@@ -60,6 +63,7 @@ impl Link {
         Fut: Future<Output = Result<T, Error>>,
     {
         if !self.answering.load(Ordering::Relaxed) {
+            self.lost.store(true, Ordering::Relaxed);
             return Err(away());
         }
         let outcome = command(self.client.clone()).await;
@@ -69,15 +73,19 @@ impl Link {
 
     /// Notes a command's outcome: an answer means Redis is back, a failure to get one that it is
     /// away. Each change is logged once, and shown by the `roost_bus_redis_answering` gauge.
-    pub(super) fn note<T>(&self, outcome: &Result<T, Error>) {
+    /// Says whether this outcome brought Redis back after something told went unsent (the caller
+    /// tells the other instances so: see [`Forget::Missed`](super::wire::Forget::Missed)).
+    pub(super) fn note<T>(&self, outcome: &Result<T, Error>) -> bool {
         match outcome {
             Ok(_) => {
                 if !self.answering.load(Ordering::Relaxed) && !self.answering.swap(true, Ordering::Relaxed) {
                     metrics::gauge!("roost_bus_redis_answering").set(1.0);
                     tracing::info!("Redis answers again: rate limits and the connection cap are shared again");
+                    return self.lost.swap(false, Ordering::Relaxed);
                 }
             }
             Err(err) if unanswered(err) => {
+                self.lost.store(true, Ordering::Relaxed);
                 if self.answering.swap(false, Ordering::Relaxed) {
                     metrics::gauge!("roost_bus_redis_answering").set(0.0);
                     tracing::warn!(
@@ -89,6 +97,7 @@ impl Link {
             }
             Err(err) => tracing::warn!(error = %err, "Redis refused a command"),
         }
+        false
     }
 }
 

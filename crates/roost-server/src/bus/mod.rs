@@ -162,6 +162,7 @@ impl RedisBus {
             ctx: Arc::downgrade(ctx),
             outbox: bus.outbox.clone(),
             confirmations: bus.confirmations.clone(),
+            catching_up: Arc::default(),
         };
         tokio::spawn(manage(subscriber.clone(), changes, Arc::downgrade(&bus), local.clone()));
         tokio::spawn(receive(subscriber, local, listen, origin));
@@ -173,6 +174,22 @@ impl RedisBus {
         self.closed.store(true, Ordering::Relaxed);
         let _ = self.subscriber.quit().await;
         let _ = self.publisher.client().quit().await;
+    }
+
+    /// Tells the other instances that live events and invalidations from this one went unsent
+    /// while Redis did not answer it: they empty their caches and their connections read the
+    /// store. (Their own link may have been fine all along, so they would not know otherwise.)
+    /// If this fails too, Redis is away again and this is told when it is back.
+    async fn tell_missed(&self) {
+        let Ok(payload) = serde_json::to_string(&Envelope { o: self.origin, w: Change { i: 0, f: Forget::Missed } })
+        else {
+            return;
+        };
+        let channel = self.names.caches();
+        let told = self.publisher.tell(|redis| async move { redis.publish::<i64, _, _>(channel, payload).await }).await;
+        if told.is_ok() {
+            metrics::counter!("roost_bus_published_total").increment(1);
+        }
     }
 
     /// Publishes `wire` on each device's channel; `wake` says whether a device no instance
@@ -306,6 +323,32 @@ struct Local {
     /// For confirmations to other instances.
     outbox: mpsc::Sender<Outgoing>,
     confirmations: Arc<Confirmations>,
+    /// Whether a catch-up is gathering (see [`Local::catch_up_soon`]).
+    catching_up: Arc<AtomicBool>,
+}
+
+impl Local {
+    /// Empties the caches and makes every local connection read the store, a moment from now:
+    /// when Redis itself comes back every instance that published meanwhile says so at its next
+    /// heartbeat, and one catch-up covers them all.
+    fn catch_up_soon(&self) {
+        if self.catching_up.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let local = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HEARTBEAT).await;
+            local.catching_up.store(false, Ordering::Relaxed);
+            if let (Some(hub), Some(ctx)) = (local.hub.upgrade(), local.ctx.upgrade()) {
+                ctx.forget_everything();
+                hub.publish_local(hub.local_devices(), LiveEvent::Resync);
+                metrics::counter!("roost_bus_resyncs_total").increment(1);
+                tracing::info!(
+                    "another instance could not publish for a while; caches emptied, connections read the store"
+                );
+            }
+        });
+    }
 }
 
 /// Pings both connections while the bus is open, so that one lost silently is noticed (see
@@ -320,7 +363,9 @@ async fn heartbeat(bus: Weak<RedisBus>) {
         }
         let (published, _): (Result<(), _>, Result<(), _>) =
             tokio::join!(bus.publisher.client().ping(None), bus.subscriber.ping(None));
-        bus.publisher.note(&published);
+        if bus.publisher.note(&published) {
+            bus.tell_missed().await;
+        }
     }
 }
 
@@ -450,12 +495,21 @@ async fn receive(subscriber: SubscriberClient, local: Local, listen: mpsc::Unbou
                     match local.names.channel(&message.channel) {
                         Some(Channel::Caches) => {
                             let Some(ctx) = local.ctx.upgrade() else { return };
-                            if let Ok(Envelope { o, w: Change { i, f } }) = serde_json::from_str::<Envelope<Change>>(text) {
-                                metrics::counter!("roost_bus_received_total").increment(1);
-                                if o != origin && let Some(stale) = f.stale() {
-                                    ctx.forget(stale);
+                            match serde_json::from_str::<Envelope<Change>>(text) {
+                                Ok(Envelope { o, w: Change { f: Forget::Missed, .. } }) => {
+                                    metrics::counter!("roost_bus_received_total").increment(1);
+                                    if o != origin {
+                                        local.catch_up_soon();
+                                    }
                                 }
-                                let _ = local.outbox.try_send((local.names.confirmations(o), i.to_string().into(), None));
+                                Ok(Envelope { o, w: Change { i, f } }) => {
+                                    metrics::counter!("roost_bus_received_total").increment(1);
+                                    if o != origin && let Some(stale) = f.stale() {
+                                        ctx.forget(stale);
+                                    }
+                                    let _ = local.outbox.try_send((local.names.confirmations(o), i.to_string().into(), None));
+                                }
+                                Err(_) => {}
                             }
                         }
                         Some(Channel::Confirmations) => {

@@ -32,6 +32,9 @@ pub(super) enum Forget {
     Members { c: ConversationId },
     /// A device was revoked.
     Revoked { d: DeviceId },
+    /// The sending instance could not publish for a while (Redis did not answer it): live events
+    /// and invalidations from it may have been lost. Not confirmed.
+    Missed,
 }
 
 impl Forget {
@@ -48,6 +51,7 @@ impl Forget {
             Self::Session { h } => Stale::Session(unhex(&h)?),
             Self::Members { c } => Stale::Members(c),
             Self::Revoked { d } => Stale::Revoked(d),
+            Self::Missed => return None,
         })
     }
 }
@@ -131,6 +135,11 @@ mod tests {
         let text = serde_json::to_string(&change).unwrap_or_default();
         assert_eq!(text, r#"{"o":7,"i":3,"t":"members","c":"BwcHBwcHBwcHBwcHBwcHBw"}"#);
         assert_eq!(serde_json::from_str::<Envelope<Change>>(&text).ok(), Some(change));
+        let missed = Envelope { o: 7, w: Change { i: 4, f: Forget::Missed } };
+        let text = serde_json::to_string(&missed).unwrap_or_default();
+        assert_eq!(text, r#"{"o":7,"i":4,"t":"missed"}"#);
+        assert_eq!(serde_json::from_str::<Envelope<Change>>(&text).ok(), Some(missed));
+        assert_eq!(Forget::Missed.stale(), None);
         for stale in [Stale::Session([5; 32]), Stale::Members(id), Stale::Revoked(DeviceId::from_bytes([1; 32]))] {
             assert_eq!(Forget::of(stale).stale(), Some(stale));
         }

@@ -144,6 +144,11 @@ async fn hold_expired(deadline: Option<Instant>) {
     }
 }
 
+/// How a connection ends when the store fails it.
+fn storage_unavailable() -> Exit {
+    Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+}
+
 /// How a connection whose read failed ends: a frame over the size limit is answered with close
 /// code 1009 (the socket can still be written); anything else has lost the connection.
 fn read_failed(err: &WsError) -> Exit {
@@ -276,7 +281,7 @@ impl Connection<'_> {
         // nothing pending is pushed as is instead of being fetched again from the store.
         let positions = self.services.delivery.positions(&self.caller).await.map_err(|err| {
             tracing::warn!(error = %err, "reading positions failed");
-            Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+            storage_unavailable()
         })?;
         self.order.start_from(positions);
         // The queue first: a Welcome must reach the client before the entries it lets it read.
@@ -285,7 +290,7 @@ impl Connection<'_> {
             let items =
                 self.services.delivery.queue_after(&self.caller, cursor.queue_after, PAGE).await.map_err(|err| {
                     tracing::warn!(error = %err, "initial drain failed");
-                    Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+                    storage_unavailable()
                 })?;
             let more = items.len() == PAGE as usize;
             for item in items {
@@ -301,7 +306,7 @@ impl Connection<'_> {
         loop {
             let page = self.services.delivery.stored_page(&self.caller, cursor, PAGE).await.map_err(|err| {
                 tracing::warn!(error = %err, "initial drain failed");
-                Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later")
+                storage_unavailable()
             })?;
             let more = page.entries.len() == PAGE as usize || page.queue.len() == PAGE as usize;
             if let Some(last) = page.queue.last() {
@@ -369,6 +374,10 @@ impl Connection<'_> {
     /// last one pushed in each conversation, and the queue after the last item pushed.
     async fn resync(&mut self) -> Result<(), Exit> {
         metrics::counter!("roost_gateway_resyncs_total").increment(1);
+        // The news of a logout or revocation may have been lost with the rest.
+        if !self.services.auth.session_lasts(&self.session).await.map_err(|_| storage_unavailable())? {
+            return Err(Exit::Close(close::SESSION_ENDED, "this session was logged out"));
+        }
         // Only the entries page on here; the queue is read after them, from its own position.
         let mut cursor = SyncCursor { queue_after: u64::MAX, entries_after: None };
         loop {
@@ -377,7 +386,7 @@ impl Connection<'_> {
                 .delivery
                 .stored_page(&self.caller, cursor, PAGE)
                 .await
-                .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
+                .map_err(|_| storage_unavailable())?;
             let more = page.entries.len() == PAGE as usize;
             if let Some(last) = page.entries.last() {
                 cursor.entries_after = Some((last.conversation_id, last.seq));
@@ -414,7 +423,7 @@ impl Connection<'_> {
                 .delivery
                 .entries_after(&self.caller, &conversation_id, after, PAGE)
                 .await
-                .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
+                .map_err(|_| storage_unavailable())?;
             let full = entries.len() == PAGE as usize;
             for entry in entries {
                 after = entry.seq;
@@ -434,7 +443,7 @@ impl Connection<'_> {
                 .delivery
                 .queue_after(&self.caller, self.queue_pushed, PAGE)
                 .await
-                .map_err(|_| Exit::Close(close::GOING_AWAY, "storage unavailable; reconnect later"))?;
+                .map_err(|_| storage_unavailable())?;
             let full = items.len() == PAGE as usize;
             for item in items {
                 self.queue_pushed = item.id;

@@ -143,6 +143,12 @@ impl Auth {
         Ok(Caller { user_id: session.user_id, device_id: session.device_id, expires_at: session.expires_at })
     }
 
+    /// Whether the session with this token hash still exists, read from the store (a
+    /// connection that may have missed the news of its logout asks).
+    pub async fn session_lasts(&self, hash: &[u8; 32]) -> Result<bool> {
+        Ok(self.ctx.store.session(hash).await?.is_some())
+    }
+
     /// Describes the caller.
     pub async fn whoami(&self, caller: &Caller) -> Result<WhoAmI> {
         let handle = self.ctx.store.handle_of(&caller.user_id).await?;

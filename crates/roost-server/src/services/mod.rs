@@ -76,6 +76,13 @@ impl Context {
         }
     }
 
+    /// Empties the caches (invalidations from another instance were lost) and lets them fill
+    /// again.
+    pub fn forget_everything(&self) {
+        self.sessions.invalidate(|_, _| true);
+        self.members.invalidate(|_, _| true);
+    }
+
     /// Empties the caches and keeps them empty: invalidations from other instances may be
     /// missed until [`trust_caches`](Self::trust_caches).
     pub fn distrust_caches(&self) {

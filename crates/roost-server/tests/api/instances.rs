@@ -91,6 +91,11 @@ async fn a_socket_on_one_instance_gets_what_is_sent_through_another_live_and_in_
     assert_eq!(bobs.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
 }
 
+/// How long after its Redis is cut an instance has surely found it away: its next ping (within
+/// a second) has waited out the 2 s command timeout. Before that, what it publishes waits in
+/// the client for the connection to come back.
+const UNTIL_AWAY: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// Two servers as [`two_instances`], the second reaching Redis through a proxy that can cut it
 /// off.
 async fn second_behind_a_proxy() -> Option<(roost_testkit::proxy::Proxy, TestServer, TestServer)> {
@@ -131,8 +136,10 @@ async fn losing_redis_delays_live_events_but_loses_none() {
 
 /// With its Redis away, an instance stops asking it: the sends and sockets that would ask it (for
 /// rate-limit tokens, for a seat under the connection cap) are served at once by what the
-/// instance holds itself, rather than each waiting for a Redis command's timeout (2 s). What
-/// was sent meanwhile reaches the other instance's socket with the next entry it gets.
+/// instance holds itself, rather than each waiting for a Redis command's timeout (2 s). Once
+/// Redis answers it again, it tells the other instances that its news went unsent meanwhile, and
+/// their sockets read what was sent: the other instance's own link was fine throughout, so
+/// nothing else would tell it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
     let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
@@ -146,8 +153,9 @@ async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
 
     proxy.cut();
     // The send tokens the second instance took ahead lapse within a second; after that each send
-    // would ask Redis for more.
-    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    // would ask Redis for more. By the end of the wait a ping went unanswered, so nothing the
+    // second instance publishes is held for Redis's return: it is lost.
+    tokio::time::sleep(UNTIL_AWAY).await;
     let started = std::time::Instant::now();
     for i in 2..=6 {
         assert_eq!(send(&second, &alice.token(), &id, &format!("during{i}")).await, i);
@@ -160,13 +168,32 @@ async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
     );
     alices.drain().await;
 
-    // The first instance heard nothing of 2 to 6; its socket reads them when 7 comes.
+    // The first instance heard nothing of 2 to 6; its socket reads them once the second
+    // instance is back, with nothing else sent.
     proxy.restore();
-    assert_eq!(send(&first, &alice.token(), &id, "after").await, 7);
-    for i in 2..=7 {
+    for i in 2..=6 {
         let frame = bobs.next_frame().await;
         assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(i)), "{frame}");
     }
+    assert_eq!(send(&second, &alice.token(), &id, "after").await, 7);
+    assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(7));
+}
+
+/// A logout through an instance cut off from Redis cannot reach the socket on another instance
+/// at once; once it is back, that socket reads the store, finds its session gone and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_while_redis_is_away_closes_the_socket_elsewhere_once_it_is_back() {
+    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
+    let bob = first.user("bob").await;
+    let mut bobs = Socket::connect(&first, &bob.token()).await;
+    bobs.drain().await;
+
+    proxy.cut();
+    tokio::time::sleep(UNTIL_AWAY).await;
+    let (status, _) = second.call(Method::DELETE, "/v1/auth/session", Some(&bob.token()), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    proxy.restore();
+    assert_eq!(bobs.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
