@@ -73,6 +73,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// ...once a ping or command has waited this long.
 const UNRESPONSIVE: Duration = Duration::from_secs(3);
+/// While news from other instances cannot arrive, every local connection reads the store this
+/// often (what was sent through other instances, and whether its session still lasts)...
+const POLL_WHILE_AWAY: Duration = Duration::from_secs(5);
+/// ...or less often, so that the store is asked about this many connections a second at most.
+const POLLS_PER_SECOND: usize = 2_000;
 
 /// Why the bus could not start.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +168,7 @@ impl RedisBus {
             outbox: bus.outbox.clone(),
             confirmations: bus.confirmations.clone(),
             catching_up: Arc::default(),
+            away: Arc::default(),
         };
         tokio::spawn(manage(subscriber.clone(), changes, Arc::downgrade(&bus), local.clone()));
         tokio::spawn(receive(subscriber, local, listen, origin));
@@ -325,9 +331,40 @@ struct Local {
     confirmations: Arc<Confirmations>,
     /// Whether a catch-up is gathering (see [`Local::catch_up_soon`]).
     catching_up: Arc<AtomicBool>,
+    /// Whether news from other instances cannot arrive now (the subscriber connection is lost
+    /// and not yet listening again); see [`Local::poll_while_away`].
+    away: Arc<AtomicBool>,
 }
 
 impl Local {
+    /// Notes that news from other instances cannot arrive: the caches are not trusted, and until
+    /// everything is listened on again every local connection reads the store now and then, so
+    /// it still gets what is sent through other instances (late) and a socket whose session was
+    /// logged out elsewhere still closes.
+    fn lost_news(&self) {
+        let Some(ctx) = self.ctx.upgrade() else { return };
+        ctx.distrust_caches();
+        if self.away.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let local = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(hub) = local.hub.upgrade() else { return };
+                let devices = hub.local_devices();
+                let pause = POLL_WHILE_AWAY.max(Duration::from_secs((devices.len() / POLLS_PER_SECOND) as u64));
+                drop(hub);
+                tokio::time::sleep(pause).await;
+                if !local.away.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(hub) = local.hub.upgrade() else { return };
+                metrics::counter!("roost_bus_resyncs_total").increment(1);
+                hub.publish_local(hub.local_devices(), LiveEvent::Resync);
+            }
+        });
+    }
+
     /// Empties the caches and makes every local connection read the store, a moment from now:
     /// when Redis itself comes back every instance that published meanwhile says so at its next
     /// heartbeat, and one catch-up covers them all.
@@ -461,6 +498,7 @@ async fn manage(
                     });
                     continue;
                 }
+                local.away.store(false, Ordering::Relaxed);
                 caught_up(&hub, &ctx);
             }
         }
@@ -536,16 +574,12 @@ async fn receive(subscriber: SubscriberClient, local: Local, listen: mpsc::Unbou
                 Err(RecvError::Closed) => return,
             },
             error = errors.recv() => match error {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    let Some(ctx) = local.ctx.upgrade() else { return };
-                    ctx.distrust_caches();
-                }
+                Ok(_) | Err(RecvError::Lagged(_)) => local.lost_news(),
                 Err(RecvError::Closed) => return,
             },
             reconnect = reconnects.recv() => match reconnect {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
-                    let Some(ctx) = local.ctx.upgrade() else { return };
-                    ctx.distrust_caches();
+                    local.lost_news();
                     let _ = listen.send(Listen::Again);
                 }
                 Err(RecvError::Closed) => return,

@@ -179,6 +179,28 @@ async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(7));
 }
 
+/// While an instance's Redis is away its sockets read the store every few seconds: they get
+/// what is sent through other instances late rather than not at all, and a socket whose session
+/// is logged out through another instance closes without waiting for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_on_an_instance_without_redis_poll_the_store_until_it_is_back() {
+    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
+    let alice = first.user("alice").await;
+    let bob = first.user("bob").await;
+    let id = direct(&first, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(&second, &bob.token()).await;
+    bobs.drain().await;
+
+    proxy.cut();
+    assert_eq!(send(&first, &alice.token(), &id, "while away").await, 1);
+    let frame = bobs.next_frame().await;
+    assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(1)), "{frame}");
+    let (status, _) = first.call(Method::DELETE, "/v1/auth/session", Some(&bob.token()), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(bobs.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
+    proxy.restore();
+}
+
 /// A logout through an instance cut off from Redis cannot reach the socket on another instance
 /// at once; once it is back, that socket reads the store, finds its session gone and closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
