@@ -332,7 +332,7 @@ struct Local {
     /// Whether a catch-up is gathering (see [`Local::catch_up_soon`]).
     catching_up: Arc<AtomicBool>,
     /// Whether news from other instances cannot arrive now (the subscriber connection is lost
-    /// and not yet listening again); see [`Local::poll_while_away`].
+    /// and not yet listening again); see [`Local::lost_news`].
     away: Arc<AtomicBool>,
 }
 

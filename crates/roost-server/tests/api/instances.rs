@@ -61,10 +61,7 @@ async fn a_socket_on_one_instance_gets_what_is_sent_through_another_live_and_in_
     for i in 1..=20 {
         assert_eq!(send(&first, &alice.token(), &id, &format!("m{i}")).await, i);
     }
-    for i in 1..=20 {
-        let frame = bobs.next_frame().await;
-        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(i)), "{frame}");
-    }
+    expect_entries(&mut bobs, 1..=20).await;
     // A large entry travels as a wake-up; the second instance reads it from the store.
     let large = "x".repeat(20 * 1024);
     let body =
@@ -91,6 +88,37 @@ async fn a_socket_on_one_instance_gets_what_is_sent_through_another_live_and_in_
     assert_eq!(bobs.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
 }
 
+/// Reads the next frames of `socket`, which must be the entries `seqs`, in order.
+async fn expect_entries(socket: &mut Socket, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        let frame = socket.next_frame().await;
+        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(seq)), "{frame}");
+    }
+}
+
+/// Alice and bob in a direct conversation, on two instances as [`second_behind_a_proxy`], with
+/// bob's socket connected (and drained) to the second instance or the first. Bind every server
+/// (`first: _first`, not `..`): an instance dropped stops, and the first one's database with it.
+struct Chat {
+    proxy: roost_testkit::proxy::Proxy,
+    first: TestServer,
+    second: TestServer,
+    alice: TestUser,
+    bob: TestUser,
+    bobs: Socket,
+    id: roost_proto::ConversationId,
+}
+
+async fn chat_behind_a_proxy(bobs_on_second: bool) -> Option<Chat> {
+    let (proxy, first, second) = second_behind_a_proxy().await?;
+    let alice = first.user("alice").await;
+    let bob = first.user("bob").await;
+    let id = direct(&first, &alice, &[&bob]).await;
+    let mut bobs = Socket::connect(if bobs_on_second { &second } else { &first }, &bob.token()).await;
+    bobs.drain().await;
+    Some(Chat { proxy, first, second, alice, bob, bobs, id })
+}
+
 /// How long after its Redis is cut an instance has surely found it away: its next ping (within
 /// a second) has waited out the 2 s command timeout. Before that, what it publishes waits in
 /// the client for the connection to come back.
@@ -109,12 +137,10 @@ async fn second_behind_a_proxy() -> Option<(roost_testkit::proxy::Proxy, TestSer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_delays_live_events_but_loses_none() {
-    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
-    let alice = first.user("alice").await;
-    let bob = first.user("bob").await;
-    let id = direct(&first, &alice, &[&bob]).await;
-    let mut bobs = Socket::connect(&second, &bob.token()).await;
-    bobs.drain().await;
+    let Some(Chat { proxy, first, second: _second, alice, bob: _bob, mut bobs, id }) = chat_behind_a_proxy(true).await
+    else {
+        return;
+    };
     assert_eq!(send(&first, &alice.token(), &id, "before").await, 1);
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(1));
 
@@ -126,10 +152,7 @@ async fn losing_redis_delays_live_events_but_loses_none() {
     }
     // Redis back: the second instance listens again and its connections read what they missed.
     proxy.restore();
-    for i in 2..=6 {
-        let frame = bobs.next_frame().await;
-        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(i)), "{frame}");
-    }
+    expect_entries(&mut bobs, 2..=6).await;
     assert_eq!(send(&first, &alice.token(), &id, "after").await, 7);
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(7));
 }
@@ -142,12 +165,10 @@ async fn losing_redis_delays_live_events_but_loses_none() {
 /// nothing else would tell it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
-    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
-    let alice = first.user("alice").await;
-    let bob = first.user("bob").await;
-    let id = direct(&first, &alice, &[&bob]).await;
-    let mut bobs = Socket::connect(&first, &bob.token()).await;
-    bobs.drain().await;
+    let Some(Chat { proxy, first: _first, second, alice, bob: _bob, mut bobs, id }) = chat_behind_a_proxy(false).await
+    else {
+        return;
+    };
     assert_eq!(send(&second, &alice.token(), &id, "before").await, 1);
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(1));
 
@@ -171,10 +192,7 @@ async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
     // The first instance heard nothing of 2 to 6; its socket reads them once the second
     // instance is back, with nothing else sent.
     proxy.restore();
-    for i in 2..=6 {
-        let frame = bobs.next_frame().await;
-        assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(i)), "{frame}");
-    }
+    expect_entries(&mut bobs, 2..=6).await;
     assert_eq!(send(&second, &alice.token(), &id, "after").await, 7);
     assert_eq!(bobs.next_frame().await["seq"].as_u64(), Some(7));
 }
@@ -184,17 +202,13 @@ async fn an_instance_without_redis_serves_at_once_and_others_catch_up() {
 /// is logged out through another instance closes without waiting for Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_on_an_instance_without_redis_poll_the_store_until_it_is_back() {
-    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
-    let alice = first.user("alice").await;
-    let bob = first.user("bob").await;
-    let id = direct(&first, &alice, &[&bob]).await;
-    let mut bobs = Socket::connect(&second, &bob.token()).await;
-    bobs.drain().await;
+    let Some(Chat { proxy, first, second: _second, alice, bob, mut bobs, id }) = chat_behind_a_proxy(true).await else {
+        return;
+    };
 
     proxy.cut();
     assert_eq!(send(&first, &alice.token(), &id, "while away").await, 1);
-    let frame = bobs.next_frame().await;
-    assert_eq!((frame["type"].as_str(), frame["seq"].as_u64()), (Some("entry"), Some(1)), "{frame}");
+    expect_entries(&mut bobs, 1..=1).await;
     let (status, _) = first.call(Method::DELETE, "/v1/auth/session", Some(&bob.token()), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(bobs.closed().await, Some(roost_proto::socket::close::SESSION_ENDED));
@@ -205,10 +219,11 @@ async fn sockets_on_an_instance_without_redis_poll_the_store_until_it_is_back() 
 /// at once; once it is back, that socket reads the store, finds its session gone and closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_while_redis_is_away_closes_the_socket_elsewhere_once_it_is_back() {
-    let Some((proxy, first, second)) = second_behind_a_proxy().await else { return };
-    let bob = first.user("bob").await;
-    let mut bobs = Socket::connect(&first, &bob.token()).await;
-    bobs.drain().await;
+    let Some(Chat { proxy, first: _first, second, alice: _alice, bob, mut bobs, id: _ }) =
+        chat_behind_a_proxy(false).await
+    else {
+        return;
+    };
 
     proxy.cut();
     tokio::time::sleep(UNTIL_AWAY).await;
