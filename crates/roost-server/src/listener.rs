@@ -30,7 +30,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -48,6 +48,23 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 /// How long a refusal waits for the client's request before closing: closing with unread bytes
 /// would reset the connection and could destroy the answer on its way.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Connections the kernel completes and holds for the server before it accepts them (capped by
+/// the system's `net.core.somaxconn`). A listener's usual 128 overflows when an instance's
+/// clients reconnect at once, or when a moment's stall leaves many new connections waiting:
+/// the kernel then drops their handshakes, and each client retries only after a second or more.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds a listening socket at `address` with room for [`BACKLOG`] waiting connections.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // As the standard library's listeners do: a restarted server may bind again at once while
+    // its old connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
 
 /// The bounds the listener enforces, resolved from [`HttpConfig`].
 #[derive(Debug, Clone, Copy)]
@@ -454,5 +471,46 @@ impl AsyncWrite for Tracked {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    /// Connections the test opens against a listener that accepts none: well past a listener's
+    /// usual 128, within the system's cap.
+    fn waiting_connections() -> Option<usize> {
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()?;
+        (cap > 600).then_some(600)
+    }
+
+    #[tokio::test]
+    async fn connections_the_server_has_not_accepted_yet_wait_for_it() {
+        let Some(count) = waiting_connections() else {
+            eprintln!("skipped: net.core.somaxconn does not allow more than 600 waiting connections here");
+            return;
+        };
+        let listener = bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut connecting = JoinSet::new();
+        for _ in 0..count {
+            // A handshake the kernel dropped is retried after 1, 3, 7... seconds, and dropped
+            // again while nothing is accepted: only a backlog with room completes them all.
+            connecting.spawn(tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address)));
+        }
+        let mut connected = Vec::new();
+        while let Some(outcome) = connecting.join_next().await {
+            let stream = outcome.unwrap().expect("the handshake completed without being dropped").unwrap();
+            connected.push(stream);
+        }
+        assert_eq!(connected.len(), count);
+        // And the server gets every one of them.
+        for _ in 0..count {
+            let (_, peer) = listener.accept().await.unwrap();
+            assert!(peer.ip().is_loopback());
+        }
     }
 }

@@ -111,7 +111,7 @@ impl TestServer {
     }
 
     async fn serve(config: Config, manual_clock: Option<Arc<ManualClock>>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = roost_server::listener::bind(([127, 0, 0, 1], 0).into()).expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let clock: Arc<dyn Clock> = match &manual_clock {
             Some(clock) => clock.clone(),

@@ -144,8 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(config.log_format);
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = roost_server::listener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(config = ?config, "starting");
     #[cfg(unix)]
     if config.tls.cert_path.is_none() {
