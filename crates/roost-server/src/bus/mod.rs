@@ -7,9 +7,10 @@
 //! subscribes to it while it holds that device's socket. An event for a device held elsewhere is
 //! published on the device's channel, so the work per event grows with its recipients on other
 //! instances, and an instance hears only about the devices it serves. A 1:1 message costs one
-//! publish (to the other user's device) plus one per other device of the sender's user; a
-//! message to a 1,500-user group with three devices each costs up to 4,500 publishes, of which
-//! each instance receives those of its own devices.
+//! publish per member device whose socket is not here (the other user's, and the sender's own,
+//! the sending device included when it sent over HTTP); a message to a 1,500-user group with
+//! three devices each costs up to 4,500 publishes, of which each instance receives those of its
+//! own devices.
 //!
 //! Cache invalidations are the one broadcast: every instance listens on `caches`, and a change
 //! to sessions or memberships (rare next to messages) is published there and confirmed by every
@@ -25,13 +26,14 @@
 //! trusted only for the short shared TTL.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
 use fred::types::config::UnresponsiveConfig;
+use fred::types::scripts::Script;
 use futures::future::BoxFuture;
 use roost_proto::{DeviceId, UserId};
 use tokio::sync::{mpsc, oneshot};
@@ -61,8 +63,9 @@ const OUTBOX: usize = 65_536;
 /// fallen behind and every connection here reads the store instead; Redis's client library
 /// holds only 32 by default, which a burst of sends overflows at once.
 const RECEIVED: usize = 16_384;
-/// Publishes sent to Redis in one pipeline, at most.
-const PIPELINE: usize = 512;
+/// Publishes sent to Redis in one command, at most (Redis runs the batch in one go: up to 4 MiB
+/// of frames, a fraction of a millisecond's work).
+const PUBLISH_BATCH: usize = 512;
 /// Entry frames up to this size travel on the bus; larger ones travel as a wake-up.
 const MAX_FRAME_ON_BUS: usize = 8 * 1024;
 /// How long a Redis command may take before it fails (while Redis is away, commands fail
@@ -410,34 +413,49 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Publishes each channel's message (`ARGV` holds channel, message, channel, message...) and
+/// returns how many instances received each. One command for a batch: the client library
+/// writes each command of a pipeline to the socket with a flush of its own, so a pipeline of
+/// `PUBLISH`es cost a system call here and a read in Redis per message.
+const PUBLISH_ALL: &str = r"
+local heard = {}
+for i = 1, #ARGV, 2 do
+    heard[#heard + 1] = redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return heard
+";
+
+static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PUBLISH_ALL));
+
 /// Sends what was queued for other instances, many publishes per round trip. A publish that no
 /// instance received went to a device without a socket anywhere: Redis's count of receivers
 /// says so exactly, and the device is handed to the hub's waker if the news was durable.
 async fn publish(publisher: Link, mut queued: mpsc::Receiver<Outgoing>, hub: Weak<Hub>) {
     while let Some(first) = queued.recv().await {
         let mut batch = vec![first];
-        while batch.len() < PIPELINE {
+        while batch.len() < PUBLISH_BATCH {
             match queued.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
         }
+        let args: Vec<fred::types::Value> =
+            batch.iter().flat_map(|(channel, payload, _)| [channel.as_str().into(), payload.as_ref().into()]).collect();
         let sent = publisher
-            .tell(|redis| {
-                let (pipeline, batch) = (redis.pipeline(), &batch);
-                async move {
-                    for (channel, payload, _) in batch {
-                        let _: Result<(), _> = pipeline.publish(channel.as_str(), payload.as_ref()).await;
-                    }
-                    pipeline.all::<Vec<fred::types::Value>>().await
-                }
+            .tell(|redis| async move {
+                PUBLISH_SCRIPT.evalsha_with_reload::<Vec<i64>, _, _>(&redis, Vec::<String>::new(), args).await
             })
             .await;
         let unheard: Vec<DeviceId> = match sent {
             Ok(receivers) => {
                 metrics::counter!("roost_bus_published_total").increment(batch.len() as u64);
-                let heard = receivers.iter().map(|count| count.as_i64().is_none_or(|count| count > 0));
-                batch.iter().zip(heard).filter(|(_, heard)| !heard).filter_map(|((_, _, wake), _)| *wake).collect()
+                // A count missing from the answer: a needless wake-up beats none.
+                batch
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| receivers.get(*i).is_none_or(|count| *count == 0))
+                    .filter_map(|(_, (_, _, wake))| *wake)
+                    .collect()
             }
             Err(err) => {
                 metrics::counter!("roost_bus_dropped_total").increment(batch.len() as u64);
