@@ -32,7 +32,7 @@ use std::time::Duration;
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
-use fred::types::config::UnresponsiveConfig;
+use fred::types::config::{TcpConfig, UnresponsiveConfig};
 use fred::types::scripts::Script;
 use futures::future::BoxFuture;
 use roost_proto::{DeviceId, UserId};
@@ -134,6 +134,10 @@ impl RedisBus {
             .with_connection_config(|connection| {
                 connection.connection_timeout = COMMAND_TIMEOUT;
                 connection.unresponsive = UnresponsiveConfig { max_timeout: Some(UNRESPONSIVE), interval: HEARTBEAT };
+                // Commands leave at once rather than wait for the acknowledgement of the write
+                // before (Nagle's algorithm, which the client library leaves on by default): a
+                // rate-limit check must not wait behind a publish.
+                connection.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         let publisher = builder.build().map_err(|err| BusError(err.to_string()))?;
